@@ -1,0 +1,119 @@
+"""Configurations and presets of the StableDub model.
+
+A preset names a full :class:`StableDubConfig`; checkpoints store the config as JSON in their safetensors metadata.
+Each sub-config belongs to one module: ``UNetConfig`` to ``models/unet.py``, ``HabitConfig`` to
+``models/habit.py``, ``AudioConfig`` to ``audio/encoders.py``, ``VAEConfig`` to ``models/vae.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class UNetConfig:
+    """The denoising U-Net (SD 1.5 layout, text removed, Mamba in place of self-attention)."""
+
+    in_channels: int = 13  # noisy latent (4) | masked-frame latent (4) | mask (1) | appearance latent (4)
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    attention_head_dim: int = 8  # as in SD 1.5's config: the number of heads
+    cross_attention_dim: int = 768  # width of the habit-modulated audio tokens
+    norm_num_groups: int = 32
+    mamba_d_state: int = 16
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class HabitConfig:
+    """Lip-habit modulation (eq. 3): ViT lip encoder, conv + pool heads, AdaLN, zero Conv1d."""
+
+    lip_size: int = 112  # lip crops are lip_size x lip_size RGB
+    vit_hidden_size: int = 384
+    vit_layers: int = 6
+    vit_heads: int = 6
+    vit_patch_size: int = 16
+    hidden_size: int = 768  # C: the width of a and v
+    out_size: int = 768  # must equal UNetConfig.cross_attention_dim
+
+
+@dataclass
+class AudioConfig:
+    """Audio encoder producing per-frame windows of features at 16 kHz mono input."""
+
+    kind: str = "wav2vec2"  # "wav2vec2" (local transformers folder) or "mel" (built in, tiny preset)
+    feature_size: int = 768  # width of the per-frame audio features fed to the habit module
+    num_hidden_layers: int = 12  # wav2vec2 hidden layers mixed by a learned weighted sum
+    tokens_per_frame: int = 10  # audio tokens per video frame
+    window_seconds: float = 0.2  # span of audio around each frame's timestamp
+
+
+@dataclass
+class VAEConfig:
+    """diffusers AutoencoderKL configuration (SD's by default)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+
+@dataclass
+class StableDubConfig:
+    preset: str = "sd15"
+    resolution: int = 512  # crop size in pixels
+    num_frames: int = 16  # frames per window
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    habit: HabitConfig = field(default_factory=HabitConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StableDubConfig":
+        raw = json.loads(text)
+        subs = {"unet": UNetConfig, "habit": HabitConfig, "audio": AudioConfig, "vae": VAEConfig}
+        kwargs = {}
+        for key, value in raw.items():
+            if key in subs:
+                value = subs[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+def sd15() -> StableDubConfig:
+    """The paper's size: SD 1.5 U-Net widths, wav2vec2-base audio features."""
+    return StableDubConfig()
+
+
+def tiny() -> StableDubConfig:
+    """Same code path with small widths: tests, the demo and CPU development."""
+    return StableDubConfig(
+        preset="tiny",
+        resolution=128,
+        unet=UNetConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, attention_head_dim=4,
+                        cross_attention_dim=64, norm_num_groups=16, mamba_d_state=8),
+        habit=HabitConfig(lip_size=32, vit_hidden_size=32, vit_layers=2, vit_heads=2, vit_patch_size=8,
+                          hidden_size=64, out_size=64),
+        audio=AudioConfig(kind="mel", feature_size=80, num_hidden_layers=0),
+        vae=VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16),
+    )
+
+
+PRESETS = {"sd15": sd15, "tiny": tiny}
+
+
+def get_preset(name: str) -> StableDubConfig:
+    """Return a fresh config for a preset name."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

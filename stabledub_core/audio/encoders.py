@@ -170,10 +170,9 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int = SAMPLE_RATE, f_mi
         (n_mels, n_fft // 2 + 1) filter matrix.
     """
     f_max = sample_rate / 2 if f_max is None else f_max
-    hz_to_mel = lambda f: 2595.0 * torch.log10(1.0 + f / 700.0)  # noqa: E731
-    mel_to_hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
-    edges = mel_to_hz(torch.linspace(float(hz_to_mel(torch.tensor(f_min))), float(hz_to_mel(torch.tensor(f_max))),
-                                     n_mels + 2, dtype=torch.float64))  # (n_mels + 2,) Hz
+    hz_to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    edges = 700.0 * (10 ** (mels / 2595.0) - 1.0)  # (n_mels + 2,) band edges in Hz
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # (n_freq,)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None] - lower) / (centre - lower)

@@ -119,6 +119,7 @@ SKIP_REASONS: list[tuple[str, str]] = [
     (r"(^|\.)attn1\.", "self-attention replaced by spatial Mamba"),
     (r"(^|\.)norm1\.", "pre-norm of the removed self-attention"),
     (r"^cond_stage_model\.", "text encoder removed (StableDub is conditioned on audio, not text)"),
+    (r"^first_stage_model\.", "VAE tensors (not requested: load_vae=False)"),
     (r"^model_ema\.", "EMA copy not used (the non-EMA weights are loaded)"),
     (r"^(alphas_cumprod|alphas_cumprod_prev|betas|log_one_minus_alphas_cumprod|posterior_.*|sqrt_.*|"
      r"model_ema\.decay|model_ema\.num_updates)$", "noise-schedule buffer (schedulers are configured in code)"),
@@ -232,16 +233,14 @@ def init_unet_from_sd(unet: nn.Module, sd_unet: dict[str, torch.Tensor], report:
 
 
 def _load_single_file(path: Path, layers_per_block: int):
+    """The U-Net tensors (diffusers names) of an original single file, and the names of everything else."""
     keys = safetensors_keys(path)
-    wanted = [k for k in keys if k.startswith((LDM_UNET_PREFIX, LDM_VAE_PREFIX))]
-    if not any(k.startswith(LDM_UNET_PREFIX) for k in wanted):
+    unet_names = [k for k in keys if k.startswith(LDM_UNET_PREFIX)]
+    if not unet_names:
         raise CheckpointError(f"{path} holds no 'model.diffusion_model.*' tensors: not an original SD 1.x "
                               "single-file checkpoint")
-    tensors = read_safetensors(path, wanted)
-    unet = ldm_unet_to_diffusers(tensors, layers_per_block)
-    vae = {k: v for k, v in tensors.items() if k.startswith(LDM_VAE_PREFIX)}
-    others = [k for k in keys if not k.startswith((LDM_UNET_PREFIX, LDM_VAE_PREFIX))]
-    return unet, vae, others
+    unet = ldm_unet_to_diffusers(read_safetensors(path, unet_names), layers_per_block)
+    return unet, [k for k in keys if not k.startswith(LDM_UNET_PREFIX)]
 
 
 def _load_diffusers_folder(folder: Path):
@@ -253,6 +252,34 @@ def _load_diffusers_folder(folder: Path):
     return read_safetensors(unet_file)
 
 
+def load_sd_vae(vae: nn.Module, source, config) -> str:
+    """Load SD's VAE into ``vae`` from an original single file (``first_stage_model.*``) or a diffusers folder.
+
+    Args:
+        vae: the target ``AutoencoderKL``.
+        source: single-file ``.safetensors`` or diffusers folder (pipeline folder with ``vae/``, or a VAE folder).
+        config: the ``VAEConfig`` the weights must fit.
+
+    Returns:
+        a one-line description for the report.
+    """
+    from .vae import VAEWeightsError, load_vae_folder, vae_state_dict_from_ldm
+
+    source = Path(source)
+    if source.is_dir():
+        state = load_vae_folder(source, config).state_dict()
+        what = f"{len(state)} tensors loaded from the diffusers folder {source}"
+    else:
+        names = [k for k in safetensors_keys(source) if k.startswith(LDM_VAE_PREFIX)]
+        state = vae_state_dict_from_ldm(read_safetensors(source, names), vae)
+        what = f"{len(state)} tensors converted from {source.name}:first_stage_model.* (diffusers converter)"
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise VAEWeightsError(f"the VAE weights in {source} do not fit the configured VAE: {err}") from None
+    return what
+
+
 def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightInitReport:
     """Initialise a StableDub model (``.unet``, ``.vae``) from SD 1.5 weights.
 
@@ -262,27 +289,23 @@ def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightIni
         load_vae: also load SD's VAE into ``model.vae``.
 
     Returns:
-        the report (also render it with ``.to_text()``).
+        the report (render it with ``.to_text()`` or ``.to_json()``).
     """
-    from .vae import load_vae_folder, vae_state_dict_from_ldm
-
     source = Path(source)
-    report = WeightInitReport(source=str(source))
-    layers = model.config.unet.layers_per_block
-    if source.is_dir():
-        init_unet_from_sd(model.unet, _load_diffusers_folder(source), report)
-        if load_vae:
-            vae_state = load_vae_folder(source, model.config.vae).state_dict()
-            model.vae.load_state_dict(vae_state, strict=True)
-            report.vae = f"{len(vae_state)} tensors loaded from {source / 'vae'}"
-    elif source.exists():
-        sd_unet, sd_vae, others = _load_single_file(source, layers)
-        init_unet_from_sd(model.unet, sd_unet, report, extra_skipped=others)
-        if load_vae:
-            vae_state = vae_state_dict_from_ldm(sd_vae, model.vae)
-            model.vae.load_state_dict(vae_state, strict=True)
-            report.vae = f"{len(vae_state)} tensors converted from first_stage_model.* (diffusers converter)"
-    else:
+    if not source.exists():
         raise FileNotFoundError(f"SD 1.5 weights not found: {source} (give an original single-file .safetensors "
                                 "or a diffusers folder)")
+    report = WeightInitReport(source=str(source))
+    if source.is_dir():
+        init_unet_from_sd(model.unet, _load_diffusers_folder(source), report)
+    else:
+        sd_unet, others = _load_single_file(source, model.config.unet.layers_per_block)
+        vae_names = [k for k in others if k.startswith(LDM_VAE_PREFIX)]
+        rest = [k for k in others if not k.startswith(LDM_VAE_PREFIX)]
+        init_unet_from_sd(model.unet, sd_unet, report, extra_skipped=rest if load_vae else others)
+        if not vae_names and load_vae:
+            raise CheckpointError(f"{source} holds no VAE (first_stage_model.*); pass load_vae=False and load "
+                                  "the VAE from its own file")
+    if load_vae:
+        report.vae = load_sd_vae(model.vae, source, model.config.vae)
     return report

@@ -136,17 +136,19 @@ class FineSearch:
         faces = self.landmarker.detect(np.ascontiguousarray(frame[y0:y1, x0:x1]))  # (N, 478, 2) crop pixels
         return faces + np.array([x0, y0], np.float32)
 
-    def around(self, frame: np.ndarray, previous: np.ndarray) -> np.ndarray:
-        """Search a zoomed crop around the last known face.
+    def around(self, frame: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Search zoomed crops around faces known from an earlier frame.
 
         Args:
             frame: (H, W, 3) uint8 RGB.
-            previous: (478, 2) landmarks of the face in an earlier frame.
+            faces: (N, 478, 2) landmarks of the faces in an earlier frame.
 
         Returns:
-            (N, 478, 2) landmarks in frame pixels.
+            (M, 478, 2) landmarks in frame pixels (duplicates from overlapping crops removed).
         """
-        return self._detect_in(frame, zoom_box(previous, frame.shape[:2], self.config.zoom))
+        size = frame.shape[:2]
+        found = [self._detect_in(frame, zoom_box(face, size, self.config.zoom)) for face in faces]
+        return dedup_faces(np.concatenate(found), self.config.dedup_distance)
 
     def tiles(self, frame: np.ndarray) -> np.ndarray:
         """Search the tile pyramid, stopping at the first level that finds a face.
@@ -159,24 +161,24 @@ class FineSearch:
         """
         size = frame.shape[:2]
         for tile in tile_levels(size, self.config):
-            found = [self._detect_in(frame, box) for box in tile_boxes(size, tile, self.config.tile_overlap)]
-            faces = np.concatenate(found)  # (N, 478, 2)
+            faces = np.concatenate([self._detect_in(frame, box)
+                                    for box in tile_boxes(size, tile, self.config.tile_overlap)])  # (N, 478, 2)
             if len(faces):
                 return dedup_faces(faces, self.config.dedup_distance)
-        return np.empty((0,) + found[0].shape[1:], np.float32)
+        return faces
 
-    def search(self, frame: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-        """Zoomed crop first (when there is a previous face), then the tile pyramid.
+    def search(self, frame: np.ndarray, recent: np.ndarray | None) -> np.ndarray:
+        """Zoomed crops around recently seen faces first, then the tile pyramid.
 
         Args:
             frame: (H, W, 3) uint8 RGB.
-            previous: (478, 2) last known landmarks, or None.
+            recent: (N, 478, 2) landmarks of the faces seen in a recent frame, or None.
 
         Returns:
-            (N, 478, 2) landmarks in frame pixels; N = 0 when nothing was found.
+            (M, 478, 2) landmarks in frame pixels; M = 0 when nothing was found.
         """
-        if previous is not None:
-            faces = self.around(frame, previous)
+        if recent is not None and len(recent):
+            faces = self.around(frame, recent)
             if len(faces):
                 return faces
         return self.tiles(frame)

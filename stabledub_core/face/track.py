@@ -208,7 +208,9 @@ class FaceTracker:
         self._last_time: float | None = None
         self._frame_size: tuple[int, int] | None = None
         self._previous: np.ndarray | None = None  # (478, 2) last tracked landmarks while the track is alive
-        self._misses = 0
+        self._recent: np.ndarray | None = None  # (N, 478, 2) all faces of the last frame that had any
+        self._misses = 0  # consecutive frames without the tracked face
+        self._empty = 0  # consecutive frames without any face
 
     def _find(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray | None:
         """Landmarks (478, 2) of the selected face in a frame, or None."""
@@ -219,8 +221,13 @@ class FaceTracker:
         choice = self.selector.select(candidates, self._previous)
         if choice is None and self.config.search.enabled:
             with self.timer.stage("search"):
-                candidates = self._search().search(frame, self._previous)
+                candidates = self._search().search(frame, self._recent)
             choice = self.selector.select(candidates, self._previous)
+        self._empty = 0 if len(candidates) else self._empty + 1
+        if len(candidates):
+            self._recent = candidates
+        elif self._empty > self.config.max_gap:
+            self._recent = None
         return None if choice is None else candidates[choice]
 
     def feed(self, frame: np.ndarray, time: float) -> FaceTrack | None:

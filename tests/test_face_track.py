@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrack, FaceTracker, FrameFormatError,
+from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrack, FaceTracker, FineSearchConfig,
+                                 FrameFormatError,
                                  TrackStatus)
 from stabledub_core.face.indices import LIPS_INNER, mouth_centre
 
@@ -148,7 +149,7 @@ def test_small_face_in_a_portrait_frame_is_found_by_the_fine_search(face_model_p
         assert (track.status == TrackStatus.DETECTED).all()
         assert np.linalg.norm(lip_centre(track.landmarks) - expected, axis=-1).max() < 3
         assert tracker.timer.calls["search"] == 2  # the full-frame pass misses it
-    with FaceTracker(face_model_path, search={"enabled": False}) as tracker:
+    with FaceTracker(face_model_path, search=FineSearchConfig(enabled=False)) as tracker:
         assert (tracker.track([canvas], fps=25).status == TrackStatus.MISSING).all()
 
 

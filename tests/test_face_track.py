@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrack, FaceTracker, FineSearchConfig,
-                                 FrameFormatError,
-                                 TrackStatus)
+                                 FrameFormatError, TrackStatus)
 from stabledub_core.face.indices import LIPS_INNER, mouth_centre
 
 ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # from the media README

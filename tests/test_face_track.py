@@ -172,7 +172,6 @@ def test_streaming_chunks_match_the_whole_clip(face_model_path, pan):
         chunks, held = [], []
         for i, frame in enumerate(frames):
             chunk = tracker.feed(frame, i / 25)
-            done = 0 if chunk is None else chunk.start + len(chunk)
             chunks += [] if chunk is None else [chunk]
             held.append(i + 1 - (chunks[-1].start + len(chunks[-1]) if chunks else 0))
         chunks += [c for c in [tracker.flush()] if c is not None]

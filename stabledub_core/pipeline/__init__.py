@@ -1,5 +1,5 @@
-"""Sampler, windowing, compositing, video I/O and the streaming dubbing pipeline."""
+"""Inference pipeline: sampler with dual CFG, temporal windows, compositing, video I/O."""
 
-from stabledub_core.errors import Interrupted
 
-__all__ = ["Interrupted"]
+class Interrupted(Exception):
+    """Raised by the sampler when its ``should_stop()`` check returns True (e.g. the user cancelled)."""

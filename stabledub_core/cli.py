@@ -150,13 +150,13 @@ def _options(args):
 
 
 def _load_model(path: Path, preset: str | None, options):
-    from stabledub_core.models.checkpoint import load_checkpoint
-    from stabledub_core.pipeline.dub import _torch_dtype
-
     path = require_file(path, "checkpoint")
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"checkpoint {str(path)!r} is not a .safetensors file; pickled checkpoints "
                               "(.ckpt/.pt/.bin) are refused because loading them can run code")
+    from stabledub_core.models.checkpoint import load_checkpoint
+    from stabledub_core.pipeline.dub import _torch_dtype
+
     model = load_checkpoint(path, options.device, _torch_dtype(options.dtype))
     if preset is not None and model.config.preset != preset:
         raise CheckpointError(f"checkpoint {str(path)!r} holds the {model.config.preset!r} preset, not "
@@ -165,11 +165,9 @@ def _load_model(path: Path, preset: str | None, options):
 
 
 def _run_dub(args) -> int:
-    from stabledub_core.pipeline.dub import dub_video
+    from stabledub_core.pipeline.dub import check_inputs, dub_video
 
-    require_file(args.video, "video")
-    if args.audio is not None:
-        require_file(args.audio, "audio")
+    check_inputs(args.video, args.audio, args.out)
     options = _options(args)
     model = _load_model(args.checkpoint, args.preset, options)
     result = dub_video(args.video, args.audio, model, args.out, options,

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, load_encoder_input
+from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, load_encoder_input, probe_audio
 from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, check_interrupt
 from stabledub_core.pipeline.length_policy import LengthPlan, LengthPolicy, plan_length
 from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter, output_format
@@ -153,6 +153,34 @@ class ChunkModel(Protocol):
         """
 
 
+def check_inputs(video, audio, out) -> None:
+    """Cheap checks of the inputs before any model is loaded (no frame is decoded).
+
+    Args:
+        video: Video with a face.
+        audio: Speech file, or ``None`` for the video's own audio track.
+        out: Output path.
+
+    Raises:
+        StableDubError: One clear error for a missing file, a file that is not media, a video without a video
+            stream or with fewer than 2 frames, no speech track, or an unsupported output extension.
+    """
+    output_format(out)
+    with VideoReader(video) as reader:
+        packets = 0
+        for packet in reader.container.demux(reader.stream):
+            packets += packet.size > 0
+            if packets >= 2:
+                break
+        if packets < 2:
+            raise EmptyMediaError(f"video {str(video)!r} has {packets} frame(s); dubbing needs at least 2: give a "
+                                  "real video, not a still image")
+        if audio is None and not reader.has_audio:
+            raise NoAudioStreamError(f"video {str(video)!r} has no audio track and no speech was given: "
+                                     "give the speech with --audio")
+    probe_audio(video if audio is None else audio, "video" if audio is None else "audio")
+
+
 def dub_video(video, audio, model, out, options: DubOptions | None = None,
               on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> DubResult:
     """Dub a video file with a speech file into a new video file.
@@ -171,12 +199,10 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None,
     """
     options = options or DubOptions()
     policy = LengthPolicy.parse(options.length_policy)
-    output_format(out)
     clock = StageClock()
+    with clock.stage("audio_decode"):
+        check_inputs(video, audio, out)
     with VideoReader(video) as reader:
-        if audio is None and not reader.has_audio:
-            raise NoAudioStreamError(f"video {str(video)!r} has no audio track and no speech was given: "
-                                     "give the speech with --audio")
         with clock.stage("audio_decode"):
             wave16, info = load_encoder_input(video if audio is None else audio,
                                               "video" if audio is None else "audio")

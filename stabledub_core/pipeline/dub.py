@@ -38,6 +38,7 @@ FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmark
                   "face_landmarker.task")
 MASK_WINDOW = 16  # frames sharing one crop box and union mask (the model's window)
 MASK_GROUP = 8  # mask windows planned together (box smoothing runs within a group)
+EXPOSURE_GRID = 16  # occluder patches per crop side (16 x 16: patches line up with latent cells)
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 StopCheck = Callable[[], bool]
@@ -292,23 +293,31 @@ def _read(reader: VideoReader, indices: list[int]) -> np.ndarray:
 
 
 def _habit_crops(reader: VideoReader, track, size: int, options: DubOptions) -> np.ndarray:
-    """K lip crops spread evenly over the frames with a detected face."""
-    from stabledub_core.face import TrackStatus
-    from stabledub_core.masks.lips import lip_crops
+    """K lip crops ``(K, size, size, 3)`` of a segment of consecutive tracked frames (the lip-habit segment)."""
+    from stabledub_core.masks.lips import choose_lip_segment, lip_crops
 
-    detected = np.flatnonzero(track.status == TrackStatus.DETECTED)
-    if len(detected) == 0:
-        detected = np.flatnonzero(track.valid)
-    picks = detected[np.linspace(0, len(detected) - 1, min(options.habit_frames, len(detected))).round().astype(int)]
-    picks = sorted(set(int(i) for i in picks))
+    k = min(options.habit_frames, len(track))
+    start = choose_lip_segment(track.status, k, seed=options.seed)
+    picks = list(range(start, start + k))
     return lip_crops(_read(reader, picks), track.landmarks[picks], size)
+
+
+# CLI names of the reference strategies -> ReferenceStrategy values (masks/reference.py)
+REFERENCE_STRATEGIES = {"closed-lips": "closed_lips", "pose": "nearest_pose", "random": "random"}
 
 
 def _reference_frame(reader: VideoReader, track, options: DubOptions) -> np.ndarray:
     """The appearance reference frame ``(H, W, 3)``."""
-    from stabledub_core.masks.reference import choose_reference
+    from stabledub_core.errors import OptionError
+    from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 
-    index = choose_reference(track.landmarks, track.status, options.reference, options.seed)
+    name = REFERENCE_STRATEGIES.get(options.reference, options.reference)
+    try:
+        strategy = ReferenceStrategy(name)
+    except ValueError:
+        raise OptionError(f"unknown reference strategy {options.reference!r}; choose one of "
+                          f"{', '.join(REFERENCE_STRATEGIES)}") from None
+    index = choose_reference(track.landmarks, track.status, strategy, options.seed)
     return _read(reader, [index])[0]
 
 
@@ -380,7 +389,7 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
     buffer: dict[int, np.ndarray] = {}  # output index -> source image, for the current chunk and its overlap
     read = 0
     faceless = 0
-    grid = grid_size(size)
+    grid = grid_size(size, grid=EXPOSURE_GRID)
     for chunk in chunks:
         check_interrupt(should_stop)
         with clock.stage("decode"):

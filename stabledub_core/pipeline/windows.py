@@ -177,7 +177,6 @@ class ChunkStitcher:
         self._chunks = chunks
         self._index = 0
         self._tail: torch.Tensor | None = None  # frames of the previous chunk not yet emitted
-        self._tail_start = 0
 
     def push(self, values: torch.Tensor) -> tuple[int, torch.Tensor]:
         """Add the output of the next chunk.
@@ -206,7 +205,6 @@ class ChunkStitcher:
         keep = self._chunks[self._index].blend if self._index < len(self._chunks) else 0
         final, self._tail = values[: values.shape[0] - keep], values[values.shape[0] - keep:]
         start = chunk.start
-        self._tail_start = chunk.stop - keep
         return start, final
 
     def finish(self) -> None:
@@ -215,15 +213,15 @@ class ChunkStitcher:
             raise WindowError(f"{len(self._chunks) - self._index} chunk(s) were never pushed")
 
 
-def iter_window_batches(windows: list[FrameWindow], batch_size: int) -> Iterator[list[FrameWindow]]:
-    """Group windows of equal length into batches of at most ``batch_size`` (for one forward per batch)."""
+def iter_window_batches(windows: list[FrameWindow], batch_size: int) -> Iterator[list[int]]:
+    """Group the indices of consecutive windows of equal length into batches of at most ``batch_size``."""
     if batch_size < 1:
         raise WindowError(f"window batch size must be >= 1, got {batch_size}")
-    batch: list[FrameWindow] = []
-    for w in windows:
-        if batch and (len(batch) == batch_size or batch[0].length != w.length):
+    batch: list[int] = []
+    for i, w in enumerate(windows):
+        if batch and (len(batch) == batch_size or windows[batch[0]].length != w.length):
             yield batch
             batch = []
-        batch.append(w)
+        batch.append(i)
     if batch:
         yield batch

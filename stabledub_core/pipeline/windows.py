@@ -132,36 +132,32 @@ class Chunk:
 
 def plan_chunks(num_frames: int, windows_per_chunk: int, window: int = DEFAULT_WINDOW,
                 overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:
-    """Split a clip into chunks of ``windows_per_chunk`` windows that overlap by ``overlap`` frames.
+    """Group the clip's windows (:func:`plan_frame_windows`) into chunks of ``windows_per_chunk`` windows.
 
-    Inside a chunk the sampler plans its own windows (:func:`plan_frame_windows` on the chunk's frames). Memory
-    per chunk is bounded by ``windows_per_chunk * (window - overlap) + overlap`` frames whatever the clip length.
+    A chunk spans its windows' frames, so consecutive chunks share the frames of two neighbouring windows'
+    overlap (more where the last window is shifted back). Because chunk starts fall on window starts, the windows
+    the sampler plans inside a chunk are exactly the clip's windows in that range: chunked sampling differs from
+    whole-clip sampling only in the shared frames (predicted by one window per chunk, then cross-faded by
+    :class:`ChunkStitcher`). A chunk spans at most ``windows_per_chunk * (window - overlap) + overlap`` frames
+    whatever the clip length.
 
     Args:
         num_frames: frames in the clip.
         windows_per_chunk: windows per chunk (>= 1).
         window: frames per window.
-        overlap: frames shared by consecutive windows and by consecutive chunks.
+        overlap: frames shared by consecutive windows.
 
     Returns:
-        Chunks in order covering ``[0, num_frames)``; a final short remainder is merged by shifting the last chunk
-        back (it then shares more than ``overlap`` frames with its predecessor), never dropped.
+        Chunks in order covering ``[0, num_frames)``; no frame is dropped.
     """
-    _check(num_frames, window, overlap)
     if windows_per_chunk < 1:
         raise WindowError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
-    stride = window - overlap
-    size = windows_per_chunk * stride + overlap
-    if num_frames <= size:
-        return [Chunk(0, num_frames, 0)]
-    chunks = [Chunk(0, size, 0)]
-    while chunks[-1].stop < num_frames:
-        prev = chunks[-1]
-        start = prev.stop - overlap
-        stop = min(start + size, num_frames)
-        if stop - start < size:  # shift the last chunk back so it stays full size
-            start = max(num_frames - size, 0)
-        chunks.append(Chunk(start, stop, prev.stop - start))
+    windows = plan_frame_windows(num_frames, window, overlap)
+    chunks: list[Chunk] = []
+    for k in range(0, len(windows), windows_per_chunk):
+        group = windows[k:k + windows_per_chunk]
+        start, stop = group[0].start, group[-1].stop
+        chunks.append(Chunk(start, stop, chunks[-1].stop - start if chunks else 0))
     return chunks
 
 

@@ -114,8 +114,9 @@ def test_chunked_equals_unchunked_without_temporal_mixing():
 def test_chunked_close_to_unchunked_with_temporal_mixing():
     target = smooth_target(61)
     cond = make_conditions(61, target=target)
-    model = TargetDenoiser(beta=0.3)  # windows disagree by beta * stride * slope = 0.3 * 12 * 0.05 = 0.18
+    model = TargetDenoiser(beta=0.3)
     cfg = _config(scheduler="euler", scale_audio=1.0, scale_habit=1.0, shared_noise=1.0)
+    disagreement = 0.3 * (cfg.window - cfg.overlap) * 0.05  # beta * stride * target slope between windows
     whole = sample_clip(model, cond, cfg)
     step_whole = (whole - target).diff(dim=0).abs().max()
     for per_chunk in (1, 2):
@@ -123,7 +124,7 @@ def test_chunked_close_to_unchunked_with_temporal_mixing():
         assert chunked.shape == whole.shape
         diff = (whole - chunked).abs().amax(dim=(1, 2, 3))
         # stated tolerance: 5% of the disagreement between neighbouring windows
-        assert diff.max() < 0.009
+        assert diff.max() < 0.05 * disagreement
         shared = set()
         chunks = plan_chunks(61, per_chunk)
         for prev, nxt in zip(chunks, chunks[1:]):

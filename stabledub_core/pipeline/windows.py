@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 DEFAULT_WINDOW = 16
-DEFAULT_OVERLAP = 4
+DEFAULT_OVERLAP = 8  # 50% as in EdiDub: window edges then change no faster than window interiors
 
 
 class WindowError(ValueError):

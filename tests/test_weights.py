@@ -64,9 +64,9 @@ def test_both_formats_copy_the_same_tensors(initialised, sd_files):
     # what both formats do not copy is left as initialised (same seed): the whole U-Net is identical
     for name in state_f:
         assert torch.equal(state_f[name], state_s[name]), name
-    vae_s = model_s.vae.state_dict()
-    for name, value in model_f.vae.state_dict().items():
-        assert torch.equal(value, vae_s[name]), name
+    vae_s, vae_f = model_s.vae.state_dict(), model_f.vae.state_dict()
+    for name, value in sd_files[1].state_dict().items():  # SD's VAE, from first_stage_model.* and from vae/
+        assert torch.equal(value, vae_s[name]) and torch.equal(value, vae_f[name]), name
 
 
 def test_conv_in_gets_sd_channels_then_zeros(initialised, sd_files):

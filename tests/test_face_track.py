@@ -56,6 +56,16 @@ def test_tracks_every_frame_of_the_test_videos(tracker, media_dir, name):
     assert np.linalg.norm(np.diff(mouth_centre(track.landmarks), axis=0), axis=-1).max() < 8
 
 
+def test_smoothing_halves_landmark_jitter_on_the_real_video(face_model_path, pan):
+    with FaceTracker(face_model_path, smoothing=None) as tracker:
+        raw = tracker.track(pan[:40], fps=25).landmarks
+    with FaceTracker(face_model_path) as tracker:
+        smooth = tracker.track(pan[:40], fps=25).landmarks
+    accel = lambda x: np.sqrt((np.diff(x, 2, axis=0) ** 2).mean())  # noqa: E731  jitter shows as acceleration
+    assert accel(smooth) < 0.7 * accel(raw)
+    assert np.abs(smooth - raw).mean() < 1.0  # pixels: no visible lag on the panning head
+
+
 def test_astronaut_lip_centre_and_corners(tracker, astronaut):
     track = tracker.track([astronaut], fps=25)
     landmarks = track.landmarks[0]

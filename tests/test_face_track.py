@@ -157,7 +157,8 @@ def test_small_face_in_a_portrait_frame_is_found_by_the_fine_search(face_model_p
         track = tracker.track([canvas, canvas], fps=25)
         assert (track.status == TrackStatus.DETECTED).all()
         assert np.linalg.norm(lip_centre(track.landmarks) - expected, axis=-1).max() < 3
-        assert tracker.timer.calls["search"] == 2  # the full-frame pass misses it
+        # The full-frame pass misses it, the tiles find it, then the zoomed crop carries the track.
+        assert tracker.timer.calls["tiles"] == 1 and tracker.timer.calls["zoom"] == 1
     with FaceTracker(face_model_path, search=FineSearchConfig(enabled=False)) as tracker:
         assert (tracker.track([canvas], fps=25).status == TrackStatus.MISSING).all()
 
@@ -219,3 +220,14 @@ def test_track_save_load_and_slicing(tmp_path, tracker, pan):
     assert np.array_equal(loaded.landmarks, track.landmarks) and loaded.frame_size == (512, 512)
     part = track[2:5]
     assert part.start == 2 and len(part) == 3 and np.array_equal(part.landmarks, track.landmarks[2:5])
+
+
+def test_the_full_frame_pass_is_retried_while_the_zoom_carries_the_track(face_model_path, astronaut):
+    canvas = np.full((1080, 1920, 3), 90, np.uint8)
+    paste(canvas, astronaut, 900, 400, 400)  # face ~80 px: too small for the full-frame pass
+    with FaceTracker(face_model_path, search=FineSearchConfig(full_frame_interval=3)) as tracker:
+        track = tracker.track([canvas] * 7, fps=25)
+        calls = dict(tracker.timer.calls)
+    assert (track.status == TrackStatus.DETECTED).all()
+    # Frame 0: full frame, tiles. Frames 1-6: zoom first; the full-frame pass again at frames 3 and 6.
+    assert calls == {"detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}

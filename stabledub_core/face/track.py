@@ -157,6 +157,9 @@ class FaceTracker:
         self.config = dataclasses.replace(config or TrackerConfig(), **overrides)
         if self.config.num_faces < 1:
             raise ValueError(f"num_faces must be >= 1, got {self.config.num_faces}")
+        if self.config.search.full_frame_interval < 1:
+            raise ValueError(f"search.full_frame_interval must be >= 1 frame, got "
+                             f"{self.config.search.full_frame_interval}")
         self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection,
                                      self.config.max_jump)
         self.timer = StageTimer()
@@ -173,6 +176,7 @@ class FaceTracker:
                                    cfg.min_presence_confidence, cfg.min_tracking_confidence)
 
     def _search(self) -> FineSearch:
+        """The fine search (its IMAGE-mode landmarker is created on first use)."""
         if self._image is None:
             self._image = self._landmarker(LandmarkerMode.IMAGE)
         return FineSearch(self._image, self.config.search)
@@ -211,18 +215,54 @@ class FaceTracker:
         self._recent: np.ndarray | None = None  # (N, 478, 2) all faces of the last frame that had any
         self._misses = 0  # consecutive frames without the tracked face
         self._empty = 0  # consecutive frames without any face
+        self._zoom_first = 0  # frames left that try the zoomed search before the full-frame pass
 
-    def _find(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray | None:
-        """Landmarks (478, 2) of the selected face in a frame, or None."""
+    def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 1: the VIDEO-mode landmarker on the whole frame. Returns (N, 478, 2)."""
         if self._video is None:
             self._video = self._landmarker(LandmarkerMode.VIDEO)
-        with self.timer.stage("detect"):
-            candidates = self._video.detect(frame, timestamp_ms)  # (N, 478, 2)
-        choice = self.selector.select(candidates, self._previous)
-        if choice is None and self.config.search.enabled:
-            with self.timer.stage("search"):
-                candidates = self._search().search(frame, self._recent)
-            choice = self.selector.select(candidates, self._previous)
+        return self._video.detect(frame, timestamp_ms)
+
+    def _zoom(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 2: crops around the faces of a recent frame. Returns (N, 478, 2)."""
+        return self._search().around(frame, self._recent)
+
+    def _tiles(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 3: the tile pyramid over the whole frame. Returns (N, 478, 2)."""
+        return self._search().tiles(frame)
+
+    def _stages(self) -> list:
+        """(name, stage) pairs to try on the next frame, in order."""
+        stages = [("detect", self._full_frame)]
+        if self.config.search.enabled:
+            if self._recent is not None:
+                stages.insert(0 if self._zoom_first > 0 else 1, ("zoom", self._zoom))
+            stages.append(("tiles", self._tiles))
+        return stages
+
+    def _find(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray | None:
+        """Landmarks (478, 2) of the selected face in a frame, or None.
+
+        The stages run in turn until one yields a face that the selector accepts. While the zoomed search carries
+        the track (a face too small for the full-frame pass), it goes first, and the full-frame pass is retried only
+        every ``search.full_frame_interval`` frames.
+        """
+        choice, candidates, found_by = None, np.empty((0, NUM_LANDMARKS, 2), np.float32), None
+        for name, stage in self._stages():
+            with self.timer.stage(name):
+                found = stage(frame, timestamp_ms)  # (N, 478, 2)
+            if len(found):
+                candidates = found
+            choice = self.selector.select(found, self._previous)
+            if choice is not None:
+                found_by = name
+                break
+        if found_by == "detect":
+            self._zoom_first = 0
+        elif found_by is not None and self._zoom_first == 0:  # the full-frame pass went first and failed
+            self._zoom_first = self.config.search.full_frame_interval - 1
+        else:
+            self._zoom_first = max(self._zoom_first - 1, 0)
         self._empty = 0 if len(candidates) else self._empty + 1
         if len(candidates):
             self._recent = candidates

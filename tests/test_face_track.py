@@ -102,13 +102,29 @@ def test_a_video_without_a_face_is_all_missing(tracker):
     assert (track.status == TrackStatus.MISSING).all() and np.isnan(track.landmarks).all()
 
 
-def test_upside_down_frame_never_crashes(tracker, pan):
+@pytest.mark.parametrize("flip", ["vertical", "rotate180"])
+def test_upside_down_frame_is_interpolated(tracker, pan, flip):
+    # MediaPipe fits an upright face to the vertically flipped photo (its "lips" on the flipped eyes): the jump
+    # breaks the track's continuity, so the frame counts as faceless and is interpolated.
     frames = list(pan[:12])
-    frames[6] = np.ascontiguousarray(pan[6, ::-1])
+    frames[6] = np.ascontiguousarray(pan[6, ::-1] if flip == "vertical" else pan[6, ::-1, ::-1])
     track = tracker.track(frames, fps=25)
-    assert len(track) == 12 and (np.delete(track.status, 6) == TrackStatus.DETECTED).all()
-    # Either MediaPipe sees no face there (then the gap is filled) or it finds the flipped face.
-    assert track.status[6] in (TrackStatus.DETECTED, TrackStatus.INTERPOLATED)
+    expected = np.zeros(12, np.uint8)
+    expected[6] = TrackStatus.INTERPOLATED
+    assert np.array_equal(track.status, expected)
+    assert np.linalg.norm(lip_centre(track.landmarks[6]) - lip_centre(track.landmarks[5])) < 3
+
+
+def test_a_cut_to_another_shot_starts_a_new_track_without_losing_frames(face_model_path, pan, astronaut):
+    # After frame 6 the face sits elsewhere and smaller (another shot): held back, then accepted from the cut on.
+    other = np.full_like(pan[0], 90)
+    paste(other, astronaut, 200, 180, 300)
+    frames = list(pan[:6]) + [other] * 8
+    with FaceTracker(face_model_path, max_gap=3) as tracker:
+        track = tracker.track(frames, fps=25)
+    assert (track.status == TrackStatus.DETECTED).all()
+    expected = np.array([200, 180]) + ASTRONAUT_LIP_CENTRE * 300 / 512
+    assert np.linalg.norm(lip_centre(track.landmarks[6:]) - expected, axis=-1).max() < 3
 
 
 @pytest.fixture(scope="module")

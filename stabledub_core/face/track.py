@@ -14,7 +14,7 @@ from .gaps import GapFiller, TrackEntry, TrackStatus
 from .indices import NUM_LANDMARKS
 from .landmarker import LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
 from .search import FineSearch, FineSearchConfig
-from .selection import FaceSelection, FaceSelector
+from .selection import FaceSelection, FaceSelector, is_continuation
 from .smoothing import OneEuroConfig, OneEuroFilter
 from .timing import StageTimer
 
@@ -116,7 +116,11 @@ class TrackerConfig:
         selection: which face to follow when there are several.
         face_index: face index from the left for ``FaceSelection.INDEX``.
         initial_selection: first pick of ``FaceSelection.NEAREST`` (LARGEST or INDEX).
-        max_jump: largest per-frame move (face sizes) that NEAREST follows.
+        max_jump: largest per-frame move of the tracked face, in face sizes. A face that jumps further (a false
+            detection, e.g. in an upside-down frame, or another shot after a cut) is held back: it is accepted as a
+            new track only if it persists until the old one is lost (``max_gap`` + 1 frames), else the frame counts
+            as having no face. With ``max_gap = 0`` every pick is accepted at once.
+        max_scale_change: largest per-frame size ratio of the tracked face (same handling as ``max_jump``).
         num_faces: most faces MediaPipe returns per frame (> 1 so that selection can choose).
         min_detection_confidence: MediaPipe face detector threshold.
         min_presence_confidence: MediaPipe face presence threshold.
@@ -130,6 +134,7 @@ class TrackerConfig:
     face_index: int = 0
     initial_selection: FaceSelection = FaceSelection.LARGEST
     max_jump: float = 1.0
+    max_scale_change: float = 1.5
     num_faces: int = 4
     min_detection_confidence: float = 0.5
     min_presence_confidence: float = 0.5
@@ -160,8 +165,7 @@ class FaceTracker:
         if self.config.search.full_frame_interval < 1:
             raise ValueError(f"search.full_frame_interval must be >= 1 frame, got "
                              f"{self.config.search.full_frame_interval}")
-        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection,
-                                     self.config.max_jump)
+        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection)
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
@@ -216,6 +220,7 @@ class FaceTracker:
         self._misses = 0  # consecutive frames without the tracked face
         self._empty = 0  # consecutive frames without any face
         self._zoom_first = 0  # frames left that try the zoomed search before the full-frame pass
+        self._held: list[tuple[float, np.ndarray]] = []  # (time, raw landmarks) of a jumped face, frame by frame
 
     def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
         """Stage 1: the VIDEO-mode landmarker on the whole frame. Returns (N, 478, 2)."""
@@ -240,23 +245,35 @@ class FaceTracker:
             stages.append(("tiles", self._tiles))
         return stages
 
-    def _find(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray | None:
-        """Landmarks (478, 2) of the selected face in a frame, or None.
+    def _continues(self, face: np.ndarray) -> bool:
+        """Whether a face continues the live track (always True when there is none)."""
+        cfg = self.config
+        return self._previous is None or is_continuation(face, self._previous, cfg.max_jump, cfg.max_scale_change)
 
-        The stages run in turn until one yields a face that the selector accepts. While the zoomed search carries
-        the track (a face too small for the full-frame pass), it goes first, and the full-frame pass is retried only
-        every ``search.full_frame_interval`` frames.
+    def _find(self, frame: np.ndarray, timestamp_ms: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Find the tracked face in a frame.
+
+        The stages run in turn until one yields a face that the selector picks and that continues the track. While
+        the zoomed search carries the track (a face too small for the full-frame pass), it goes first, and the
+        full-frame pass is retried only every ``search.full_frame_interval`` frames.
+
+        Returns:
+            (accepted, jumped): (478, 2) landmarks of the tracked face or None; and, when only a face that breaks
+            the track's continuity was picked, its (478, 2) landmarks, else None.
         """
-        choice, candidates, found_by = None, np.empty((0, NUM_LANDMARKS, 2), np.float32), None
+        accepted, jumped, found_by = None, None, None
+        candidates = np.empty((0, NUM_LANDMARKS, 2), np.float32)
         for name, stage in self._stages():
             with self.timer.stage(name):
                 found = stage(frame, timestamp_ms)  # (N, 478, 2)
             if len(found):
                 candidates = found
             choice = self.selector.select(found, self._previous)
-            if choice is not None:
-                found_by = name
+            if choice is not None and self._continues(found[choice]):
+                accepted, found_by = found[choice], name
                 break
+            if choice is not None and jumped is None:
+                jumped = found[choice]
         if found_by == "detect":
             self._zoom_first = 0
         elif found_by is not None and self._zoom_first == 0:  # the full-frame pass went first and failed
@@ -268,7 +285,32 @@ class FaceTracker:
             self._recent = candidates
         elif self._empty > self.config.max_gap:
             self._recent = None
-        return None if choice is None else candidates[choice]
+        return accepted, None if accepted is not None else jumped
+
+    def _smooth(self, landmarks: np.ndarray, time: float) -> np.ndarray:
+        if self._smoother is None:
+            return landmarks
+        with self.timer.stage("smooth"):
+            return self._smoother(landmarks, time)
+
+    def _hold(self, jumped: np.ndarray | None, time: float) -> list[TrackEntry] | None:
+        """Keep a jumped face while it persists; once the old track is lost, start the new track with it.
+
+        Returns:
+            The held-back frames finalised (the new track's first frames) when the new track starts, else None.
+        """
+        if jumped is None or (self._held and not is_continuation(jumped, self._held[-1][1], self.config.max_jump,
+                                                                 self.config.max_scale_change)):
+            self._held = []
+        if jumped is not None:
+            self._held.append((time, jumped))
+        if not self._held or self._misses + 1 <= self.config.max_gap:
+            return None
+        if self._smoother is not None:
+            self._smoother.reset()
+        smoothed = [self._smooth(landmarks, t) for t, landmarks in self._held]
+        self._held = []
+        return self._gaps.resolve(smoothed[:-1]) + self._gaps.push(self._index, time, smoothed[-1])
 
     def feed(self, frame: np.ndarray, time: float) -> FaceTrack | None:
         """Track the next frame of the stream.
@@ -288,19 +330,21 @@ class FaceTracker:
                              f"{self._frame_size}: call reset() before a new video")
         if self._last_time is not None and time <= self._last_time:
             raise ValueError(f"frame times must increase: frame {self._index} at {time} s after {self._last_time} s")
-        landmarks = self._find(frame, int(round(time * 1000.0)))
-        if landmarks is not None:
-            if self._smoother is not None:
-                with self.timer.stage("smooth"):
-                    landmarks = self._smoother(landmarks, time)
-            self._previous, self._misses = landmarks, 0
+        landmarks, jumped = self._find(frame, int(round(time * 1000.0)))
+        entries = None if landmarks is not None or self._previous is None else self._hold(jumped, time)
+        if entries is not None:  # a jumped face persisted: it is the new track
+            self._previous, self._misses = entries[-1].landmarks, 0
+        elif landmarks is not None:
+            landmarks = self._smooth(landmarks, time)
+            self._previous, self._misses, self._held = landmarks, 0, []
+            entries = self._gaps.push(self._index, time, landmarks)
         else:
             self._misses += 1
             if self._misses > self.config.max_gap:  # the track is lost: start afresh when a face comes back
                 self._previous = None
                 if self._smoother is not None:
                     self._smoother.reset()
-        entries = self._gaps.push(self._index, time, landmarks)
+            entries = self._gaps.push(self._index, time, None)
         self._index += 1
         self._last_time = time
         return FaceTrack.from_entries(entries, self._frame_size) if entries else None

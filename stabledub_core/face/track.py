@@ -170,7 +170,6 @@ class FaceTracker:
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
         self._smoother = OneEuroFilter(self.config.smoothing) if self.config.smoothing is not None else None
-        self._gaps = GapFiller(self.config.max_gap)
         self.reset()
 
     # -- MediaPipe objects -------------------------------------------------------------------------------------

@@ -247,3 +247,12 @@ def test_the_full_frame_pass_is_retried_while_the_zoom_carries_the_track(face_mo
     assert (track.status == TrackStatus.DETECTED).all()
     # Frame 0: full frame, tiles. Frames 1-6: zoom first; the full-frame pass again at frames 3 and 6.
     assert calls == {"detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}
+
+
+def test_variable_frame_times(tracker, pan):
+    # Irregular times, two of them within the same millisecond (MediaPipe's VIDEO timestamps are integer ms).
+    times = [0.0, 0.0002, 0.05, 0.2, 0.21]
+    track = tracker.track(pan[:5], times=times)
+    assert (track.status == TrackStatus.DETECTED).all() and np.allclose(track.times, times)
+    with pytest.raises(ValueError, match="more frames than times"):
+        tracker.track(pan[:3], times=[0.0, 0.1])

@@ -202,11 +202,13 @@ def test_streaming_chunks_match_the_whole_clip(face_model_path, pan):
             chunks += [] if chunk is None else [chunk]
             held.append(i + 1 - (chunks[-1].start + len(chunks[-1]) if chunks else 0))
         chunks += [c for c in [tracker.flush()] if c is not None]
+        streamed = list(tracker.stream((frame, i / 25) for i, frame in enumerate(frames)))
     assert max(held) <= tracker.lookahead
     assert len(chunks) > 2 and [c.start for c in chunks] == sorted(c.start for c in chunks)
     joined = FaceTrack.concatenate(chunks)
     assert np.array_equal(joined.status, whole.status) and np.allclose(joined.landmarks, whole.landmarks)
     assert (joined.status[5:7] == TrackStatus.INTERPOLATED).all()
+    assert [(c.start, len(c)) for c in streamed] == [(c.start, len(c)) for c in chunks]
 
 
 def test_missing_model_error_names_the_path(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -147,9 +147,10 @@ class TrackerConfig:
 class FaceTracker:
     """Tracks one face through a video with MediaPipe's Face Landmarker. A context manager: closes MediaPipe.
 
-    Whole clips: ``track(frames, fps)``. Long videos: ``feed(frame, time)`` per frame in order, each call returning
-    the frames finalised so far as a ``FaceTrack`` chunk (or None); a frame is held back at most ``lookahead``
-    frames (until a gap around it can be judged); ``flush()`` returns the rest at the end.
+    Whole clips: ``track(frames, fps)``. Long videos: ``stream(pairs)`` yields finalised chunks lazily; or, by hand,
+    ``feed(frame, time)`` per frame in order, each call returning the frames finalised so far as a ``FaceTrack``
+    chunk (or None), then ``flush()`` at the end. A frame is held back at most ``lookahead`` frames (until a gap
+    around it can be judged); keep that many frames buffered to pair them with their chunk.
 
     Args:
         model_path: path of MediaPipe's ``face_landmarker.task``.
@@ -353,6 +354,27 @@ class FaceTracker:
         entries = self._gaps.flush()
         return FaceTrack.from_entries(entries, self._frame_size) if entries else None
 
+    def stream(self, frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[FaceTrack]:
+        """Track a new stream lazily: yields finalised chunks while reading (frame, time) pairs.
+
+        Args:
+            frames: (frame (H, W, 3) uint8 RGB, time in seconds) pairs in order, e.g. from a video reader.
+
+        Yields:
+            Consecutive ``FaceTrack`` chunks covering every frame; frame i's chunk comes at most ``lookahead``
+            frames after frame i was read.
+        """
+        self.reset()
+        for frame, time in frames:
+            chunk = self.feed(frame, time)
+            if chunk is not None:
+                yield chunk
+        if self._index == 0:
+            raise ValueError("no frames to track")
+        last = self.flush()
+        if last is not None:
+            yield last
+
     # -- whole clips -------------------------------------------------------------------------------------------
     def track(self, frames: Iterable[np.ndarray], fps: float | None = None,
               times: Sequence[float] | None = None) -> FaceTrack:
@@ -370,17 +392,11 @@ class FaceTracker:
             raise ValueError("give either fps (constant frame rate) or times (seconds per frame), not both or none")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        self.reset()
-        chunks = []
-        for i, frame in enumerate(frames):
-            if times is not None and i >= len(times):
-                raise ValueError(f"more frames than times ({len(times)})")
-            chunk = self.feed(frame, i / fps if fps is not None else float(times[i]))
-            if chunk is not None:
-                chunks.append(chunk)
-        if self._index == 0:
-            raise ValueError("no frames to track")
-        last = self.flush()
-        if last is not None:
-            chunks.append(last)
-        return FaceTrack.concatenate(chunks)
+
+        def timed() -> Iterator[tuple[np.ndarray, float]]:
+            for i, frame in enumerate(frames):
+                if times is not None and i >= len(times):
+                    raise ValueError(f"more frames than times ({len(times)})")
+                yield frame, (i / fps if fps is not None else float(times[i]))
+
+        return FaceTrack.concatenate(list(self.stream(timed())))

@@ -97,8 +97,10 @@ def test_long_gap_is_missing_and_the_track_recovers(face_model_path, pan):
     assert (track.status[:5] == TrackStatus.DETECTED).all() and (track.status[11:] == TrackStatus.DETECTED).all()
 
 
-def test_a_video_without_a_face_is_all_missing(tracker):
-    track = tracker.track(np.zeros((3, 64, 96, 3), np.uint8), fps=25)
+def test_a_video_without_a_face_is_all_missing(face_model_path):
+    with FaceTracker(face_model_path, search=FineSearchConfig(tile_interval=3)) as tracker:
+        track = tracker.track(np.zeros((7, 64, 96, 3), np.uint8), fps=25)
+        assert tracker.timer.calls["detect"] == 7 and tracker.timer.calls["tiles"] == 3  # frames 0, 3 and 6
     assert (track.status == TrackStatus.MISSING).all() and np.isnan(track.landmarks).all()
 
 

@@ -32,6 +32,9 @@ class FineSearchConfig:
         dedup_distance: faces from different tiles closer than this (in face sizes) are one face.
         full_frame_interval: while only the search finds the face, the full-frame pass is tried every this many
             frames (1 = every frame); the zoomed crop goes first in between.
+        tile_interval: after a tile search that found nothing, the next one waits this many frames (1 = every
+            frame). The pyramid costs hundreds of detector runs on a large frame, so faceless stretches of a video
+            (and faces appearing in them) are searched at this pace.
     """
 
     enabled: bool = True
@@ -41,6 +44,7 @@ class FineSearchConfig:
     level_scale: float = 0.5
     dedup_distance: float = 0.5
     full_frame_interval: int = 10
+    tile_interval: int = 6
 
 
 def zoom_box(previous: np.ndarray, frame_size: tuple[int, int], zoom: float) -> Box:

@@ -163,9 +163,9 @@ class FaceTracker:
         self.config = dataclasses.replace(config or TrackerConfig(), **overrides)
         if self.config.num_faces < 1:
             raise ValueError(f"num_faces must be >= 1, got {self.config.num_faces}")
-        if self.config.search.full_frame_interval < 1:
-            raise ValueError(f"search.full_frame_interval must be >= 1 frame, got "
-                             f"{self.config.search.full_frame_interval}")
+        for name in ("full_frame_interval", "tile_interval"):
+            if getattr(self.config.search, name) < 1:
+                raise ValueError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
         self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection)
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
@@ -220,6 +220,7 @@ class FaceTracker:
         self._misses = 0  # consecutive frames without the tracked face
         self._empty = 0  # consecutive frames without any face
         self._zoom_first = 0  # frames left that try the zoomed search before the full-frame pass
+        self._tiles_wait = 0  # frames left before the tile pyramid may run again
         self._held: list[tuple[float, np.ndarray]] = []  # (time, raw landmarks) of a jumped face, frame by frame
 
     def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
@@ -242,7 +243,8 @@ class FaceTracker:
         if self.config.search.enabled:
             if self._recent is not None:
                 stages.insert(0 if self._zoom_first > 0 else 1, ("zoom", self._zoom))
-            stages.append(("tiles", self._tiles))
+            if self._tiles_wait == 0:
+                stages.append(("tiles", self._tiles))
         return stages
 
     def _continues(self, face: np.ndarray) -> bool:
@@ -263,9 +265,12 @@ class FaceTracker:
         """
         accepted, jumped, found_by = None, None, None
         candidates = np.empty((0, NUM_LANDMARKS, 2), np.float32)
+        self._tiles_wait = max(self._tiles_wait - 1, 0)
         for name, stage in self._stages():
             with self.timer.stage(name):
                 found = stage(frame, timestamp_ms)  # (N, 478, 2)
+            if name == "tiles" and not len(found):
+                self._tiles_wait = self.config.search.tile_interval
             if len(found):
                 candidates = found
             choice = self.selector.select(found, self._previous)

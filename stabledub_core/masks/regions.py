@@ -31,6 +31,12 @@ LIPS_INNER: tuple[int, ...] = (
 # The detailed mask polygon: lips, jaw and lower cheeks up to the nose base.
 LOWER_FACE_POLYGON: tuple[int, ...] = LOWER_FACE_OVAL + NOSE_BASE
 
+# The whole face silhouette (forehead, temples, cheeks, jaw), clockwise from the top of the forehead (10).
+FACE_OVAL: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149,
+    150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+
 # Points whose distance measures the face's width (cheek to cheek at the level of the nose); scales mask margins.
 FACE_WIDTH_PAIR: tuple[int, int] = (234, 454)
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import cv2
 import numpy as np
 import pytest
 
-from stabledub_core.masks.union import MISSING, plan_windows
+from stabledub_core.masks.union import plan_windows
 from stabledub_core.pipeline.composite import (CompositeError, crop_frames, mask_to_box, paste_back,
                                                 paste_windows)
-from test_masks_media import occluded
+from test_masks_media import occluded, with_missing, with_status
 
 
 @pytest.fixture(scope="module")
 def clip(media_dir, face_model_path):
     frames, track = occluded(media_dir, face_model_path)
-    return frames[::3], SimpleNamespace(landmarks=track.landmarks[::3], status=track.status[::3],
-                                        frame_size=track.frame_size)
+    return frames[::3], with_status(track, track.landmarks[::3], track.status[::3])
 
 
 def _mask_in_frame(window, frame_size) -> np.ndarray:
@@ -59,21 +56,14 @@ def test_unmodified_crops_reproduce_the_input(clip):
 def test_crops_at_2x_and_4x_size_paste_correctly(clip):
     frames, track = clip
     for upscale, psnr in ((2, 38), (4, 36)):
-        windows, crops, out = _round_trip(frames[:8], SimpleNamespace(
-            landmarks=track.landmarks[:8], status=track.status[:8], frame_size=track.frame_size),
-            crop_size=256, upscale=upscale)
+        windows, crops, out = _round_trip(frames[:8], track[0:8], crop_size=256, upscale=upscale)
         assert crops.shape[1] == 256 * upscale
         _check_round_trip(frames[:8], windows, out, psnr)
 
 
 def test_missing_frame_passes_through_unchanged(clip):
     frames, track = clip
-    status = track.status.copy()
-    landmarks = track.landmarks.copy()
-    status[[2, 11]] = MISSING
-    landmarks[[2, 11]] = np.nan
-    windows = plan_windows(SimpleNamespace(landmarks=landmarks, status=status, frame_size=track.frame_size),
-                           window=8, crop_size=128)
+    windows = plan_windows(with_missing(track, [2, 11]), window=8, crop_size=128)
     crops = np.full((len(frames), 128, 128, 3), 255, np.uint8)  # obviously different content
     out = paste_windows(frames, crops, windows)
     assert np.array_equal(out[2], frames[2]) and np.array_equal(out[11], frames[11])
@@ -88,8 +78,7 @@ def test_odd_and_portrait_frames(clip, frame_size, scale):
     offset = np.array([(width - 512 * scale) / 2, (height - 512 * scale) / 2])
     matrix = np.array([[scale, 0, offset[0]], [0, scale, offset[1]]], np.float32)
     padded = np.stack([cv2.warpAffine(f, matrix, (width, height), flags=cv2.INTER_LINEAR) for f in frames])
-    moved = SimpleNamespace(landmarks=landmarks * scale + offset.astype(np.float32), status=track.status[:8],
-                            frame_size=frame_size)
+    moved = with_status(track[0:8], landmarks * scale + offset.astype(np.float32), frame_size=frame_size)
     windows, crops, out = _round_trip(padded, moved, crop_size=256)
     assert out.shape == padded.shape
     _check_round_trip(padded, windows, out, 40)
@@ -98,8 +87,7 @@ def test_odd_and_portrait_frames(clip, frame_size, scale):
 def test_color_match_removes_a_colour_cast(clip):
     frames, track = clip
     frames = frames[:4]
-    windows = plan_windows(SimpleNamespace(landmarks=track.landmarks[:4], status=track.status[:4],
-                                           frame_size=track.frame_size), window=4, crop_size=256)
+    windows = plan_windows(track[0:4], window=4, crop_size=256)
     window = windows[0]
     crops = crop_frames(frames, window.box, 256).astype(np.int16)
     cast = np.clip(crops + np.array([40, -10, -25]), 0, 255).astype(np.uint8)

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from stabledub_core.masks import masks, regions
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.config import MaskConfig
-from stabledub_core.masks.union import MISSING, WindowPlanError, feathered_rect, plan_windows
-from test_masks_media import occluded
+from stabledub_core.masks.union import WindowPlanError, feathered_rect, plan_windows
+from test_masks_media import occluded, with_missing, with_status
 
 
 @pytest.fixture(scope="module")
 def clip(media_dir, face_model_path):
     return occluded(media_dir, face_model_path)
-
-
-def _track(landmarks, status, frame_size):
-    return SimpleNamespace(landmarks=np.asarray(landmarks, np.float32), status=np.asarray(status, np.uint8),
-                           frame_size=frame_size)
-
-
-def _with_missing(track, frames):
-    landmarks = track.landmarks.copy()
-    status = track.status.copy()
-    landmarks[frames] = np.nan
-    status[frames] = MISSING
-    return _track(landmarks, status, track.frame_size)
 
 
 def test_coarse_mask_contains_detailed_mask_and_stays_in_its_extents(clip):
@@ -45,9 +30,13 @@ def test_coarse_mask_contains_detailed_mask_and_stays_in_its_extents(clip):
         assert xs.min() >= np.floor(x0) - 1 and xs.max() <= np.ceil(x1) + 1
         assert ys.min() >= np.floor(y0) - 1 and ys.max() <= np.ceil(y1) + 1
         # The detailed mask covers the lips and reaches the chin (152) but not the eyes.
-        for index in (*regions.MOUTH_CORNERS, *regions.LIP_CENTRES):
-            x, y = np.round(track.landmarks[i, index]).astype(int)
+        centre = track.landmarks[i, list(regions.LIPS_OUTER)].mean(axis=0)
+        for index in (*regions.MOUTH_CORNERS, *regions.LIP_CENTRES, 152):
+            # Contour points sit on the polygon's edge: test a point just inside, and the point itself in Mc.
+            x, y = np.round(0.9 * track.landmarks[i, index] + 0.1 * centre).astype(int)
             assert detailed[y, x] == 1
+            x, y = np.round(track.landmarks[i, index]).astype(int)
+            assert coarse[y, x] == 1
         x, y = np.round(track.landmarks[i, 159]).astype(int)  # upper eyelid
         assert coarse[y, x] == 0
 
@@ -94,7 +83,7 @@ def test_boxes_are_square_inside_the_frame_contain_mu_and_move_smoothly(clip):
 def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     _, track = clip
     missing = [3, 4, 5] + list(range(16, 32))
-    windows = plan_windows(_with_missing(track, missing), window=16, crop_size=128)
+    windows = plan_windows(with_missing(track, missing), window=16, crop_size=128)
     assert not windows[0].active[[3, 4, 5]].any() and windows[0].active[[0, 1, 2, 6]].all()
     expected = masks.coarse_extents(track.landmarks[[0, 1, 2, *range(6, 16)]], MaskConfig().coarse_dilation)
     np.testing.assert_allclose(windows[0].union_rect, [*expected[:, :2].min(0), *expected[:, 2:].max(0)], rtol=1e-5)
@@ -108,7 +97,7 @@ def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     neighbours = np.stack([centre_side(windows[0].box), centre_side(windows[2].box)])
     middle = centre_side(windows[1].box)
     assert ((neighbours.min(0) - 1 <= middle) & (middle <= neighbours.max(0) + 1)).all()
-    everything = plan_windows(_with_missing(track, list(range(75))), window=16, crop_size=128)
+    everything = plan_windows(with_missing(track, list(range(75))), window=16, crop_size=128)
     assert all(w.passthrough for w in everything)
 
 
@@ -120,7 +109,8 @@ def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
 ])
 def test_any_frame_size(clip, frame_size, scale, offset):
     _, track = clip
-    moved = _track(track.landmarks * scale + np.array(offset, np.float32), track.status, frame_size)
+    moved = with_status(track, landmarks=track.landmarks * scale + np.array(offset, np.float32),
+                        frame_size=frame_size)
     windows = plan_windows(moved, window=16, crop_size=64)
     height, width = frame_size
     for window in windows:

@@ -5,49 +5,50 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from types import SimpleNamespace
 
-import av
 import cv2
 import numpy as np
 
+from stabledub_core.face.track import FaceTrack, FaceTracker, TrackStatus
 from stabledub_core.masks import regions
+from stabledub_core.pipeline.video_io import VideoReader
 
 MIC_FROM = 37  # first frame of face_occluded.mp4 with the microphone
 
 
 @functools.lru_cache(maxsize=None)
-def read_video(path: Path) -> np.ndarray:
-    """(F, H, W, 3) uint8 RGB frames."""
-    with av.open(str(path)) as container:
-        frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+def read_video(path: Path) -> tuple[np.ndarray, float]:
+    """(F, H, W, 3) uint8 RGB frames (read-only) and the frame rate."""
+    with VideoReader(path) as reader:
+        frames = np.stack([frame.image for frame in reader.frames()])
+        fps = float(reader.fps)
     frames.setflags(write=False)
-    return frames
+    return frames, fps
 
 
 @functools.lru_cache(maxsize=None)
-def track_video(path: Path, model_path: Path) -> SimpleNamespace:
-    """Landmarks of every frame (MediaPipe Face Landmarker, VIDEO mode) as a FaceTrack-shaped namespace."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
+def track_video(path: Path, model_path: Path) -> FaceTrack:
+    """The face track of a whole video (FaceTracker, MediaPipe VIDEO mode)."""
+    frames, fps = read_video(path)
+    with FaceTracker(model_path) as tracker:
+        return tracker.track(frames, fps=fps)
 
-    frames = read_video(path)
-    options = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(model_path)),
-                                           running_mode=vision.RunningMode.VIDEO, num_faces=1)
-    landmarks = np.full((len(frames), regions.NUM_LANDMARKS, 2), np.nan, np.float32)
-    status = np.full(len(frames), 2, np.uint8)
-    height, width = frames.shape[1:3]
-    landmarker = vision.FaceLandmarker.create_from_options(options)
-    try:
-        for i, frame in enumerate(frames):
-            result = landmarker.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB,
-                                                          data=np.ascontiguousarray(frame)), i * 40)
-            if result.face_landmarks:
-                landmarks[i] = [(p.x * width, p.y * height) for p in result.face_landmarks[0][:478]]
-                status[i] = 0
-    finally:
-        landmarker.close()
-    return SimpleNamespace(landmarks=landmarks, status=status, frame_size=(height, width))
+
+def with_status(track: FaceTrack, landmarks: np.ndarray | None = None, status: np.ndarray | None = None,
+                frame_size: tuple[int, int] | None = None) -> FaceTrack:
+    """A copy of a track with some of its fields replaced."""
+    return FaceTrack(landmarks=track.landmarks if landmarks is None else landmarks,
+                     status=track.status if status is None else status,
+                     frame_size=track.frame_size if frame_size is None else frame_size)
+
+
+def with_missing(track: FaceTrack, frames) -> FaceTrack:
+    """A copy of a track whose given frames are MISSING."""
+    landmarks = track.landmarks.copy()
+    status = track.status.copy()
+    landmarks[frames] = np.nan
+    status[frames] = TrackStatus.MISSING
+    return with_status(track, landmarks, status)
 
 
 def microphone_mask(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -75,15 +76,15 @@ def microphone_mask(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
-def occluded(media_dir: Path, face_model_path: Path) -> tuple[np.ndarray, SimpleNamespace]:
+def occluded(media_dir: Path, face_model_path: Path) -> tuple[np.ndarray, FaceTrack]:
     path = media_dir / "face_occluded.mp4"
-    return read_video(path), track_video(path, face_model_path)
+    return read_video(path)[0], track_video(path, face_model_path)
 
 
 def test_face_found_in_every_frame(media_dir, face_model_path):
     frames, track = occluded(media_dir, face_model_path)
     assert frames.shape == (75, 512, 512, 3)
-    assert (track.status == 0).all()
+    assert (track.status != TrackStatus.MISSING).all()
     # README: lip centre near (223, 146) in the photo.
     lips = track.landmarks[0, list(regions.LIP_CENTRES)].mean(axis=0)
     assert np.abs(lips - (223, 146)).max() < 12
@@ -95,7 +96,7 @@ def test_microphone_rule_finds_the_microphone_only_from_frame_37(media_dir, face
     area = mic.sum(axis=(1, 2))
     assert area[:MIC_FROM].max() == 0  # no microphone: no dark grey blob on the lower face
     assert area[MIC_FROM:].min() > 300
-    # It sits on the right mouth corner (landmark 291), not on the left one (61).
+    # It sits on the image-right mouth corner (landmark 291), not on the image-left one (61).
     for i in (MIC_FROM, 50):
         right = np.round(track.landmarks[i, regions.MOUTH_CORNERS[1]]).astype(int)
         left = np.round(track.landmarks[i, regions.MOUTH_CORNERS[0]]).astype(int)

@@ -145,22 +145,22 @@ def preview_strip(
     return np.concatenate(tiles, axis=1)
 
 
-def _read_video(path: Path, max_frames: int) -> tuple[np.ndarray, float]:
-    import av
+def _read_video(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_frames`` frames (F, H, W, 3) uint8 and their times in seconds."""
+    from ..pipeline.video_io import VideoReader
 
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) >= max_frames:
+    images, times = [], []
+    with VideoReader(path) as reader:
+        for frame in reader.frames():
+            if len(images) >= max_frames:
                 break
-    if not frames:
+            images.append(frame.image)
+            times.append(frame.time)
+    if not images:
         raise ValueError(f"no video frames could be decoded from {path}")
-    return np.stack(frames), fps
+    return np.stack(images), np.asarray(times)
 
 
 def _exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Sequence[Window],
@@ -215,9 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..face.track import FaceTracker  # MediaPipe is loaded only when the command runs
 
-    frames, fps = _read_video(args.video, args.max_frames)
+    frames, times = _read_video(args.video, args.max_frames)
     with FaceTracker(args.face_model) as tracker:
-        track = tracker.track(frames, fps=fps)
+        track = tracker.track(frames, times=times)
     windows = plan_windows(track, window=args.window, crop_size=args.crop_size)
     patches = _exposed_patches(args, frames, windows, args.grid)
     indices = np.unique(np.linspace(0, len(frames) - 1, args.frames).round().astype(int))

@@ -4,7 +4,7 @@ Each frame is shown around its window's crop box (with a margin, so the box itse
 
 * Mu: blue tint, proportional to the feathered union mask,
 * exposed patches: yellow (as in the paper's Fig. 4),
-* Mc: green outline; detailed mask: cyan outline; landmarks: red dots,
+* Mc: green outline; detailed mask: cyan outline; the landmarks these are built from: red dots,
 * crop box: magenta square; the label gives the frame index and window.
 
 Command line (writes a strip of N frames spread over the video)::
@@ -109,9 +109,9 @@ def render_frame(
         for indices in (regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER):
             cv2.polylines(image, [np.round(landmarks[list(indices)] * 16).astype(np.int32)], True, style.detailed,
                           1, cv2.LINE_AA, shift=4)
-        for x, y in np.round(landmarks).astype(int):
-            if 0 <= x < tile and 0 <= y < tile:
-                image[y, x] = style.landmarks
+        used = np.unique(np.concatenate([regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER, regions.LIPS_INNER]))
+        for x, y in np.round(landmarks[used] * 16).astype(int):
+            cv2.circle(image, (int(x), int(y)), 24, style.landmarks, -1, cv2.LINE_AA, shift=4)
     bx0, by0 = np.round(b).astype(int)
     bside = int(round(side * t))
     cv2.rectangle(image, (bx0, by0), (bx0 + bside - 1, by0 + bside - 1), style.box, 1)

@@ -12,10 +12,10 @@ from ..face.indices import FACE_OVAL, LIPS_INNER, LIPS_OUTER, MOUTH_CORNERS, NUM
 __all__ = ["FACE_OVAL", "FACE_WIDTH_PAIR", "LIP_CENTRES", "LIPS_INNER", "LIPS_OUTER", "LOWER_FACE_OVAL",
            "LOWER_FACE_POLYGON", "MOUTH_CORNERS", "NOSE_BASE", "NUM_LANDMARKS"]
 
-# Lower face oval: from the image-left cheek (93, at the level of the nose), down the jaw line, through the chin
-# (152), up to the image-right cheek (323). Followed by NOSE_BASE it is a closed simple polygon.
+# Lower face oval: from the image-left cheek (132, at the level of the nose base), down the jaw line, through the
+# chin (152), up to the image-right cheek (361). Followed by NOSE_BASE it is a closed simple polygon.
 LOWER_FACE_OVAL: tuple[int, ...] = (
-    93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323,
+    132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361,
 )
 
 # Line under the nose from the image-right cheek (425) through the alar creases and the subnasale (2) to the

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.masks.union import plan_windows
-from stabledub_core.pipeline.composite import (CompositeError, crop_frames, mask_to_box, paste_back,
+from stabledub_core.pipeline.composite import (CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back,
                                                 paste_windows)
 from test_masks_media import occluded, with_missing, with_status
 
@@ -99,6 +99,17 @@ def test_color_match_removes_a_colour_cast(clip):
     assert matched_error < 0.35 * plain_error
     outside = _mask_in_frame(window, frames.shape[1:3]) == 0
     assert np.array_equal(matched[:, outside], frames[:, outside])
+
+
+def test_prepared_weight_pastes_the_same(clip):
+    frames, track = clip
+    window = plan_windows(track[0:4], window=4, crop_size=128)[0]
+    crops = np.full((4, 128, 128, 3), 200, np.uint8)
+    weight = PasteWeight.prepare(window.union_mask, window.box[2] - window.box[0])
+    assert np.array_equal(paste_back(frames[:4], crops, window.box, weight),
+                          paste_back(frames[:4], crops, window.box, window.union_mask))
+    with pytest.raises(CompositeError, match="prepared"):
+        paste_back(frames[:4], crops, (0, 0, 100, 100), weight)
 
 
 def test_bad_shapes_are_rejected(clip):

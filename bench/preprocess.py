@@ -78,7 +78,7 @@ def time_per_frame(frames: np.ndarray, fps: float, model: Path) -> tuple[dict[st
         weight = PasteWeight.prepare(window.union_mask, window.box[2] - window.box[0])
         shared = (time.perf_counter() - begin) / (window.stop - window.start)
         for i in range(window.start, window.stop):
-            frame = frames[offset + i][None]
+            frame = frames[offset + i][None].copy()
             begin = time.perf_counter()
             paste_back(frame, crops[offset + i], window.box, weight, active=window.active[i:i + 1], inplace=True)
             times["paste"].append(time.perf_counter() - begin + shared)

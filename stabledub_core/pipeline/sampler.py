@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 import torch
 
+from stabledub_core.models.unet import build_unet_input
 from stabledub_core.pipeline import Interrupted
 from stabledub_core.pipeline.guidance import Branch, GuidancePlan
 from stabledub_core.pipeline.schedulers import (
@@ -60,24 +61,6 @@ class Denoiser(Protocol):
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor,
                  encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, F, 13, h, w)``, ``(B,)``, ``(B, F, T, C)`` -> ``(B, F, 4, h, w)``."""
-
-
-def build_unet_input(noisy: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,
-                     appearance: torch.Tensor) -> torch.Tensor:
-    """Per-frame U-Net input ``[noisy | masked | mask | appearance]`` (contract of ``models.unet.build_unet_input``).
-
-    Args:
-        noisy: ``(B, F, 4, h, w)`` noisy latents.
-        masked: ``(B, F, 4, h, w)`` latents of the masked crops (exposed patches kept).
-        mask: ``(B, F, 1, h, w)`` inpainting mask at latent size (1 = inpaint).
-        appearance: ``(B, 4, h, w)`` or ``(B, F, 4, h, w)`` appearance latent.
-
-    Returns:
-        ``(B, F, 13, h, w)``.
-    """
-    if appearance.dim() == 4:
-        appearance = appearance.unsqueeze(1).expand(-1, noisy.shape[1], -1, -1, -1)
-    return torch.cat([noisy, masked, mask, appearance], dim=2)
 
 
 @dataclass(frozen=True)

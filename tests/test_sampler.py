@@ -142,9 +142,12 @@ def test_progress_and_interruption():
     sample_clip(TargetDenoiser(), cond, _config(), windows_per_chunk=1, on_step=lambda d, t: calls.append((d, t)))
     n_chunks = len(calls) // STEPS
     assert n_chunks > 1 and calls == [(i + 1, n_chunks * STEPS) for i in range(n_chunks * STEPS)]
-    polls = iter([False, False, True])
-    with pytest.raises(Interrupted):
-        sample_clip(TargetDenoiser(), cond, _config(), should_stop=lambda: next(polls))
+    for stop_at in (1, 3):  # polls: before step 1, before window 1, window 2 (3 windows of 30 frames)...
+        polls = iter([False] * stop_at + [True])
+        model = TargetDenoiser()
+        with pytest.raises(Interrupted):
+            sample_clip(model, cond, _config(), should_stop=lambda: next(polls))
+        assert len(model.batch_sizes) == stop_at - 1
 
 
 def test_bad_inputs_have_clear_errors():

@@ -193,6 +193,10 @@ class SamplerConfig:
         return ClipNoise(self.seed, latent_shape, self.shared_noise)
 
 
+StepCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+
 class WindowedDenoiser:
     """Guided noise prediction for a whole chunk: windows in batched forwards, ramp-weighted per-frame average.
 
@@ -202,10 +206,13 @@ class WindowedDenoiser:
         plan: the branches of eq. 7 to evaluate and their coefficients.
         window, overlap, window_batch_size: see :class:`SamplerConfig`.
         device, dtype: where and in which precision the model runs.
+        should_stop: polled before every window batch (a step of a large model takes long on a CPU); True raises
+            :class:`Interrupted`.
     """
 
     def __init__(self, model_fn: Denoiser, conditions: ClipConditions, plan: GuidancePlan, window: int,
-                 overlap: int, window_batch_size: int, device: torch.device | str, dtype: torch.dtype):
+                 overlap: int, window_batch_size: int, device: torch.device | str, dtype: torch.dtype,
+                 should_stop: StopCheck | None = None):
         conditions.validate(plan.branches)
         self.model_fn = model_fn
         self.conditions = conditions
@@ -215,6 +222,7 @@ class WindowedDenoiser:
         self.window_batch_size = window_batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        self.should_stop = should_stop
         norm = torch.zeros(conditions.num_frames)
         for w, wt in zip(self.windows, self.weights):
             norm[w.slice] += wt
@@ -253,16 +261,14 @@ class WindowedDenoiser:
         acc = torch.zeros(sample.shape, dtype=torch.float32, device=self.device)
         t = torch.as_tensor(t).reshape(1)
         for indices in iter_window_batches(self.windows, self.window_batch_size):
+            if self.should_stop is not None and self.should_stop():
+                raise Interrupted("sampling interrupted")
             batch = [self.windows[i] for i in indices]
             eps = self._forward(sample, t, batch)
             for i, e in zip(indices, eps):
                 weight = self.weights[i].to(self.device).view(-1, 1, 1, 1)
                 acc[self.windows[i].slice] += e * weight
         return acc / self._norm
-
-
-StepCallback = Callable[[int, int], None]
-StopCheck = Callable[[], bool]
 
 
 def denoise_chunk(
@@ -299,7 +305,7 @@ def denoise_chunk(
     if tuple(start.shape) != shape:
         raise SamplerError(f"initial latents must be {shape}, got {tuple(start.shape)}")
     denoiser = WindowedDenoiser(model_fn, conditions, config.guidance, config.window, config.overlap,
-                                config.window_batch_size, device, dtype)
+                                config.window_batch_size, device, dtype, should_stop)
     scheduler = make_scheduler(config.scheduler, **config.scheduler_overrides)
     scheduler.set_timesteps(config.num_inference_steps, device=device)
     x = start.to(device, torch.float32)

@@ -8,9 +8,9 @@ from stabledub_core.pipeline.conditions import (
     appearance_latent,
     branch_tokens,
     clip_conditions,
+    habit_segment,
     habit_vector,
     load_habit_vector,
-    sample_habit_segment,
     save_habit_vector,
 )
 from stabledub_core.pipeline.guidance import BRANCH_ORDER, Branch, GuidancePlan
@@ -32,27 +32,17 @@ class StubHabit:
         return a + h
 
 
-def test_habit_segment_is_contiguous_shuffled_seeded_and_avoids_exclusion():
-    usable = np.ones(100, dtype=bool)
-    usable[40:45] = False
-    seg = sample_habit_segment(usable, 16, seed=3, exclude=(50, 100))
+def test_habit_segment_is_contiguous_shuffled_seeded_and_avoids_the_dubbed_range():
+    status = np.zeros(100, dtype=np.uint8)  # TrackStatus.DETECTED
+    status[40:45] = 2  # TrackStatus.MISSING
+    seg = habit_segment(status, 16, seed=3, avoid=(50, 100))
     assert sorted(seg.tolist()) == list(range(seg.min(), seg.min() + 16))
-    assert seg.max() < 50 and usable[seg].all()
+    assert seg.max() < 50 and (status[seg] != 2).all()
     assert not np.array_equal(seg, np.sort(seg))  # shuffled
-    assert np.array_equal(seg, sample_habit_segment(usable, 16, seed=3, exclude=(50, 100)))
-    others = {tuple(sample_habit_segment(usable, 16, seed=s)) for s in range(5)}
-    assert len(others) > 1
-
-
-def test_habit_segment_errors_say_what_to_do():
-    with pytest.raises(ConditionError, match="fewer than"):
-        sample_habit_segment(np.ones(5, bool), 16, 0)
-    usable = np.ones(40, bool)
-    usable[::10] = False
-    with pytest.raises(ConditionError, match="shorter segment"):
-        sample_habit_segment(usable, 16, 0)
-    with pytest.raises(ConditionError, match="outside frames"):
-        sample_habit_segment(np.ones(20, bool), 16, 0, exclude=(0, 10))
+    assert np.array_equal(seg, habit_segment(status, 16, seed=3, avoid=(50, 100)))
+    assert len({tuple(habit_segment(status, 16, seed=s)) for s in range(5)}) > 1
+    with pytest.raises(ValueError, match="shorter segment"):
+        habit_segment(np.where(np.arange(40) % 10, 0, 2), 16, 0)
 
 
 def test_habit_vector_save_load_roundtrip(tmp_path):

@@ -2,8 +2,8 @@
 
 - Appearance: one frame of the clip (chosen by ``masks.reference.choose_reference``); its crop's latent is
   concatenated to every frame's U-Net input.
-- Lip habit: K lip crops sampled as one contiguous segment from another part of the same video (seeded) and
-  shuffled, as in the paper, or from another video; the habit module turns them into the vector ``v``. ``v`` can be
+- Lip habit: K lip crops of one contiguous segment from another part of the same video (seeded), shuffled, as in
+  the paper, or from another video; the habit module turns them into the vector ``v``. ``v`` can be
   saved and loaded (safetensors with metadata) to transfer a speaker's habit to other clips.
 - Tokens: the habit module maps the per-frame audio windows and ``v`` to the cross-attention tokens; each branch of
   eq. 7 uses its drop masks (a dropped condition becomes the module's zero embedding). All needed branches are
@@ -64,40 +64,28 @@ def appearance_latent(crop_latents: torch.Tensor, reference_index: int) -> torch
     return crop_latents[reference_index]
 
 
-def sample_habit_segment(usable: np.ndarray, length: int, seed: int,
-                         exclude: tuple[int, int] | None = None) -> np.ndarray:
-    """Pick a contiguous segment of usable frames for the lip-habit encoder, in shuffled order.
+def habit_segment(status: np.ndarray, length: int, seed: int,
+                  avoid: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames of the lip-habit segment, in shuffled order (the paper: "random sampled and shuffled").
+
+    The segment is chosen by ``masks.lips.choose_lip_segment`` (a run of tracked frames, outside ``avoid`` when
+    the video allows); the shuffle keeps the habit (how the lips move) but breaks the segment's own speech timing,
+    so it cannot leak lip sync. Use the same function on another video's track for habit transfer.
 
     Args:
-        usable: ``(F,)`` bool, frames with a face track (e.g. ``track.status != TrackStatus.MISSING``).
+        status: ``(F,)`` ``TrackStatus`` values of the video the habit is taken from.
         length: K, frames in the segment.
         seed: seed of the choice and the shuffle.
-        exclude: optional frame range ``[a, b)`` the segment must not overlap (e.g. the frames being dubbed, so
-            the habit comes from "another part" of the video).
+        avoid: frame range ``[a, b)`` to stay out of if possible (the frames being dubbed).
 
     Returns:
-        ``(K,)`` int64 frame indices, a shuffled contiguous run.
+        ``(K,)`` int64 frame indices: a contiguous run, shuffled.
     """
-    usable = np.asarray(usable, dtype=bool)
-    if length < 1:
-        raise ConditionError(f"habit segment length must be >= 1, got {length}")
-    n = usable.shape[0]
-    if n < length:
-        raise ConditionError(f"the video has {n} frames, fewer than the {length} needed for a lip-habit segment; "
-                             "use a shorter segment or take the habit from another video")
-    # starts s with usable[s:s+length] all True, via a sliding sum
-    counts = np.convolve(usable.astype(np.int64), np.ones(length, dtype=np.int64), mode="valid")
-    starts = np.flatnonzero(counts == length)
-    if exclude is not None:
-        a, b = exclude
-        starts = starts[(starts + length <= a) | (starts >= b)]
-    if starts.size == 0:
-        where = "" if exclude is None else f" outside frames [{exclude[0]}, {exclude[1]})"
-        raise ConditionError(f"no run of {length} consecutive frames with a tracked face{where}; use a shorter "
-                             "segment, another part of the video (exclude=None), or a saved habit vector")
-    rng = np.random.default_rng(seed)
-    indices = np.arange(length, dtype=np.int64) + rng.choice(starts)
-    rng.shuffle(indices)
+    from stabledub_core.masks.lips import choose_lip_segment
+
+    start = choose_lip_segment(status, length, seed=seed, avoid=avoid)
+    indices = np.arange(start, start + length, dtype=np.int64)
+    np.random.default_rng([seed, 1]).shuffle(indices)
     return indices
 
 

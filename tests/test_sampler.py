@@ -161,6 +161,10 @@ def test_bad_inputs_have_clear_errors():
     with pytest.raises(SamplerError, match="branch_tokens"):
         sample_clip(TargetDenoiser(), partial, _config(scale_audio=2.0))
     sample_clip(TargetDenoiser(), partial, _config(scale_audio=1.0, scale_habit=1.0))  # FULL alone is enough
+    ragged = make_conditions(5)
+    ragged.tokens[Branch.AUDIO] = ragged.tokens[Branch.AUDIO][:, :2]
+    with pytest.raises(SamplerError, match="differ in shape"):
+        sample_clip(TargetDenoiser(), ragged, _config())
     bad_mask = make_conditions(5)
     bad_mask.mask = bad_mask.mask[:, :, :2]
     with pytest.raises(SamplerError, match="mask must be"):

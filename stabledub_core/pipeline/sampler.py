@@ -141,10 +141,14 @@ class ClipConditions:
         if missing:
             raise SamplerError(f"guidance needs tokens for branches {missing}; compute them with "
                                "conditions.branch_tokens(..., branches=plan.branches)")
+        shapes = {tuple(self.tokens[b].shape) for b in branches}
         for b in branches:
             tok = self.tokens[b]
             if tok.dim() != 3 or tok.shape[0] != f:
                 raise SamplerError(f"tokens of branch {b.name} must be (F={f}, T, C), got {tuple(tok.shape)}")
+        if len(shapes) > 1:
+            raise SamplerError(f"the branches' tokens differ in shape {sorted(shapes)}; compute them together with "
+                               "conditions.branch_tokens")
 
     def slice(self, start: int, stop: int) -> "ClipConditions":
         """The conditions of frames ``[start, stop)``."""

@@ -218,6 +218,15 @@ def test_missing_model_error_names_the_path(tmp_path):
     with pytest.raises(FaceModelNotFoundError, match=str(missing).replace("\\", "\\\\")) as info:
         FaceTracker(missing)
     assert "models/mediapipe" in str(info.value) and isinstance(info.value, FileNotFoundError)
+    missing.parent.mkdir(parents=True)
+    with pytest.raises(FaceModelNotFoundError, match="face_landmarker.task"):
+        FaceTracker(missing.parent)  # a folder without the model
+
+
+def test_model_folder_is_accepted(face_model_path, pan):
+    with FaceTracker(face_model_path.parent) as tracker:
+        assert tracker.model_path == face_model_path
+        assert tracker.track(pan[:2], fps=25).status.tolist() == [0, 0]
 
 
 def test_bad_input_gets_clear_errors(tracker):

@@ -153,7 +153,7 @@ class FaceTracker:
     around it can be judged); keep that many frames buffered to pair them with their chunk.
 
     Args:
-        model_path: path of MediaPipe's ``face_landmarker.task``.
+        model_path: path of MediaPipe's ``face_landmarker.task``, or a folder holding it.
         config: tracker configuration.
         **overrides: fields of ``TrackerConfig`` to override, e.g. ``selection=FaceSelection.NEAREST``.
     """
@@ -186,7 +186,7 @@ class FaceTracker:
         return FineSearch(self._image, self.config.search)
 
     def close(self) -> None:
-        """Close the MediaPipe landmarkers (idempotent)."""
+        """Close the MediaPipe landmarkers (idempotent; a later ``track`` or ``feed`` opens new ones)."""
         for landmarker in (self._video, self._image):
             if landmarker is not None:
                 landmarker.close()

@@ -152,6 +152,9 @@ class FaceTracker:
     chunk (or None), then ``flush()`` at the end. A frame is held back at most ``lookahead`` frames (until a gap
     around it can be judged); keep that many frames buffered to pair them with their chunk.
 
+    Per-stage wall time for benchmarks: ``tracker.timer.summary(num_frames)`` with the stages ``detect`` (full-frame
+    VIDEO-mode pass), ``zoom`` (crops around recent faces), ``tiles`` (tile pyramid) and ``smooth``.
+
     Args:
         model_path: path of MediaPipe's ``face_landmarker.task``, or a folder holding it.
         config: tracker configuration.

@@ -41,6 +41,11 @@ class HabitConfig:
     vit_patch_size: int = 16
     hidden_size: int = 768  # C: the width of a and v
     out_size: int = 768  # must equal UNetConfig.cross_attention_dim
+    habit_conv_kernel: int = 3  # Conv1d over the K per-crop ViT features, then mean-pool over K -> v
+    audio_conv_kernel: int = 3  # Conv1d over the T tokens of one frame's audio window (stride 1, same padding)
+    audio_pool: int = 2  # average-pool stride over T: T' = T // audio_pool tokens per frame
+    lambda_init: float = 1.0  # initial value of every entry of the learnable vector lambda (AdaLN out + lambda * a)
+    out_conv_kernel: int = 1  # the zero-initialised Conv1d producing the cross-attention tokens
 
 
 @dataclass
@@ -52,6 +57,8 @@ class AudioConfig:
     num_hidden_layers: int = 12  # wav2vec2 hidden layers mixed by a learned weighted sum
     tokens_per_frame: int = 10  # audio tokens per video frame
     window_seconds: float = 0.2  # span of audio around each frame's timestamp
+    mel_n_fft: int = 400  # mel encoder: 25 ms STFT window at 16 kHz
+    mel_hop_length: int = 160  # mel encoder: 10 ms hop = 100 features per second
 
 
 @dataclass
@@ -63,6 +70,9 @@ class VAEConfig:
     latent_channels: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    sample_size: int = 512
+    in_checkpoint: bool = False  # True: the VAE weights are stored in StableDub checkpoints (trained/built-in VAE);
+    # False: they come from their own file (SD 1.5's VAE) and are left out of StableDub checkpoints
 
 
 @dataclass
@@ -105,7 +115,8 @@ def tiny() -> StableDubConfig:
         habit=HabitConfig(lip_size=32, vit_hidden_size=32, vit_layers=2, vit_heads=2, vit_patch_size=8,
                           hidden_size=64, out_size=64),
         audio=AudioConfig(kind="mel", feature_size=80, num_hidden_layers=0),
-        vae=VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16),
+        vae=VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16,
+                      sample_size=128, in_checkpoint=True),
     )
 
 

@@ -1,0 +1,284 @@
+"""StableDub checkpoints: safetensors files with the model config in their metadata.
+
+File layout::
+
+    metadata: {"format": "stabledub-checkpoint", "format_version": "1", "config": StableDubConfig JSON,
+               "parts": "unet,habit,audio_encoder[,vae]"}
+    tensors:  "<part>.<parameter name>" for every stored part, e.g. "unet.conv_in.weight", "habit.lam"
+
+Which parts are stored is decided by the config, not by the preset name (:func:`stored_state_dict`):
+
+- ``unet`` and ``habit``: always (the trained network).
+- ``audio_encoder``: everything except the encoder's ``external_prefixes`` (the frozen wav2vec2 backbone, which
+  comes from its own folder; only the learned layer-mixing weights are stored). The built-in mel encoder is stored
+  whole.
+- ``vae``: only when ``VAEConfig.in_checkpoint`` is True (the ``tiny`` preset's VAE, so the demo is one file);
+  otherwise the VAE comes from its own file (SD 1.5's VAE, see ``models.weights``).
+
+Loading validates the format, the preset (``expect_preset``), and every name and shape, and says exactly what is
+wrong. Pickle files (.ckpt/.pt/.pth/.bin/.pkl) are refused: they can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import StableDubConfig
+
+FORMAT = "stabledub-checkpoint"
+FORMAT_VERSION = "1"
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+PARTS = ("unet", "habit", "audio_encoder", "vae")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file cannot be used; the message says why and what to do."""
+
+
+class PickleRefusedError(CheckpointError):
+    """A pickle-based file was given where a safetensors file is required."""
+
+
+def _pickle_error(path: Path, why: str) -> PickleRefusedError:
+    return PickleRefusedError(
+        f"{path.name} looks like a pickle file ({why}); pickles can run arbitrary code when loaded and are refused. "
+        "Convert it to .safetensors first, e.g. in Python: safetensors.torch.save_file("
+        "torch.load(path, weights_only=True)['state_dict'], 'model.safetensors')")
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """torch.save writes a zip archive ("PK\\x03\\x04"); older pickles start with the PROTO opcode 0x80."""
+    return head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and head[1] <= 5)
+
+
+def check_safetensors_file(path) -> dict[str, str]:
+    """Check that ``path`` is a complete safetensors file and return its metadata.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the ``__metadata__`` dict (empty when there is none).
+
+    Raises:
+        FileNotFoundError: no such file.
+        PickleRefusedError: a pickle suffix, or pickle/zip content.
+        CheckpointError: not safetensors, or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _pickle_error(path, f"suffix {path.suffix}")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        header_len = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+        header_bytes = fh.read(min(header_len, size))
+    try:
+        header = json.loads(header_bytes)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except ValueError as err:  # includes JSONDecodeError and UnicodeDecodeError
+        if _looks_like_pickle(raw):
+            raise _pickle_error(path, "zip/pickle content") from None
+        if 8 + header_len > size and header_bytes.startswith(b"{"):
+            raise CheckpointError(f"{path} is truncated: its header needs {8 + header_len} bytes, the file has "
+                                  f"{size}; re-download or re-save it") from None
+        raise CheckpointError(f"{path} is not a safetensors file ({type(err).__name__}: {err})") from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise CheckpointError(f"{path} is truncated: its tensors need {8 + header_len + end} bytes, the file has "
+                              f"{size}; re-download or re-save it")
+    return dict(header.get("__metadata__") or {})
+
+
+def read_safetensors(path, names=None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read tensors from a checked safetensors file.
+
+    Args:
+        path: the file.
+        names: the tensor names to read (default all); names not in the file are an error.
+        device: where to put the tensors.
+    """
+    from safetensors import safe_open
+
+    check_safetensors_file(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as fh:
+        keys = set(fh.keys())
+        wanted = keys if names is None else list(names)
+        missing = [n for n in wanted if n not in keys]
+        if missing:
+            raise CheckpointError(f"{path} lacks {len(missing)} tensors, e.g. {missing[:5]}")
+        return {n: fh.get_tensor(n) for n in wanted}
+
+
+def safetensors_keys(path) -> list[str]:
+    """Names of the tensors in a checked safetensors file."""
+    from safetensors import safe_open
+
+    check_safetensors_file(path)
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys())
+
+
+# ------------------------------------------------------------------------------------------------- model checkpoints
+
+
+def external_prefixes(model) -> tuple[str, ...]:
+    """State-dict prefixes of ``model`` that are NOT stored in its checkpoint (they come from their own files).
+
+    Decided by the config and the modules: the audio encoder's ``external_prefixes`` (frozen wav2vec2 backbone) and
+    the VAE unless ``config.vae.in_checkpoint``.
+    """
+    prefixes = [f"audio_encoder.{p}" for p in getattr(model.audio_encoder, "external_prefixes", ())]
+    if not model.config.vae.in_checkpoint:
+        prefixes.append("vae.")
+    return tuple(prefixes)
+
+
+def stored_state_dict(model) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint of ``model`` holds (see the module docstring)."""
+    skip = external_prefixes(model)
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def save_checkpoint(model, path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` atomically (temp file in the same folder, then ``os.replace``).
+
+    Args:
+        model: a ``StableDub``.
+        path: the ``.safetensors`` file to write.
+        metadata: extra string metadata (e.g. training step); the format keys cannot be overridden.
+
+    Returns:
+        the path written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"StableDub checkpoints are .safetensors files, got {path.name}")
+    tensors, seen = {}, set()
+    for name, tensor in stored_state_dict(model).items():
+        tensor = tensor.detach().contiguous()
+        if tensor.data_ptr() in seen:  # safetensors refuses shared storage
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.cpu()
+    meta = dict(metadata or {})
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, config=model.config.to_json(),
+                preset=model.config.preset, external=",".join(external_prefixes(model)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint_config(path) -> StableDubConfig:
+    """The config stored in a StableDub checkpoint (validates the file and its format metadata)."""
+    path = Path(path)
+    meta = check_safetensors_file(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is a safetensors file but not a StableDub checkpoint (no "
+                              f"format={FORMAT!r} metadata). To start from Stable Diffusion 1.5 weights use "
+                              "stabledub_core.models.weights.init_from_sd15 instead")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path.name} has checkpoint format version {meta.get('format_version')!r}; this "
+                              f"code reads version {FORMAT_VERSION!r}: update ComfyUI-StableDub")
+    try:
+        return StableDubConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path.name} has an unreadable config in its metadata: {err!r}") from None
+
+
+def _describe(names, limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_state(expected: dict[str, torch.Tensor], found: dict[str, tuple[int, ...]], where: str) -> None:
+    """Raise a :class:`CheckpointError` listing missing names, unexpected names and shape mismatches.
+
+    Args:
+        expected: the model's stored state dict.
+        found: name -> shape in the file.
+        where: the file name for the message.
+    """
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    shapes = [f"{n}: file {tuple(found[n])} vs model {tuple(expected[n].shape)}"
+              for n in sorted(expected.keys() & found.keys()) if tuple(found[n]) != tuple(expected[n].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors: {_describe(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:8]))
+    if problems:
+        raise CheckpointError(f"{where} does not match the model its config describes:\n  " + "\n  ".join(problems))
+
+
+def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = None, vae_path=None,
+                    wav2vec2_path=None):
+    """Load a StableDub checkpoint.
+
+    Args:
+        path: the ``.safetensors`` checkpoint.
+        device: where to put the model (default CPU).
+        dtype: floating dtype of the model (default: as stored, float32 for new models).
+        expect_preset: if given, a checkpoint of another preset is an error.
+        vae_path: SD VAE weights (single file or diffusers folder) when the checkpoint does not hold the VAE.
+        wav2vec2_path: local wav2vec2 folder when the checkpoint uses the wav2vec2 audio encoder.
+
+    Returns:
+        the ``StableDub`` model in eval mode.
+    """
+    from safetensors import safe_open
+
+    from ..audio.encoders import Wav2Vec2AudioEncoder
+    from .stabledub import StableDub
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    if expect_preset is not None and config.preset != expect_preset:
+        raise CheckpointError(f"{path.name} is a {config.preset!r} checkpoint but a {expect_preset!r} one was "
+                              "expected: pick a checkpoint made for that preset")
+    parts = {}
+    if config.audio.kind == "wav2vec2":
+        if wav2vec2_path is None:
+            raise CheckpointError(f"{path.name} uses the wav2vec2 audio encoder, whose backbone is not stored in "
+                                  "the checkpoint: pass wav2vec2_path=<local wav2vec2 folder>")
+        parts["audio_encoder"] = Wav2Vec2AudioEncoder.from_folder(wav2vec2_path, config.audio)
+    if not config.vae.in_checkpoint and vae_path is None:
+        raise CheckpointError(f"{path.name} does not store the VAE: pass vae_path=<SD 1.5 single file or "
+                              "diffusers folder>")
+    model = StableDub.from_config(config, **parts)
+    expected = stored_state_dict(model)
+    with safe_open(str(path), framework="pt") as fh:
+        found = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+        check_state(expected, found, path.name)
+        state = {name: fh.get_tensor(name) for name in found}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    leftover = [n for n in missing if n in expected] + list(unexpected)
+    if leftover:  # cannot happen after check_state; guards against silent partial loads
+        raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(leftover)}")
+    if not config.vae.in_checkpoint:
+        from .weights import load_sd_vae
+
+        load_sd_vae(model.vae, vae_path, config.vae)
+    return model.to(device=device or "cpu", dtype=dtype).eval()

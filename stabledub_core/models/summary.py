@@ -1,0 +1,93 @@
+"""Print a per-module parameter table of a preset, built on the meta device (no memory, no weights).
+
+Usage: ``python -m stabledub_core.models.summary sd15`` (or ``tiny``). The last line is ``parameters: N``, the size of
+the StableDub network (U-Net + lip-habit modulation + trainable audio head); the frozen pretrained parts (wav2vec2
+backbone, VAE) are listed above it separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from .config import PRESETS, get_preset
+
+
+def _count(module: nn.Module, exclude: tuple[str, ...] = ()) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if not n.startswith(exclude))
+
+
+# U-Net parameters by layer kind (first matching name fragment wins)
+UNET_KINDS = {".temporal.": "temporal Mamba", ".mamba.": "spatial Mamba", ".attn2.": "audio cross-attention",
+              ".ff.": "feed-forward", "resnets.": "ResNet blocks", "samplers.": "up/down samplers"}
+
+
+def _children(prefix: str, module: nn.Module):
+    """Top-level children, with ModuleLists (down_blocks, up_blocks) expanded one level."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.ModuleList):
+            yield from ((f"{prefix}{name}.{i}", sub) for i, sub in enumerate(child))
+        else:
+            yield f"{prefix}{name}", child
+
+
+def unet_kind_rows(unet: nn.Module) -> list[tuple[str, int]]:
+    """U-Net parameter counts per layer kind (the rest: convs in/out, norms, projections, time embedding)."""
+    counts = dict.fromkeys([*UNET_KINDS.values(), "other"], 0)
+    for name, param in unet.named_parameters():
+        kind = next((k for frag, k in UNET_KINDS.items() if frag in f".{name}"), "other")
+        counts[kind] += param.numel()
+    return [(f"  unet {kind}", n) for kind, n in counts.items()]
+
+
+def summary_rows(model) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """Rows of the table.
+
+    Args:
+        model: a ``StableDub``.
+
+    Returns:
+        (network rows, frozen/pretrained rows, network parameter count).
+    """
+    rows = [(name, _count(child)) for name, child in _children("unet.", model.unet)]
+    rows += [(name, _count(child)) for name, child in _children("habit.", model.habit)]
+    rows += [(f"habit.{name}", p.numel()) for name, p in model.habit.named_parameters(recurse=False)]
+    external = tuple(getattr(model.audio_encoder, "external_prefixes", ()))
+    rows.append(("audio_encoder (trainable head)", _count(model.audio_encoder, exclude=external)))
+    frozen = [(f"audio_encoder.{p.rstrip('.')} (pretrained, frozen)", _count(getattr(model.audio_encoder,
+                                                                                   p.rstrip("."))))
+              for p in external]
+    frozen.append((f"vae ({'in checkpoint' if model.config.vae.in_checkpoint else 'pretrained, own file'})",
+                   _count(model.vae)))
+    total = sum(p.numel() for _, p in model.network_parameters())
+    return [r for r in rows if r[1]], frozen, total
+
+
+def render(preset: str) -> str:
+    """The table for ``preset`` as text."""
+    from .stabledub import StableDub
+
+    with torch.device("meta"):
+        model = StableDub.from_config(get_preset(preset))
+    rows, frozen, total = summary_rows(model)
+    width = max(len(name) for name, _ in rows + frozen) + 2
+    lines = [f"StableDub preset {preset!r}", f"{'module':<{width}}{'parameters':>14}"]
+    lines += [f"{name:<{width}}{count:>14,}" for name, count in rows]
+    lines.append("U-Net by layer kind:")
+    lines += [f"{name:<{width}}{count:>14,}" for name, count in unet_kind_rows(model.unet)]
+    lines.append("not counted in N (pretrained or not part of the denoising network):")
+    lines += [f"{name:<{width}}{count:>14,}" for name, count in frozen]
+    lines.append(f"parameters: {total}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", choices=sorted(PRESETS))
+    print(render(parser.parse_args(argv).preset))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 File layout::
 
     metadata: {"format": "stabledub-checkpoint", "format_version": "1", "config": StableDubConfig JSON,
-               "parts": "unet,habit,audio_encoder[,vae]"}
+               "preset": config.preset, "external": comma-separated prefixes NOT stored, e.g.
+               "audio_encoder.backbone.,vae." for sd15, "" for tiny} (+ any caller metadata, e.g. the step)
     tensors:  "<part>.<parameter name>" for every stored part, e.g. "unet.conv_in.weight", "habit.lam"
 
 Which parts are stored is decided by the config, not by the preset name (:func:`stored_state_dict`):
@@ -34,7 +35,6 @@ from .config import StableDubConfig
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-PARTS = ("unet", "habit", "audio_encoder", "vae")
 
 
 class CheckpointError(ValueError):

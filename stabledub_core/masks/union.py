@@ -132,6 +132,7 @@ def plan_windows(
     overlap: int = 0,
     crop_size: int = 512,
     config: MaskConfig | None = None,
+    previous_box: Box | None = None,
 ) -> list[Window]:
     """Splits a track into windows and computes each window's crop box, Mu and per-frame Mc.
 
@@ -144,6 +145,8 @@ def plan_windows(
         overlap: frames shared by consecutive windows (0: the windows partition the clip).
         crop_size: side S of the model-resolution crops.
         config: mask geometry; defaults to ``MaskConfig()``.
+        previous_box: when a long video is planned in groups of windows, the box of the last window of the
+            previous group: smoothing continues from it so crops do not jump between groups.
 
     Returns:
         The windows in frame order.
@@ -179,7 +182,8 @@ def plan_windows(
         feathers.append(feather)
         regions.append(region)
         wanted.append(box_around(region, config.box_scale, config.box_shift_y, config.min_box))
-    boxes = smooth_boxes(np.array(wanted), np.array(regions), config.box_smoothing, track.frame_size)
+    boxes = smooth_boxes(np.array(wanted), np.array(regions), config.box_smoothing, track.frame_size,
+                         previous=previous_box)
 
     windows = []
     for k, ((start, stop), box, rect, feather) in enumerate(zip(ranges, boxes, rects, feathers)):

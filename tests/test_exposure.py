@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -34,8 +35,6 @@ def _cell_distance_to(mask_crop: np.ndarray, cells) -> np.ndarray:
 
 def test_microphone_exposes_the_patches_under_it_and_none_far_away(mic_case):
     windows, mic, track = mic_case
-    import cv2
-
     exposed_any = 0
     for window in windows:
         per_frame = exposure.from_occluder(mic, window, GRID, min_fraction=0.2)

@@ -23,7 +23,7 @@ class WindowPlanError(ValueError):
     """Raised for window parameters or tracks that cannot be planned."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Window:
     """One window of frames sharing a crop box and a union mask.
 

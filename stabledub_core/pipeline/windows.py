@@ -7,8 +7,8 @@ edge counts less than one near its centre). The last window is shifted back to e
 dropped and every window has the same length (windows can be batched). Clips shorter than a window are one window.
 
 For memory-bounded streaming of long videos, the clip is processed in *chunks*: a chunk is a run of consecutive
-windows denoised jointly for all steps (exact MultiDiffusion inside the chunk). Consecutive chunks overlap by
-``overlap`` frames; the overlapping frames are denoised in both chunks from the same shared clip noise (see
+windows denoised jointly for all steps (exact MultiDiffusion inside the chunk). Consecutive chunks share the
+overlap of two neighbouring windows (``overlap`` frames, more before the shifted last window); the shared frames are denoised in both chunks from the same shared clip noise (see
 ``sampler.ClipNoise``), so both results are already close, and :class:`ChunkStitcher` cross-fades them with the
 same ramp. The cross-fade works on any per-frame tensor (latents or decoded frames).
 """
@@ -165,7 +165,8 @@ class ChunkStitcher:
     """Joins consecutive chunk outputs, cross-fading the frames two chunks share.
 
     Feed chunks in order with :meth:`push`; it returns the frames that are final (never touched again), keeping
-    the tail that the next chunk will overlap. Call :meth:`finish` after the last chunk for the remaining frames.
+    the tail that the next chunk will overlap; the last push returns every remaining frame. :meth:`finish` checks
+    that no chunk was left out.
     Works on any tensor whose first dimension is the frame (latents ``(n, 4, h, w)``, frames ``(n, H, W, 3)``...).
     """
 

@@ -65,6 +65,9 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
 class MediaPipeLandmarker:
     """One MediaPipe ``FaceLandmarker``; a context manager that closes it.
 
+    Close it explicitly (``with`` or ``close()``): MediaPipe's own finaliser fails at interpreter exit, after its
+    worker threads have stopped.
+
     Args:
         model_path: path of ``face_landmarker.task``.
         mode: ``LandmarkerMode.VIDEO`` (needs increasing timestamps) or ``LandmarkerMode.IMAGE``.

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..face.track import FaceTrack, TrackStatus
 from . import masks
 from .boxes import Box, box_around, box_scale, smooth_boxes
 from .config import MaskConfig
-
-if TYPE_CHECKING:
-    from ..face.track import FaceTrack
-
-MISSING = 2  # TrackStatus.MISSING of stabledub_core.face.track
 
 
 class WindowPlanError(ValueError):
@@ -132,7 +127,7 @@ def _window_ranges(num_frames: int, window: int, overlap: int) -> list[tuple[int
 
 
 def plan_windows(
-    track: "FaceTrack",
+    track: FaceTrack,
     window: int = 16,
     overlap: int = 0,
     crop_size: int = 512,
@@ -164,7 +159,7 @@ def plan_windows(
         raise WindowPlanError(f"track has {landmarks.shape[0]} landmark frames but {status.shape[0]} statuses")
     if status.shape[0] == 0:
         raise WindowPlanError("the track has no frames")
-    active = (status != MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
+    active = (status != TrackStatus.MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
     extents = masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
     ranges = _window_ranges(len(status), window, overlap)
 

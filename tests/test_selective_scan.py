@@ -89,6 +89,23 @@ def test_forward_and_backward_match_oracle(case):
         assert rel_error(g, g_ref) <= BWD_TOL, f"gradient of {name}: rel. error {rel_error(g, g_ref):.2e}"
 
 
+def test_batch_blocks_with_automatic_chunks(monkeypatch):
+    """A tiny chunk budget forces blocks of one batch element and several chunks per sequence."""
+    monkeypatch.setattr(scan_module, "DEFAULT_CHUNK_ELEMENTS", 64)
+    plan = scan_module._ChunkPlan.create(batch=3, dim=8, d_state=4, length=37)
+    assert (plan.chunk, plan.batch_block) == (16, 1)
+    inputs = make_inputs(batch=3, groups=2)
+    args, kwargs = _split(inputs, ("D", "z", "delta_bias"))
+    leaves = [t.requires_grad_(True) for t in args + list(kwargs.values())]
+    out, last = selective_scan_chunked(*args, **kwargs, delta_softplus=True, return_last_state=True)
+    out_ref, last_ref = selective_scan_ref(*args, **kwargs, delta_softplus=True, return_last_state=True)
+    assert rel_error(out, out_ref) <= FWD_TOL and rel_error(last, last_ref) <= FWD_TOL
+    grads = torch.autograd.grad(out.sum() + last.sum(), leaves)
+    grads_ref = torch.autograd.grad(out_ref.sum() + last_ref.sum(), leaves)
+    for g, g_ref in zip(grads, grads_ref):
+        assert rel_error(g, g_ref) <= BWD_TOL
+
+
 def test_output_gradient_only_and_no_grad():
     inputs = make_inputs()
     args, kwargs = _split(inputs, ("D", "z"))

@@ -26,7 +26,8 @@ class UNetConfig:
     mamba_d_state: int = 16
     mamba_d_conv: int = 4
     mamba_expand: int = 2
-    gradient_checkpointing: bool = False
+    mamba_bidirectional: bool = True  # Vim v2 backward branch in every spatial and temporal Mamba
+    gradient_checkpointing: bool = False  # recompute resnets and transformers in the backward pass
 
 
 @dataclass

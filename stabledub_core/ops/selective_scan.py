@@ -1,13 +1,70 @@
 """Selective scan (the S6 recurrence of Mamba v1).
 
-``selective_scan_ref`` is the step-by-step oracle with ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref``'s
-signature and shapes. The fast paths are added beside it.
+For every batch element ``b``, channel ``d`` and state index ``n`` the scan runs, over positions ``l``::
+
+    delta_l = softplus(delta_l + delta_bias)            (bias / softplus optional)
+    x_l     = exp(delta_l * A[n]) * x_{l-1} + delta_l * u_l * B_l[n]
+    y_l     = sum_n C_l[n] * x_l[n] + D * u_l           (D optional)
+    out_l   = y_l * silu(z_l)                           (z optional)
+
+Three implementations share ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``'s signature and shapes:
+
+* ``selective_scan``: the public entry point. It dispatches to mamba-ssm's CUDA kernel when mamba-ssm imports and the
+  tensors are on CUDA, else to the pure-PyTorch chunked scan below.
+* ``selective_scan_chunked``: pure PyTorch, any device. Positions are processed in chunks of ``T`` steps, so the
+  (B, D, T, N) working tensors replace the (B, D, L, N) ones and the Python loop runs once per position on small,
+  contiguous, preallocated buffers. It is a ``torch.autograd.Function`` that only keeps the state at each chunk
+  boundary (B, D, N per chunk): the backward pass recomputes each chunk's states from its boundary state and runs the
+  adjoint recurrence in reverse, chunk by chunk.
+* ``selective_scan_ref``: the step-by-step oracle with materialised (B, D, L, N) tensors, kept for tests/benchmarks.
+
+Internally the chunked scan uses a "scan layout" with positions first and the channels split into the groups of
+B/C: (L, B, G, D/G) for per-channel tensors and (L, B, G, N) for B/C, so that a position's slice is contiguous. A 3-d
+B/C of shape (B, N, L) is the same as one group.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import functools
+import importlib
+import logging
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+# Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (16 MiB in fp32): small
+# enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+# The step loops run one small op per position. Below this many elements per position an op is too small to gain from
+# intra-op threads, and each parallel region costs a thread barrier (milliseconds when the cores are shared), so the
+# loops run on one thread.
+LOOP_PARALLEL_MIN_ELEMENTS = 1 << 20
+
+_MAMBA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
+# What a missing or broken mamba-ssm install raises on import (no package, no CUDA libraries, ABI mismatch).
+_IMPORT_FAILURES = (ImportError, OSError, RuntimeError)
+
+
+class SelectiveScanInputError(ValueError):
+    """Raised when the tensors given to the selective scan have inconsistent shapes or unsupported dtypes."""
+
+
+class ScanBackend(enum.Enum):
+    """Which implementation ``selective_scan`` runs."""
+
+    MAMBA_CUDA = "mamba_ssm CUDA kernel"
+    PYTORCH = "pure PyTorch chunked scan"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reference oracle
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -65,5 +122,372 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, x) if return_last_state else out
 
 
-# Replaced by the fast dispatching implementation.
-selective_scan = selective_scan_ref
+# --------------------------------------------------------------------------------------------------------------------
+# Input checks and layout helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> int:
+    """Validates shapes/dtypes and returns the number of groups G of B/C (1 for the 3-d layout)."""
+    if u.dim() != 3:
+        raise SelectiveScanInputError(f"u must be (batch, dim, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    for name, t in (("delta", delta), ("z", z)):
+        if t is not None and t.shape != u.shape:
+            raise SelectiveScanInputError(f"{name} must have u's shape {tuple(u.shape)}, got {tuple(t.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise SelectiveScanInputError(f"A must be (dim={dim}, d_state), got shape {tuple(A.shape)}")
+    if A.is_complex():
+        raise SelectiveScanInputError("complex A is not supported by the selective scan: pass a real (dim, d_state) A")
+    d_state = A.shape[1]
+    groups = None
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3 and t.shape == (batch, d_state, length):
+            g = 1
+        elif t.dim() == 4 and t.shape[0] == batch and t.shape[2:] == (d_state, length) and dim % t.shape[1] == 0:
+            g = t.shape[1]
+        else:
+            raise SelectiveScanInputError(
+                f"{name} must be (batch={batch}, d_state={d_state}, length={length}) or (batch, groups, d_state, "
+                f"length) with groups dividing dim={dim}; got shape {tuple(t.shape)}")
+        if groups is not None and g != groups:
+            raise SelectiveScanInputError(f"B and C must have the same number of groups, got {groups} and {g}")
+        groups = g
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise SelectiveScanInputError(f"{name} must be (dim={dim},), got shape {tuple(t.shape)}")
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if t is not None and not t.is_floating_point():
+            raise SelectiveScanInputError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    return groups
+
+
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """fp32 for fp32/fp16/bf16 inputs; fp64 stays fp64 (gradcheck)."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _channels_to_scan(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, D, L) -> contiguous (L, B, G, D/G) in ``dtype``."""
+    batch, dim, length = x.shape
+    return x.to(dtype).permute(2, 0, 1).reshape(length, batch, groups, dim // groups).contiguous()
+
+
+def _channels_from_scan(x: torch.Tensor) -> torch.Tensor:
+    """(L, B, G, D/G) -> (B, D, L)."""
+    length, batch, groups, dim_g = x.shape
+    return x.reshape(length, batch, groups * dim_g).permute(1, 2, 0).contiguous()
+
+
+def _bc_to_scan(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, N, L) or (B, G, N, L) -> contiguous (L, B, G, N) in ``dtype``."""
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return x.to(dtype).permute(3, 0, 1, 2).contiguous()
+
+
+def _bc_from_scan(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(L, B, G, N) -> ``like``'s layout (B, N, L) or (B, G, N, L) and dtype."""
+    x = x.permute(1, 2, 3, 0)  # (B, G, N, L)
+    if like.dim() == 3:
+        x = x.squeeze(1)
+    return x.to(like.dtype).contiguous()
+
+
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    """d silu(z) / dz."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _auto_chunk_size(batch: int, dim: int, d_state: int, length: int) -> int:
+    return max(1, min(length, DEFAULT_CHUNK_ELEMENTS // (batch * dim * d_state)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chunked pure-PyTorch scan
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _loop_threads(step_elements: int):
+    """Runs the enclosed step loop on one intra-op thread when each step is too small to parallelise.
+
+    The previous thread count is restored on exit.
+    """
+    previous = torch.get_num_threads()
+    if step_elements >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _chunk_forward(dt, dtu, A, Bc, x0, dA, xs):
+    """Runs the recurrence over one chunk of T positions, in place in the given buffers.
+
+    Args:
+        dt: (T, B, G, Dg) step sizes (after bias / softplus).
+        dtu: (T, B, G, Dg) ``dt * u``.
+        A: (G, Dg, N) state matrix.
+        Bc: (T, B, G, N) input matrix.
+        x0: (B, G, Dg, N) state before the chunk.
+        dA: (T, B, G, Dg, N) buffer, filled with the decays exp(dt * A).
+        xs: (T, B, G, Dg, N) buffer, filled with the states x_t.
+    """
+    torch.mul(dt.unsqueeze(-1), A, out=dA)
+    dA.exp_()  # the decays are <= 1 for negative A; nothing is exponentiated cumulatively
+    torch.mul(dtu.unsqueeze(-1), Bc.unsqueeze(-2), out=xs)  # delta * u * B
+    with _loop_threads(x0.numel()):
+        xs[0].addcmul_(dA[0], x0)
+        for t in range(1, xs.shape[0]):
+            xs[t].addcmul_(dA[t], xs[t - 1])
+
+
+def _contract_state(xs: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
+    """sum_n xs[..., n] * Cc[..., n]: (T, B, G, Dg, N), (T, B, G, N) -> (T, B, G, Dg)."""
+    return torch.matmul(xs, Cc.unsqueeze(-1)).squeeze(-1)
+
+
+def _contract_channels(weights: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """sum_d weights[..., d] * states[..., d, :]: (T, B, G, Dg), (T, B, G, Dg, N) -> (T, B, G, N)."""
+    return torch.matmul(weights.unsqueeze(-2), states).squeeze(-2)
+
+
+def _prepare_delta(delta, delta_bias, delta_softplus, groups, dtype):
+    """Returns (raw delta + bias, effective delta) in scan layout (L, B, G, Dg)."""
+    dt_raw = _channels_to_scan(delta, groups, dtype)
+    if delta_bias is not None:
+        dt_raw = dt_raw + delta_bias.to(dtype).reshape(groups, -1)
+    dt = F.softplus(dt_raw) if delta_softplus else dt_raw
+    return dt_raw, dt
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """Memory-lean selective scan: keeps only chunk-boundary states, recomputes chunks in backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+        groups = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+        dtype = _compute_dtype(u)
+        batch, dim, length = u.shape
+        d_state = A.shape[1]
+        chunk = chunk_size or _auto_chunk_size(batch, dim, d_state, length)
+
+        us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
+        _, dt = _prepare_delta(delta, delta_bias, delta_softplus, groups, dtype)  # (L, B, G, Dg)
+        dtu = dt * us
+        A_g = A.to(dtype).reshape(groups, dim // groups, d_state)  # (G, Dg, N)
+        Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
+
+        buf_shape = (chunk, batch, groups, dim // groups, d_state)
+        dA_buf = us.new_empty(buf_shape)
+        xs_buf = us.new_empty(buf_shape)
+        x = us.new_zeros(buf_shape[1:])  # (B, G, Dg, N)
+        starts = []
+        y = torch.empty_like(us)  # (L, B, G, Dg)
+        for l0 in range(0, length, chunk):
+            sl = slice(l0, min(l0 + chunk, length))
+            n = sl.stop - l0
+            starts.append(x)
+            _chunk_forward(dt[sl], dtu[sl], A_g, Bs[sl], x, dA_buf[:n], xs_buf[:n])
+            x = xs_buf[n - 1].clone()
+            y[sl] = _contract_state(xs_buf[:n], Cs[sl])
+        del dA_buf, xs_buf
+
+        if D is not None:
+            y.addcmul_(us, D.to(dtype).reshape(groups, -1))
+        out = _channels_from_scan(y)  # (B, D, L)
+        if z is not None:
+            out = out * F.silu(z.to(dtype))
+        last_state = x.reshape(batch, dim, d_state)
+
+        ctx.chunk = chunk
+        ctx.groups = groups
+        ctx.delta_softplus = delta_softplus
+        ctx.has = (D is not None, z is not None, delta_bias is not None)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(starts))
+        return out.to(u.dtype), last_state
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        groups, chunk = ctx.groups, ctx.chunk
+        dtype = _compute_dtype(u)
+        batch, dim, length = u.shape
+        d_state = A.shape[1]
+        dim_g = dim // groups
+
+        us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
+        dt_raw, dt = _prepare_delta(delta, delta_bias, ctx.delta_softplus, groups, dtype)
+        dtu = dt * us
+        A_g = A.to(dtype).reshape(groups, dim_g, d_state)  # (G, Dg, N)
+        Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
+        D_g = D.to(dtype).reshape(groups, dim_g) if D is not None else None
+        zs = _channels_to_scan(z, groups, dtype) if z is not None else None
+        g_out = _channels_to_scan(grad_out, groups, dtype)  # (L, B, G, Dg)
+        g_y = g_out * F.silu(zs) if zs is not None else g_out  # gradient of the pre-gate output
+
+        g_dt = torch.empty_like(us)  # gradient w.r.t. the effective delta
+        g_u = torch.empty_like(us)
+        g_B, g_C = torch.empty_like(Bs), torch.empty_like(Cs)
+        g_A = torch.zeros_like(A_g)
+        y = torch.empty_like(us) if zs is not None else None  # recomputed scan output, for the gate's gradient
+
+        buf_shape = (chunk, batch, groups, dim_g, d_state)
+        dA_buf, xs_buf, h_buf = (us.new_empty(buf_shape) for _ in range(3))
+        # carry: the adjoint flowing into the last position of the current chunk from the positions after it.
+        carry = grad_last.to(dtype).reshape(batch, groups, dim_g, d_state) if grad_last is not None else None
+        for index in reversed(range(starts.shape[0])):
+            l0 = index * chunk
+            sl = slice(l0, min(l0 + chunk, length))
+            n = sl.stop - l0
+            dA, xs, h = dA_buf[:n], xs_buf[:n], h_buf[:n]
+            x0 = starts[index]
+            _chunk_forward(dt[sl], dtu[sl], A_g, Bs[sl], x0, dA, xs)
+            if y is not None:
+                y[sl] = _contract_state(xs, Cs[sl])
+
+            # Adjoint recurrence h_t = g_y_t * C_t + exp(dt_{t+1} A) h_{t+1}.
+            torch.mul(g_y[sl].unsqueeze(-1), Cs[sl].unsqueeze(-2), out=h)  # (T, B, G, Dg, N)
+            if carry is not None:
+                h[n - 1] += carry
+            with _loop_threads(x0.numel()):
+                for t in range(n - 2, -1, -1):
+                    h[t].addcmul_(dA[t + 1], h[t + 1])
+            carry = dA[0] * h[0]
+
+            g_C[sl] = _contract_channels(g_y[sl], xs)
+            g_B[sl] = _contract_channels(dtu[sl], h)
+            hB = _contract_state(h, Bs[sl])  # (T, B, G, Dg): sum_n h * B
+            # Gradient of the decays times the decays: h_t * x_{t-1} * exp(dt_t A), written over dA.
+            p = dA.mul_(h)
+            p[1:].mul_(xs[:-1])
+            p[0].mul_(x0)
+            g_A += torch.einsum("tbgdn,tbgd->gdn", p, dt[sl])
+            g_dt[sl] = torch.einsum("tbgdn,gdn->tbgd", p, A_g) + hB * us[sl]
+            g_u[sl] = hB * dt[sl]
+        del dA_buf, xs_buf, h_buf
+
+        if D_g is not None:
+            g_u.addcmul_(g_y, D_g)
+        g_D = (g_y * us).sum((0, 1)).reshape(dim).to(D.dtype) if ctx.has[0] and ctx.needs_input_grad[5] else None
+        g_z = None
+        if zs is not None and ctx.needs_input_grad[6]:
+            pre_gate = y + us * D_g if D_g is not None else y
+            g_z = _channels_from_scan(g_out * pre_gate * _silu_grad(zs)).to(z.dtype)
+        if ctx.delta_softplus:
+            g_dt = g_dt * torch.sigmoid(dt_raw)
+        g_bias = g_dt.sum((0, 1)).reshape(dim).to(delta_bias.dtype) if ctx.has[2] and ctx.needs_input_grad[7] else None
+        return (_channels_from_scan(g_u).to(u.dtype), _channels_from_scan(g_dt).to(delta.dtype),
+                g_A.reshape(dim, d_state).to(A.dtype), _bc_from_scan(g_B, B), _bc_from_scan(g_C, C),
+                g_D, g_z, g_bias, None, None)
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, *, chunk_size: Optional[int] = None):
+    """Pure-PyTorch selective scan, chunked over the sequence, with a recomputing backward pass.
+
+    Computes in fp32 (fp64 for fp64 inputs) and returns u's dtype. Peak memory is a few (B, D, T, N) chunk buffers
+    plus (B, D, L)-sized tensors; nothing of size (B, D, L, N) is kept for the backward pass.
+
+    Args:
+        u: (B, D, L) input.
+        delta: (B, D, L) step sizes (before ``delta_bias`` / softplus).
+        A: (D, N) real state matrix.
+        B: (B, N, L) or (B, G, N, L) input matrix; channel d uses group d // (D / G).
+        C: (B, N, L) or (B, G, N, L) output matrix, same layout as B.
+        D: (D,) skip connection, optional.
+        z: (B, D, L) gate, optional: the output is multiplied by silu(z).
+        delta_bias: (D,) added to delta, optional.
+        delta_softplus: apply softplus to delta (after the bias).
+        return_last_state: also return the final state (B, D, N) (fp32, or fp64 for fp64 inputs).
+        chunk_size: positions per chunk T; by default chosen so that a (T, B, D, N) buffer has about
+            ``DEFAULT_CHUNK_ELEMENTS`` elements.
+
+    Returns:
+        (B, D, L) output in u's dtype, and the last state when asked.
+
+    Raises:
+        SelectiveScanInputError: on inconsistent shapes or non-floating dtypes.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise SelectiveScanInputError(f"chunk_size must be a positive integer, got {chunk_size}")
+    out, last_state = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                  chunk_size)
+    return (out, last_state) if return_last_state else out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _import_mamba_scan() -> Callable:
+    """Imports mamba-ssm's ``selective_scan_fn`` (raises whatever the import raises)."""
+    return importlib.import_module(_MAMBA_SCAN_MODULE).selective_scan_fn
+
+
+@functools.lru_cache(maxsize=1)
+def load_mamba_scan() -> Optional[Callable]:
+    """mamba-ssm's CUDA ``selective_scan_fn``, or None when mamba-ssm is not usable here.
+
+    The import is tried once per process. ImportError/OSError/RuntimeError (not installed, missing CUDA libraries,
+    binary mismatch) mean "not available" and are logged; any other exception propagates.
+    """
+    try:
+        return _import_mamba_scan()
+    except _IMPORT_FAILURES as err:
+        logger.info("mamba-ssm selective scan unavailable (%s: %s); using the pure PyTorch scan",
+                    type(err).__name__, err)
+        return None
+
+
+def select_backend(device: torch.device) -> ScanBackend:
+    """The implementation ``selective_scan`` uses for tensors on ``device``."""
+    if torch.device(device).type == "cuda" and load_mamba_scan() is not None:
+        return ScanBackend.MAMBA_CUDA
+    return ScanBackend.PYTORCH
+
+
+def _run_mamba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    return load_mamba_scan()(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                             return_last_state=return_last_state)
+
+
+def _run_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    return selective_scan_chunked(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                  return_last_state=return_last_state)
+
+
+_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.PYTORCH: _run_pytorch}
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature, on the fastest available backend.
+
+    Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, else ``selective_scan_chunked``.
+
+    Args:
+        u: (B, D, L) input.
+        delta: (B, D, L) step sizes (before ``delta_bias`` / softplus).
+        A: (D, N) real state matrix.
+        B: (B, N, L) or (B, G, N, L) input matrix.
+        C: (B, N, L) or (B, G, N, L) output matrix.
+        D: (D,) skip connection, optional.
+        z: (B, D, L) gate, optional.
+        delta_bias: (D,) added to delta, optional.
+        delta_softplus: apply softplus to delta (after the bias).
+        return_last_state: also return the final state (B, D, N).
+
+    Returns:
+        (B, D, L) output in u's dtype, and the last state when asked.
+    """
+    backend = _BACKENDS[select_backend(u.device)]
+    return backend(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -1,0 +1,145 @@
+"""Thin wrapper over MediaPipe's Face Landmarker (Tasks API) returning landmark arrays in pixels."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import numpy as np
+
+from .indices import NUM_LANDMARKS
+
+MODEL_FILENAME = "face_landmarker.task"
+MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/"
+             "face_landmarker.task")
+
+
+class FaceModelNotFoundError(FileNotFoundError):
+    """The MediaPipe face landmarker model file is missing."""
+
+
+class FrameFormatError(ValueError):
+    """A frame is not an (H, W, 3) uint8 RGB array."""
+
+
+class LandmarkerMode(enum.Enum):
+    """How a landmarker is fed: a stream with timestamps (tracks between frames) or independent images."""
+
+    VIDEO = "video"
+    IMAGE = "image"
+
+
+def check_model_path(model_path: str | Path) -> Path:
+    """Return the model path, or raise an error that names it and says where to get the file.
+
+    Args:
+        model_path: path of ``face_landmarker.task``, or a folder holding it (e.g. ComfyUI's models/mediapipe).
+
+    Returns:
+        The path of the model file.
+    """
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    if not path.is_file():
+        raise FaceModelNotFoundError(
+            f"MediaPipe face landmarker model not found at '{path}'. Download {MODEL_FILENAME} from {MODEL_URL} "
+            f"and save it at that path (in ComfyUI: models/mediapipe/{MODEL_FILENAME}).")
+    return path
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """Validate a frame and return it as a C-contiguous uint8 array (what ``mp.Image`` needs).
+
+    Args:
+        frame: (H, W, 3) uint8 RGB.
+
+    Returns:
+        (H, W, 3) uint8 C-contiguous.
+    """
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        desc = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}"
+        raise FrameFormatError(f"face tracking needs (H, W, 3) uint8 RGB numpy frames, got {desc}; convert float "
+                               "images with (img * 255).round().astype(np.uint8)")
+    return np.ascontiguousarray(frame)
+
+
+class MediaPipeLandmarker:
+    """One MediaPipe ``FaceLandmarker``; a context manager that closes it.
+
+    Close it explicitly (``with`` or ``close()``): MediaPipe's own finaliser fails at interpreter exit, after its
+    worker threads have stopped.
+
+    Args:
+        model_path: path of ``face_landmarker.task``.
+        mode: ``LandmarkerMode.VIDEO`` (needs increasing timestamps) or ``LandmarkerMode.IMAGE``.
+        num_faces: most faces returned per call.
+        min_detection_confidence: face detector threshold.
+        min_presence_confidence: landmark-model face presence threshold.
+        min_tracking_confidence: threshold to keep tracking between video frames.
+    """
+
+    def __init__(self, model_path: str | Path, mode: LandmarkerMode = LandmarkerMode.VIDEO, num_faces: int = 2,
+                 min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5):
+        path = check_model_path(model_path)
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        running_mode = {LandmarkerMode.VIDEO: vision.RunningMode.VIDEO,
+                        LandmarkerMode.IMAGE: vision.RunningMode.IMAGE}[mode]
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(path)), running_mode=running_mode, num_faces=num_faces,
+            min_face_detection_confidence=min_detection_confidence,
+            min_face_presence_confidence=min_presence_confidence,
+            min_tracking_confidence=min_tracking_confidence)
+        self.mode = mode
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._last_timestamp_ms = -1
+
+    def detect(self, frame: np.ndarray, timestamp_ms: int | None = None) -> np.ndarray:
+        """Find faces in one frame.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB.
+            timestamp_ms: required in VIDEO mode; values that do not increase are bumped by 1 ms.
+
+        Returns:
+            (N, 478, 2) float32 (x, y) pixel coordinates of the N faces found, in MediaPipe's order.
+        """
+        import mediapipe as mp
+
+        if self._landmarker is None:
+            raise RuntimeError("this MediaPipe landmarker was closed")
+        frame = check_frame(frame)
+        height, width = frame.shape[:2]
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame)
+        if self.mode is LandmarkerMode.VIDEO:
+            if timestamp_ms is None:
+                raise ValueError("a VIDEO-mode landmarker needs a timestamp for every frame")
+            timestamp_ms = max(int(timestamp_ms), self._last_timestamp_ms + 1)
+            self._last_timestamp_ms = timestamp_ms
+            result = self._landmarker.detect_for_video(image, timestamp_ms)
+        else:
+            result = self._landmarker.detect(image)
+        faces = np.empty((len(result.face_landmarks), NUM_LANDMARKS, 2), np.float32)  # (N, 478, 2)
+        for i, face in enumerate(result.face_landmarks):
+            faces[i] = [(p.x, p.y) for p in face]
+        faces *= np.array([width, height], np.float32)
+        return faces
+
+    @property
+    def last_timestamp_ms(self) -> int:
+        """The last timestamp given to a VIDEO-mode landmarker (-1 before the first frame)."""
+        return self._last_timestamp_ms
+
+    def close(self) -> None:
+        """Release MediaPipe's graph (idempotent)."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> "MediaPipeLandmarker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,41 @@
+"""Configuration of mask, union-mask and crop-box planning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MaskConfig:
+    """Geometry of Mc, Mu and the crop boxes; all lengths are relative, so one config fits any frame size.
+
+    Attributes:
+        coarse_dilation: Mc widens the detailed mask by this fraction of the face width (cheek to cheek).
+        feather: Mu's soft edge, outside its hard rectangle, as a fraction of the rectangle's longer side.
+        box_scale: side of the square crop box as a multiple of the longer side of Mu's feathered rectangle.
+        box_shift_y: vertical offset of the box centre from Mu's centre, as a fraction of the box side (negative:
+            up, towards the eyes, so the crop shows the whole face rather than the neck).
+        box_smoothing: weight of the neighbouring windows in the exponential smoothing of box centre and size
+            across windows (0: no smoothing, each window's own box).
+        min_box: smallest crop box side in source pixels.
+    """
+
+    coarse_dilation: float = 0.06
+    feather: float = 0.12
+    box_scale: float = 1.8
+    box_shift_y: float = -0.12
+    box_smoothing: float = 0.6
+    min_box: int = 32
+
+    def __post_init__(self) -> None:
+        checks = {
+            "coarse_dilation": self.coarse_dilation >= 0,
+            "feather": self.feather >= 0,
+            "box_scale": self.box_scale >= 1,
+            "box_smoothing": 0 <= self.box_smoothing < 1,
+            "min_box": self.min_box >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid MaskConfig values for {bad}: coarse_dilation >= 0, feather >= 0, "
+                             f"box_scale >= 1, 0 <= box_smoothing < 1, min_box >= 1 (got {self})")

@@ -1,0 +1,164 @@
+"""Bidirectional Mamba v1 mixer (the selective SSM of Gu & Dao, scanned both ways as in Vision Mamba "v2").
+
+Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``:
+``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``. The backward direction (Vim's
+``bimamba_type="v2"``) has its own ``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log`` and ``D_b`` and shares
+``in_proj`` / ``out_proj``: it scans the flipped sequence, its output is flipped back and added to the forward output
+before ``out_proj``. So a weight file of this module loads into mamba_ssm/Vim modules and back.
+
+Choices (documented deviations from Vim):
+    * ``divide_out=True`` (default) averages the two directions, ``(y_f + y_b) / 2``, as Vim's released models do
+      (``if_devide_out=True``); it keeps the output scale of a one-directional Mamba at initialisation.
+    * ``dt_proj_b`` gets the same dt initialisation as ``dt_proj`` (Vim leaves it at ``nn.Linear``'s default), so
+      both directions start with step sizes in ``[dt_min, dt_max]``.
+
+The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
+implementation for the device; the module has no decoding ``step`` (the U-Net never decodes token by token).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import selective_scan
+
+
+def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float, dt_min: float, dt_max: float,
+                  dt_init_floor: float) -> None:
+    """Initialise a dt projection as mamba_ssm does.
+
+    The weight is uniform in ``[-s, s]`` ("random") or constant ``s`` ("constant") with ``s = dt_rank**-0.5 *
+    dt_scale``; the bias is the inverse softplus of a step size drawn log-uniformly in ``[dt_min, dt_max]`` and
+    floored at ``dt_init_floor``, marked ``_no_reinit`` so that generic initialisers leave it alone.
+    """
+    std = dt_rank**-0.5 * dt_scale
+    initialisers = {
+        "random": lambda w: nn.init.uniform_(w, -std, std),
+        "constant": lambda w: nn.init.constant_(w, std),
+    }
+    if dt_init not in initialisers:
+        raise ValueError(f"dt_init must be one of {sorted(initialisers)}, got {dt_init!r}")
+    initialisers[dt_init](dt_proj.weight)
+    dt = torch.exp(
+        torch.rand(dt_proj.out_features, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
+        + math.log(dt_min)
+    ).clamp(min=dt_init_floor)
+    inv_dt = dt + torch.log(-torch.expm1(-dt))  # softplus^-1(dt)
+    with torch.no_grad():
+        dt_proj.bias.copy_(inv_dt)
+    dt_proj.bias._no_reinit = True
+
+
+def _a_log(d_inner: int, d_state: int, device=None) -> nn.Parameter:
+    """S4D-real initialisation: ``A = -(1..d_state)`` for every channel, stored as ``log(-A)`` in fp32."""
+    a = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(d_inner, 1)  # (d_inner, N)
+    param = nn.Parameter(torch.log(a))
+    param._no_weight_decay = True
+    return param
+
+
+def _skip_d(d_inner: int, device=None) -> nn.Parameter:
+    param = nn.Parameter(torch.ones(d_inner, dtype=torch.float32, device=device))
+    param._no_weight_decay = True
+    return param
+
+
+class Mamba(nn.Module):
+    """Mamba v1 mixer over a sequence, optionally bidirectional.
+
+    Args:
+        d_model: width of the input and output tokens.
+        d_state: SSM state size N.
+        d_conv: kernel size of the causal depthwise convolution.
+        expand: ``d_inner = expand * d_model``.
+        dt_rank: rank of the dt projection; ``"auto"`` is ``ceil(d_model / 16)``.
+        dt_min, dt_max: range of the initial step sizes.
+        dt_init: ``"random"`` or ``"constant"`` initialisation of the dt projection weight.
+        dt_scale: scale of the dt projection weight initialisation.
+        dt_init_floor: lower bound of the initial step sizes.
+        conv_bias: whether the depthwise convolutions have a bias.
+        bias: whether ``in_proj`` and ``out_proj`` have a bias.
+        bidirectional: add the backward branch (Vim v2).
+        divide_out: average rather than sum the two directions (only with ``bidirectional``).
+        device, dtype: factory arguments; ``A_log`` and ``D`` are fp32 whatever ``dtype`` is.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 bidirectional: bool = True, divide_out: bool = True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.bidirectional = bidirectional
+        self.divide_out = divide_out
+        dt_kwargs = dict(dt_rank=self.dt_rank, dt_init=dt_init, dt_scale=dt_scale, dt_min=dt_min, dt_max=dt_max,
+                         dt_init_floor=dt_init_floor)
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        self.conv1d, self.x_proj, self.dt_proj = self._direction(conv_bias, dt_kwargs, factory)
+        self.A_log = _a_log(self.d_inner, d_state, device)
+        self.D = _skip_d(self.d_inner, device)
+        if bidirectional:
+            self.conv1d_b, self.x_proj_b, self.dt_proj_b = self._direction(conv_bias, dt_kwargs, factory)
+            self.A_b_log = _a_log(self.d_inner, d_state, device)
+            self.D_b = _skip_d(self.d_inner, device)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _direction(self, conv_bias: bool, dt_kwargs: dict, factory: dict):
+        """The per-direction layers: depthwise causal conv, x projection (dt, B, C) and dt projection."""
+        conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
+                           padding=self.d_conv - 1, bias=conv_bias, **factory)
+        x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False, **factory)
+        dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        _init_dt_proj(dt_proj, **dt_kwargs)
+        return conv1d, x_proj, dt_proj
+
+    def _scan(self, xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+              a_log: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """One direction of the mixer without the output projection.
+
+        Args:
+            xz: (B, 2 * d_inner, L) the input projection, x and the gate z stacked on channels.
+
+        Returns:
+            (B, d_inner, L) the gated SSM output.
+        """
+        length = xz.shape[-1]
+        x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
+        x = F.silu(conv1d(x)[..., :length])  # causal: drop the right padding
+        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias
+        a = -torch.exp(a_log.float())  # (d_inner, N)
+        return selective_scan(x, dt, a, b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),
+                              d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Mix a batch of sequences.
+
+        Args:
+            hidden_states: (B, L, D) tokens.
+
+        Returns:
+            (B, L, D) mixed tokens.
+        """
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 * d_inner, L)
+        y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)  # (B, d_inner, L)
+        if self.bidirectional:
+            y_b = self._scan(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+            y = y + y_b.flip(-1)
+            if self.divide_out:
+                y = y / 2
+        return self.out_proj(y.transpose(1, 2))  # (B, L, D)

@@ -1,0 +1,528 @@
+"""Streaming dubbing: video + speech in, dubbed video out, with memory that does not grow with the video's length.
+
+Two passes over the video:
+
+1. **Tracking** streams every frame through the face tracker; only the landmarks (478 points a frame) are kept.
+2. **Dubbing** streams the output frames (in the order the length policy asks for) chunk by chunk: crop boxes and
+   union masks for the chunk's 16-frame mask windows, model crops, sampling of all the chunk's overlapping
+   windows jointly (the sampler), cross-fade with the previous chunk over the shared frames, paste-back into the
+   original frames, and H.264 encoding. At any time only one chunk of frames (plus its overlap) is in memory.
+
+Frames without a face (``TrackStatus.MISSING``) are written unchanged. ``should_stop()`` is polled between frames,
+chunks and sampler steps; it raises :class:`~stabledub_core.pipeline.Interrupted`, and the atomic writer then
+leaves no file behind.
+
+The model side is behind a small seam, :class:`ChunkModel`: :class:`StableDubChunkModel` adapts a ``StableDub``
+model (VAE, audio encoder, lip-habit module, U-Net, sampler with dual CFG).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, load_encoder_input, probe_audio
+from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, check_interrupt
+from stabledub_core.pipeline.length_policy import LengthPlan, LengthPolicy, plan_length
+from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter, output_format
+
+DEFAULT_FACE_MODEL = Path("models") / "mediapipe" / "face_landmarker.task"
+FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
+                  "face_landmarker.task")
+MASK_WINDOW = 16  # frames sharing one crop box and union mask (the model's window)
+MASK_GROUP = 8  # mask windows planned together (box smoothing runs within a group)
+EXPOSURE_GRID = 16  # occluder patches per crop side (16 x 16: patches line up with latent cells)
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+StopCheck = Callable[[], bool]
+
+
+@dataclass
+class DubOptions:
+    """Settings of :func:`dub_video`.
+
+    Attributes:
+        length_policy: What to do when speech and video durations differ (see ``length_policy.py``).
+        steps: Denoising steps.
+        scheduler: Solver name: ``ddim``, ``dpm++2m`` (``dpmpp2m``), ``euler`` or ``unipc``.
+        audio_scale: Audio guidance scale (``la`` of eq. 7).
+        habit_scale: Lip-habit guidance scale (``lh`` of eq. 7).
+        seed: Seed of the shared initial noise.
+        device: Torch device for the model.
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        mask_margin: Widening of the coarse mouth mask as a fraction of the face width (``None``: default).
+        occluder_mask: Optional image (H, W) of the video's size; white = an occluder in front of the mouth whose
+            pixels are kept (exposed patches).
+        reference: Appearance reference frame strategy: ``closed-lips``, ``pose`` or ``random``.
+        habit_frames: Lip crops (K) used for the lip-habit vector.
+        face_model: MediaPipe ``face_landmarker.task``.
+        window: Frames per sampler window.
+        overlap: Frames shared by consecutive sampler windows and chunks.
+        windows_per_chunk: Sampler windows denoised jointly per chunk (bounds memory).
+        crf: x264 quality of the output.
+        x264_preset: x264 speed preset.
+    """
+
+    length_policy: LengthPolicy | str = LengthPolicy.PING_PONG
+    steps: int = 20
+    scheduler: str = "ddim"
+    audio_scale: float = 2.0
+    habit_scale: float = 1.5
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    mask_margin: float | None = None
+    occluder_mask: str | Path | None = None
+    reference: str = "closed-lips"
+    habit_frames: int = 8
+    face_model: str | Path = DEFAULT_FACE_MODEL
+    window: int = 16
+    overlap: int = 4
+    windows_per_chunk: int = 4
+    crf: int = 18
+    x264_preset: str = "medium"
+
+
+@dataclass
+class DubResult:
+    """What :func:`dub_video` produced.
+
+    Attributes:
+        path: The output file.
+        num_frames: Frames written.
+        fps: Output frame rate.
+        audio_codec: Codec of the output audio track.
+        audio_bit_exact: True when the speech track was written untouched.
+        faceless_frames: Output frames written unchanged because no face was tracked in them.
+        seconds: Wall time per stage.
+    """
+
+    path: Path
+    num_frames: int
+    fps: Fraction
+    audio_codec: str
+    audio_bit_exact: bool
+    faceless_frames: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class StageClock:
+    """Accumulates wall time per named stage."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+class ChunkModel(Protocol):
+    """What the orchestration needs from a model (see :class:`StableDubChunkModel`)."""
+
+    crop_size: int  # side S of the model's crops
+    lip_size: int  # side of the lip crops of the habit vector
+
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray) -> None:
+        """Start a clip: its 16 kHz mono speech, output frame times (s) and K lip crops ``(K, s, s, 3)`` uint8."""
+
+    def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
+                 clock: StageClock, should_stop: StopCheck | None) -> np.ndarray:
+        """Dub output frames ``[start, start + n)``.
+
+        Args:
+            start: Output index of the first frame (selects the shared noise and the audio).
+            crops: ``(n, S, S, 3)`` uint8 source crops.
+            masks: ``(n, S, S)`` float32 inpainting masks (1 = generate, 0 = keep).
+            appearance: ``(n, S, S, 3)`` uint8 crops of the appearance reference frame.
+            clock: Stage timer to account the model's stages in.
+            should_stop: Interruption check.
+
+        Returns:
+            ``(n, S, S, 3)`` uint8 generated crops.
+        """
+
+
+def check_inputs(video, audio, out) -> None:
+    """Cheap checks of the inputs before any model is loaded (no frame is decoded).
+
+    Args:
+        video: Video with a face.
+        audio: Speech file, or ``None`` for the video's own audio track.
+        out: Output path.
+
+    Raises:
+        StableDubError: One clear error for a missing file, a file that is not media, a video without a video
+            stream or with fewer than 2 frames, no speech track, or an unsupported output extension.
+    """
+    output_format(out)
+    with VideoReader(video) as reader:
+        packets = 0
+        for packet in reader.container.demux(reader.stream):
+            packets += packet.size > 0
+            if packets >= 2:
+                break
+        if packets < 2:
+            raise EmptyMediaError(f"video {str(video)!r} has {packets} frame(s); dubbing needs at least 2: give a "
+                                  "real video, not a still image")
+        if audio is None and not reader.has_audio:
+            raise NoAudioStreamError(f"video {str(video)!r} has no audio track and no speech was given: "
+                                     "give the speech with --audio")
+    probe_audio(video if audio is None else audio, "video" if audio is None else "audio")
+
+
+def dub_video(video, audio, model, out, options: DubOptions | None = None,
+              on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> DubResult:
+    """Dub a video file with a speech file into a new video file.
+
+    Args:
+        video: Video with a face.
+        audio: Speech (any audio or video file); ``None`` uses the video's own audio track.
+        model: A ``StableDub`` model, a checkpoint path (``.safetensors``), or any :class:`ChunkModel`.
+        out: Output path (.mp4, .m4v, .mov or .mkv); written atomically.
+        options: :class:`DubOptions`.
+        on_progress: Called as ``on_progress(stage, done, total)`` with stages ``"track"`` and ``"dub"``.
+        should_stop: Polled often; returning True aborts with ``Interrupted`` and leaves no output file.
+
+    Returns:
+        A :class:`DubResult`.
+    """
+    options = options or DubOptions()
+    policy = LengthPolicy.parse(options.length_policy)
+    clock = StageClock()
+    with clock.stage("audio_decode"):
+        check_inputs(video, audio, out)
+    with VideoReader(video) as reader:
+        with clock.stage("audio_decode"):
+            wave16, info = load_encoder_input(video if audio is None else audio,
+                                              "video" if audio is None else "audio")
+        chunk_model = _as_chunk_model(model, options)
+        track = _track(reader, options, clock, on_progress, should_stop)
+        plan = plan_length(policy, reader.num_frames, reader.fps, info.num_samples, info.sample_rate)
+        variable = plan.is_identity and reader.is_variable_rate()
+        index = plan.index_array()  # (F_out,) source frame of each output frame
+        times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
+        wave16 = _fit(wave16, int(round(plan.audio_samples * ENCODER_SAMPLE_RATE / info.sample_rate)))
+        with clock.stage("prepare"):
+            chunk_model.begin(wave16, times, _habit_crops(reader, track, chunk_model.lip_size, options))
+            reference = _reference_frame(reader, track, options)
+            occluder = _load_occluder(options.occluder_mask, reader.size)
+        with VideoWriter(out, plan.fps, reader.size, audio=info, audio_samples=plan.audio_samples,
+                         crf=options.crf, preset=options.x264_preset,
+                         time_base=reader.time_base if variable else None) as writer:
+            faceless = _dub_frames(reader, writer, plan, index, times if variable else None, track, reference,
+                                   occluder, chunk_model, options, clock, on_progress, should_stop)
+            audio_codec = writer.audio.codec
+        return DubResult(Path(out), plan.num_frames, plan.fps, audio_codec, not plan.audio_changed, faceless,
+                         dict(clock.seconds))
+
+
+def _fit(wave: np.ndarray, length: int) -> np.ndarray:
+    """Cut or zero-pad a 1-D wave to ``length`` samples."""
+    return wave[:length] if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
+
+
+def _as_chunk_model(model, options: DubOptions) -> ChunkModel:
+    if hasattr(model, "generate") and hasattr(model, "begin"):
+        return model
+    if isinstance(model, (str, Path)):
+        from stabledub_core.models.checkpoint import load_checkpoint
+
+        model = load_checkpoint(model, device=options.device, dtype=_torch_dtype(options.dtype))
+    return StableDubChunkModel(model, options)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        from stabledub_core.errors import OptionError
+
+        raise OptionError(f"unknown dtype {name!r}; choose one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def _track(reader: VideoReader, options: DubOptions, clock: StageClock, on_progress, should_stop):
+    """Pass 1: landmarks of every source frame, streaming."""
+    from stabledub_core.face import FaceTrack, FaceTracker
+
+    chunks = []
+    total = reader.stream.frames or 0
+    with FaceTracker(options.face_model) as tracker:
+        frames = reader.frames()
+        while True:
+            check_interrupt(should_stop)
+            with clock.stage("decode"):
+                frame = next(frames, None)
+            if frame is None:
+                break
+            with clock.stage("track"):
+                chunk = tracker.feed(frame.image, frame.time)
+            if chunk is not None:
+                chunks.append(chunk)
+            if on_progress is not None:
+                on_progress("track", frame.index + 1, max(total, frame.index + 1))
+        last = tracker.flush()
+    if last is not None:
+        chunks.append(last)
+    if reader.num_frames < 2:
+        raise EmptyMediaError(f"video {str(reader.path)!r} has {reader.num_frames} frame(s); dubbing needs at "
+                              "least 2: give a real video, not a still image")
+    track = FaceTrack.concatenate(chunks)
+    if not track.valid.any():
+        raise NoFaceError(f"no face found in any of the {len(track)} frames of {str(reader.path)!r}: give a video "
+                          "where a face is visible (frontal, not too small)")
+    return track
+
+
+def _read(reader: VideoReader, indices: list[int]) -> np.ndarray:
+    """``(k, H, W, 3)`` images of a few source frames (seeking)."""
+    return np.stack(list(reader.frames_at([Run(int(i), 1, 1) for i in indices])))
+
+
+def _habit_crops(reader: VideoReader, track, size: int, options: DubOptions) -> np.ndarray:
+    """K lip crops ``(K, size, size, 3)`` of a segment of consecutive tracked frames (the lip-habit segment)."""
+    from stabledub_core.masks.lips import choose_lip_segment, lip_crops
+
+    k = min(options.habit_frames, len(track))
+    start = choose_lip_segment(track.status, k, seed=options.seed)
+    picks = list(range(start, start + k))
+    return lip_crops(_read(reader, picks), track.landmarks[picks], size)
+
+
+# CLI names of the reference strategies -> ReferenceStrategy values (masks/reference.py)
+REFERENCE_STRATEGIES = {"closed-lips": "closed_lips", "pose": "nearest_pose", "random": "random"}
+
+
+def _reference_frame(reader: VideoReader, track, options: DubOptions) -> np.ndarray:
+    """The appearance reference frame ``(H, W, 3)``."""
+    from stabledub_core.errors import OptionError
+    from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
+
+    name = REFERENCE_STRATEGIES.get(options.reference, options.reference)
+    try:
+        strategy = ReferenceStrategy(name)
+    except ValueError:
+        raise OptionError(f"unknown reference strategy {options.reference!r}; choose one of "
+                          f"{', '.join(REFERENCE_STRATEGIES)}") from None
+    index = choose_reference(track.landmarks, track.status, strategy, options.seed)
+    return _read(reader, [index])[0]
+
+
+def _load_occluder(path, size: tuple[int, int]) -> np.ndarray | None:
+    """An occluder mask image as ``(H, W)`` float32 in [0, 1], or None."""
+    if path is None:
+        return None
+    import cv2
+
+    from stabledub_core.errors import OptionError, require_file
+
+    image = cv2.imread(str(require_file(path, "occluder mask")), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise OptionError(f"occluder mask {str(path)!r} is not an image OpenCV can read: give a PNG")
+    if image.shape != size:
+        raise OptionError(f"occluder mask {str(path)!r} is {image.shape[1]}x{image.shape[0]} but the video is "
+                          f"{size[1]}x{size[0]}: give it at the video's size")
+    return image.astype(np.float32) / 255
+
+
+class _MaskWindows:
+    """Crop boxes and union masks of the output frames, planned in groups of mask windows on demand.
+
+    Windows are aligned to multiples of :data:`MASK_WINDOW` output frames, so a frame gets the same box in every
+    sampler chunk that contains it. Only the last two groups are kept.
+    """
+
+    def __init__(self, track, index: np.ndarray, crop_size: int, options: DubOptions):
+        from stabledub_core.masks.config import MaskConfig
+
+        self.track, self.index, self.crop_size = track, index, crop_size
+        self.config = MaskConfig() if options.mask_margin is None else MaskConfig(coarse_dilation=options.mask_margin)
+        self.group = MASK_WINDOW * MASK_GROUP
+        self._cache: dict[int, list] = {}
+
+    def _plan(self, g: int) -> list:
+        if g not in self._cache:
+            from stabledub_core.face import FaceTrack
+            from stabledub_core.masks.union import plan_windows
+
+            frames = self.index[g * self.group:(g + 1) * self.group]
+            sub = FaceTrack(self.track.landmarks[frames], self.track.status[frames], self.track.frame_size)
+            windows = plan_windows(sub, window=MASK_WINDOW, overlap=0, crop_size=self.crop_size, config=self.config)
+            self._cache = {k: v for k, v in self._cache.items() if k == g - 1}
+            self._cache[g] = windows
+        return self._cache[g]
+
+    def window(self, i: int):
+        """``(window, offset)``: the mask window of output frame ``i`` and ``i``'s position in it."""
+        g, r = divmod(i, self.group)
+        window = self._plan(g)[r // MASK_WINDOW]
+        return window, r - window.start
+
+
+def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, reference, occluder,
+                model: ChunkModel, options: DubOptions, clock: StageClock, on_progress, should_stop) -> int:
+    """Pass 2: stream the output frames chunk by chunk. Returns the number of faceless frames written."""
+    import torch
+
+    from stabledub_core.masks.exposure import apply, from_occluder, grid_size
+    from stabledub_core.pipeline.composite import crop_frames, paste_back
+    from stabledub_core.pipeline.windows import ChunkStitcher, plan_chunks
+
+    size = model.crop_size
+    windows = _MaskWindows(track, index, size, options)
+    chunks = plan_chunks(plan.num_frames, options.windows_per_chunk, options.window, options.overlap)
+    stitcher = ChunkStitcher(chunks)
+    source = reader.frames_at(plan.runs)
+    buffer: dict[int, np.ndarray] = {}  # output index -> source image, for the current chunk and its overlap
+    read = 0
+    faceless = 0
+    grid = grid_size(size, grid=EXPOSURE_GRID)
+    for chunk in chunks:
+        check_interrupt(should_stop)
+        with clock.stage("decode"):
+            while read < chunk.stop:
+                buffer[read] = next(source)
+                read += 1
+        with clock.stage("crop"):
+            n = chunk.stop - chunk.start
+            crops = np.empty((n, size, size, 3), np.uint8)
+            masks = np.empty((n, size, size), np.float32)
+            appearance = np.empty((n, size, size, 3), np.uint8)
+            for k, i in enumerate(range(chunk.start, chunk.stop)):
+                window, offset = windows.window(i)
+                crops[k] = crop_frames(buffer[i][None], window.box, size)[0]
+                appearance[k] = crop_frames(reference[None], window.box, size)[0]
+                mask = window.union_mask
+                if occluder is not None and not window.passthrough:
+                    mask = apply(mask, from_occluder(occluder[None], _single(window, offset), grid)[0])
+                masks[k] = mask
+        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop)
+        start, final = stitcher.push(torch.from_numpy(generated).float())
+        final = final.round().clamp(0, 255).to(torch.uint8).numpy()
+        for k, i in enumerate(range(start, start + len(final))):
+            window, offset = windows.window(i)
+            active = bool(window.active[offset])
+            faceless += not active
+            image = buffer.pop(i)
+            if active:
+                with clock.stage("composite"):
+                    image = paste_back(image[None], final[k][None], window.box, masks[i - chunk.start])[0]
+            with clock.stage("encode"):
+                writer.write(image, None if write_times is None else float(write_times[i]))
+                if on_progress is not None:
+                    on_progress("dub", i + 1, plan.num_frames)
+                check_interrupt(should_stop)
+    stitcher.finish()
+    return faceless
+
+
+def _single(window, offset: int):
+    """A one-frame view of a window (for per-frame occluder exposure)."""
+    import dataclasses
+
+    return dataclasses.replace(window, start=0, stop=1, active=window.active[offset:offset + 1],
+                               landmarks=window.landmarks[offset:offset + 1])
+
+
+class StableDubChunkModel:
+    """:class:`ChunkModel` for a ``StableDub`` model: VAE, audio encoder, lip-habit tokens, sampler with dual CFG.
+
+    Args:
+        model: A ``StableDub`` (``.config``, ``.unet``, ``.habit``, ``.audio_encoder``, ``.vae``).
+        options: Sampler settings are read from the :class:`DubOptions`.
+    """
+
+    def __init__(self, model, options: DubOptions):
+        import torch
+
+        from stabledub_core.pipeline.sampler import SamplerConfig
+
+        self.model = model.eval()
+        self.config = model.config
+        self.crop_size = int(self.config.resolution)
+        self.lip_size = int(self.config.habit.lip_size)
+        self.device = torch.device(options.device)
+        self.dtype = _torch_dtype(options.dtype)
+        scheduler = {"dpmpp2m": "dpm++2m"}.get(options.scheduler, options.scheduler)
+        self.sampler = SamplerConfig(scheduler=scheduler, num_inference_steps=options.steps,
+                                     scale_audio=options.audio_scale, scale_habit=options.habit_scale,
+                                     window=options.window, overlap=options.overlap, seed=options.seed)
+        self._noise = None
+        self._v = None
+
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray) -> None:
+        import torch
+
+        self.wave16 = wave16
+        self.times = np.asarray(frame_times, np.float64)
+        with torch.no_grad():
+            crops = torch.from_numpy(lip_crops).permute(0, 3, 1, 2).float().div(255)[None]  # (1, K, 3, s, s)
+            self._v = self.model.habit.encode_habit(crops.to(self.device, self.dtype))  # (1, C)
+        latent = self.crop_size // 2 ** (len(self.config.vae.block_out_channels) - 1)
+        self._noise = self.sampler.clip_noise((self.config.vae.latent_channels, latent, latent))
+
+    def _audio_windows(self, start: int, stop: int):
+        """``(n, T, C_a)`` per-frame audio features of output frames ``[start, stop)``."""
+        import torch
+
+        from stabledub_core.audio.windows import frame_windows
+
+        encoder = self.model.audio_encoder
+        audio_cfg = self.config.audio
+        times = self.times[start:stop]
+        margin = audio_cfg.window_seconds + 1.0  # seconds of context around the chunk
+        a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
+        b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(self.wave16))
+        segment = torch.from_numpy(np.ascontiguousarray(self.wave16[a:max(b, a + 1)]))[None]
+        with torch.no_grad():
+            features = encoder(segment.to(self.device))[0].float().cpu()  # (T_feat, C_a)
+        return frame_windows(features, encoder.frame_rate, times - a / ENCODER_SAMPLE_RATE,
+                             audio_cfg.tokens_per_frame, audio_cfg.window_seconds,
+                             feature_offset=getattr(encoder, "time_offset", 0.0))
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop):
+        import torch
+
+        from stabledub_core.masks.exposure import to_latent
+        from stabledub_core.models.vae import decode_latents, encode_frames
+        from stabledub_core.pipeline.sampler import ClipConditions, denoise_chunk
+
+        n = len(crops)
+        factor = self.crop_size // self._noise.shape[-1]
+        vae = self.model.vae
+        with torch.no_grad():
+            with clock.stage("audio"):
+                audio = self._audio_windows(start, start + n)[None].to(self.device, self.dtype)  # (1, n, T, C_a)
+                tokens = {}
+                for branch in self.sampler.guidance.branches:
+                    flags = dict(drop_audio=torch.tensor([branch.drop_audio], device=self.device),
+                                 drop_habit=torch.tensor([branch.drop_habit], device=self.device))
+                    tokens[branch] = self.model.habit(audio, self._v, **flags)[0].float().cpu()  # (n, T', C)
+            with clock.stage("vae_encode"):
+                hide = (masks > 0)[..., None]  # (n, S, S, 1)
+                masked = torch.from_numpy(np.where(hide, 0, crops)).permute(0, 3, 1, 2).float().div(255)
+                masked = encode_frames(vae, masked).float().cpu()  # (n, 4, h, w)
+                app = torch.from_numpy(appearance).permute(0, 3, 1, 2).float().div(255)
+                app = encode_frames(vae, app).float().cpu()
+                mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
+            with clock.stage("sample"):
+                conditions = ClipConditions(masked, mask, app, tokens)
+                latents = denoise_chunk(self.model.unet, conditions, self.sampler,
+                                        noise=self._noise.frames(start, start + n), device=self.device,
+                                        dtype=self.dtype, should_stop=should_stop)
+            with clock.stage("vae_decode"):
+                images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
+        return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)

@@ -114,7 +114,7 @@ def test_variable_frame_times_and_errors():
 
 def test_wav2vec2_chunked_encoding_matches_one_pass(tmp_path):
     """Chunks with enough context reproduce the one-pass features exactly where the model is local: the first
-    hidden state of a layer-norm ("layer") feature extractor (a 16-tap positional conv, 0.5 s margins)."""
+    hidden state of a layer-norm ("layer") feature extractor (a 16-tap positional conv, 0.2 s margins)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
@@ -125,10 +125,10 @@ def test_wav2vec2_chunked_encoding_matches_one_pass(tmp_path):
     enc = Wav2Vec2AudioEncoder.from_folder(tmp_path)
     with torch.no_grad():
         enc.layer_logits.copy_(torch.tensor([0.0, -1e4, -1e4]))
-    wave = torch.randn(1, 3 * SR + 123)
+    wave = torch.randn(1, SR + 123)
     whole = enc(wave, chunk_seconds=None)
-    chunked = enc(wave, chunk_seconds=0.7, margin_seconds=0.5)
-    assert chunked.shape == whole.shape == (1, (3 * SR + 123 - 400) // 320 + 1, 32)
+    chunked = enc(wave, chunk_seconds=0.3, margin_seconds=0.2)
+    assert chunked.shape == whole.shape == (1, (SR + 123 - 400) // 320 + 1, 32)
     torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
     # without margins the positional conv at the joins sees zero padding instead of the neighbours
-    assert not torch.allclose(enc(wave, chunk_seconds=0.7, margin_seconds=0.0), whole, atol=1e-4)
+    assert not torch.allclose(enc(wave, chunk_seconds=0.3, margin_seconds=0.0), whole, atol=1e-4)

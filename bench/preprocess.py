@@ -92,8 +92,11 @@ def main() -> None:
     parser.add_argument("--media", type=Path, default=SHARED / "media")
     parser.add_argument("--face-model", type=Path, default=SHARED / "models" / "face_landmarker.task")
     parser.add_argument("--repeats", type=int, default=2, help="runs per size; medians over all their frames")
+    parser.add_argument("--cv2-threads", type=int, default=1,
+                        help="OpenCV worker threads (1: steadier timings on a shared 2-core machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preprocess.json")
     args = parser.parse_args()
+    cv2.setNumThreads(args.cv2_threads)
 
     with VideoReader(args.media / "face_occluded.mp4") as reader:
         frames = np.stack([frame.image for frame in reader.frames()])

@@ -71,8 +71,9 @@ def require_file(path, what: str):
     return p
 
 
-class Interrupted(Exception):
-    """Raised between steps when the caller's ``should_stop()`` returns True; no partial output is left behind."""
+# The sampler's interruption exception (``stabledub_core.pipeline.Interrupted``), raised between steps, frames and
+# windows when the caller's ``should_stop()`` returns True; no partial output is left behind.
+from stabledub_core.pipeline import Interrupted  # noqa: E402
 
 
 def check_interrupt(should_stop) -> None:

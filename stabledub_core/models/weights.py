@@ -165,7 +165,7 @@ class WeightInitReport:
                  f"  copied: {len(self.copied)} tensors",
                  *(f"  partial: {name}: {note}" for name, note in self.partial),
                  f"  new: {len(self.new)} tensors"]
-        lines += _grouped(self.new, examples, "    init")
+        lines += _grouped(self.new, examples, "    init:")
         lines.append(f"  shape mismatches (kept as initialised): {len(self.mismatched)}")
         lines += [f"    {name}: {note}" for name, note in self.mismatched]
         lines.append(f"  skipped SD tensors: {len(self.skipped)}")

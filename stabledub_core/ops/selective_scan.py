@@ -25,6 +25,7 @@ B/C of shape (B, N, L) is the same as one group.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import importlib
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (16 MiB in fp32): small
 # enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+# The step loops run one small op per position. Below this many elements per position an op is too small to gain from
+# intra-op threads, and each parallel region costs a thread barrier (milliseconds when the cores are shared), so the
+# loops run on one thread.
+LOOP_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _MAMBA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
 # What a missing or broken mamba-ssm install raises on import (no package, no CUDA libraries, ABI mismatch).
@@ -204,6 +210,23 @@ def _auto_chunk_size(batch: int, dim: int, d_state: int, length: int) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _loop_threads(step_elements: int):
+    """Runs the enclosed step loop on one intra-op thread when each step is too small to parallelise.
+
+    The previous thread count is restored on exit.
+    """
+    previous = torch.get_num_threads()
+    if step_elements >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _chunk_forward(dt, dtu, A, Bc, x0, dA, xs):
     """Runs the recurrence over one chunk of T positions, in place in the given buffers.
 
@@ -219,9 +242,10 @@ def _chunk_forward(dt, dtu, A, Bc, x0, dA, xs):
     torch.mul(dt.unsqueeze(-1), A, out=dA)
     dA.exp_()  # the decays are <= 1 for negative A; nothing is exponentiated cumulatively
     torch.mul(dtu.unsqueeze(-1), Bc.unsqueeze(-2), out=xs)  # delta * u * B
-    xs[0].addcmul_(dA[0], x0)
-    for t in range(1, xs.shape[0]):
-        xs[t].addcmul_(dA[t], xs[t - 1])
+    with _loop_threads(x0.numel()):
+        xs[0].addcmul_(dA[0], x0)
+        for t in range(1, xs.shape[0]):
+            xs[t].addcmul_(dA[t], xs[t - 1])
 
 
 def _contract_state(xs: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
@@ -333,8 +357,9 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             torch.mul(g_y[sl].unsqueeze(-1), Cs[sl].unsqueeze(-2), out=h)  # (T, B, G, Dg, N)
             if carry is not None:
                 h[n - 1] += carry
-            for t in range(n - 2, -1, -1):
-                h[t].addcmul_(dA[t + 1], h[t + 1])
+            with _loop_threads(x0.numel()):
+                for t in range(n - 2, -1, -1):
+                    h[t].addcmul_(dA[t + 1], h[t + 1])
             carry = dA[0] * h[0]
 
             g_C[sl] = _contract_channels(g_y[sl], xs)

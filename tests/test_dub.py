@@ -1,0 +1,145 @@
+"""Streaming dubbing end to end with the real tracker, masks and compositing, and a transparent crop model.
+
+The crop model here (:class:`InvertCrops`) returns the inverted source crops instead of running the diffusion
+model, so every property of the orchestration is checkable exactly: frame counts per length policy, A/V timing at
+29.97 fps with a 44.1 kHz stereo track, bit-exact audio, pass-through of faceless frames, interruption. The real
+StableDub model runs through the same seam in ``test_dub_model.py``.
+"""
+
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from media_factory import count_frames, decode_native, tone, write_video
+from stabledub_core.errors import Interrupted, NoFaceError
+from stabledub_core.pipeline.dub import DubOptions, dub_video
+
+NTSC = Fraction(30000, 1001)
+SIZE = 192
+
+
+class InvertCrops:
+    """A ChunkModel whose 'generation' is the inverted source crop (records what it was asked)."""
+
+    crop_size = 64
+    lip_size = 32
+
+    def __init__(self):
+        self.calls = []
+
+    def begin(self, wave16, frame_times, lip_crops):
+        self.times = frame_times
+        self.lips = lip_crops
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop):
+        self.calls.append((start, len(crops)))
+        return 255 - crops
+
+
+@pytest.fixture(scope="module")
+def face_frames(media_dir):
+    with av.open(str(media_dir / "face_pan.mp4")) as c:
+        frames = [cv2.resize(f.to_ndarray(format="rgb24"), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+                  for f in c.decode(video=0)]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory, face_frames):
+    """24 frames at 25 fps with its own AAC track (22.05 kHz mono)."""
+    path = tmp_path_factory.mktemp("dub") / "face24.mp4"
+    return write_video(path, 24, fps=25, size=(SIZE, SIZE), frames=face_frames[:24],
+                       audio=tone(24 / 25, 22050, 1), audio_rate=22050)
+
+
+@pytest.fixture(scope="module")
+def face_video(tmp_path_factory, face_frames):
+    """70 frames at 29.97 fps with its own AAC track (44.1 kHz stereo)."""
+    path = tmp_path_factory.mktemp("dub") / "face70.mp4"
+    return write_video(path, 70, fps=NTSC, size=(SIZE, SIZE), frames=face_frames[:70],
+                       audio=tone(70 / float(NTSC), 44100, 2), audio_rate=44100)
+
+
+def options(face_model_path, **kw):
+    return DubOptions(face_model=face_model_path, x264_preset="ultrafast", **kw)
+
+
+def decoded_frames(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_keep_video_length_pad_and_44k_stereo_timing(tmp_path, face_video, media_dir, face_model_path):
+    speech = media_dir / "speech_en_44k_stereo.wav"
+    out = tmp_path / "pad.mp4"
+    model = InvertCrops()
+    result = dub_video(face_video, speech, model, out, options(face_model_path, length_policy="pad"))
+    n, rate, video_seconds = count_frames(out)
+    assert n == result.num_frames == 70 and rate == NTSC
+    audio = decode_native(out)
+    source = decode_native(speech)
+    assert audio.shape[0] == 2  # channels kept
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 44100
+    np.testing.assert_array_equal(audio, source[:, : audio.shape[1]])  # a lossless cut of the speech
+    assert abs(audio.shape[1] / 44100 - video_seconds) <= 1 / float(NTSC)
+    assert sum(c[1] for c in model.calls) >= 70 and model.lips.shape == (8, 32, 32, 3)
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_follow_audio_loop_keeps_speech_bit_exact(tmp_path, face_video, media_dir, face_model_path):
+    speech = media_dir / "speech_en_44k_stereo.wav"
+    out = tmp_path / "loop.mp4"
+    result = dub_video(face_video, speech, InvertCrops(), out, options(face_model_path, length_policy="loop"))
+    source = decode_native(speech)
+    n, rate, video_seconds = count_frames(out)
+    assert n == result.num_frames == round(source.shape[1] / 44100 * NTSC)
+    assert result.audio_bit_exact and result.audio_codec == "alac"
+    np.testing.assert_array_equal(decode_native(out), source)
+    assert abs(source.shape[1] / 44100 - video_seconds) <= 1 / float(NTSC)
+    # The mouth region is replaced (inverted), the corner of the frame is not.
+    src, dub = decoded_frames(face_video)[5], decoded_frames(out)[5]
+    assert np.abs(src[:20, :20].astype(int) - dub[:20, :20]).mean() < 3
+    assert np.abs(src.astype(int) - dub).max() > 100
+
+
+def test_own_aac_track_is_copied(tmp_path, short_video, face_model_path):
+    out = tmp_path / "own.mp4"
+    result = dub_video(short_video, None, InvertCrops(), out, options(face_model_path, length_policy="freeze"))
+    assert result.audio_bit_exact and result.audio_codec == "aac"
+    np.testing.assert_array_equal(decode_native(out), decode_native(short_video))
+
+
+def test_faceless_frames_pass_through(tmp_path, face_frames, face_model_path):
+    blank = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    frames = face_frames[:16] + [blank] * 16
+    video = write_video(tmp_path / "half.mp4", 32, fps=25, size=(SIZE, SIZE), frames=frames,
+                        audio=tone(32 / 25, 16000), audio_rate=16000)
+    out = tmp_path / "o.mp4"
+    result = dub_video(video, None, InvertCrops(), out, options(face_model_path, length_policy="trim"))
+    assert result.num_frames == 32 and result.faceless_frames >= 12
+    src, dub = decoded_frames(video), decoded_frames(out)
+    for i in range(20, 32):
+        assert np.abs(src[i].astype(int) - dub[i]).mean() < 2
+    assert np.abs(src[5].astype(int) - dub[5]).max() > 100
+
+
+def test_no_face_at_all(tmp_path, face_model_path):
+    video = write_video(tmp_path / "noface.mp4", 8, size=(96, 96), audio=tone(0.32, 16000), audio_rate=16000)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(NoFaceError, match="no face found"):
+        dub_video(video, None, InvertCrops(), out, options(face_model_path))
+    assert list(tmp_path.iterdir()) == [video]
+
+
+@pytest.mark.parametrize("after", [3, 40])  # during tracking / during dubbing
+def test_interruption_leaves_no_file(tmp_path, short_video, face_model_path, after):
+    calls = iter(range(10_000))
+    out = tmp_path / "o.mp4"
+    with pytest.raises(Interrupted):
+        dub_video(short_video, None, InvertCrops(), out, options(face_model_path),
+                  should_stop=lambda: next(calls) >= after)
+    assert list(tmp_path.iterdir()) == []

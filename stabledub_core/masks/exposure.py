@@ -12,7 +12,7 @@ window. A set of exposed patches comes from one of three sources:
   patches, r going from 70% to 0% over training.
 
 :func:`apply` turns Mu and the exposed patches into the inpainting mask (1 = inpaint, 0 = keep the source pixels);
-:func:`to_latent` brings it to latent resolution. With G dividing S / 8 (the default 16 x 16 grid at S = 512 gives
+:func:`to_latent` brings it to latent resolution. With G dividing S / 8 (:data:`DEFAULT_GRID` = 16 at S = 512 gives
 32-pixel patches, 4 x 4 latent cells) patches line up with latent cells exactly.
 """
 
@@ -29,6 +29,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .union import Window
+
+
+DEFAULT_GRID = 16  # patches per crop side
 
 
 class ExposureError(ValueError):

@@ -112,6 +112,9 @@ def test_patch_list_is_json_and_applies_at_crop_and_latent_size():
     assert latent.shape == (64, 64)
     assert latent[12:16, 16:24].max() == 0 and latent.sum() == 64 * 64 - 2 * 4 * 4
     assert exposure.grid_size(512, patch_size=32) == 16
+    painted = np.zeros((100, 100), np.float32)
+    painted[50:57, 25:32] = 1  # covers cell (8, 4) of a 16-grid over a 100-pixel box and slivers of its neighbours
+    assert exposure.from_crop_mask(painted, 16, min_fraction=0.5).cells == [(8, 4)]
     with pytest.raises(ValueError, match="outside"):
         exposure.from_list([[16, 0]], grid=16)
     with pytest.raises(ValueError, match="JSON"):

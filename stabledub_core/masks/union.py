@@ -157,7 +157,8 @@ def plan_windows(
             previous group: smoothing continues from it so crops do not jump between groups.
 
     Returns:
-        The windows in frame order.
+        The windows in frame order; their frame indices count from the track's first frame (for a streamed
+        chunk, add ``track.start`` for video indices).
     """
     config = config or MaskConfig()
     if window < 1 or not 0 <= overlap < window:

@@ -91,6 +91,7 @@ def write_sd_files(root: Path, unet, vae, text_names=("cond_stage_model.transfor
     folder = root / "diffusers"
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
+    (folder / "text_encoder").mkdir()
     layers = unet.config.layers_per_block
     up_attn = ["CrossAttn" in t for t in unet.config.up_block_types]
     ldm = {"model.diffusion_model." + diffusers_to_ldm_unet_key(k, layers, up_attn): v.contiguous()

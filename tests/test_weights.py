@@ -56,6 +56,7 @@ def test_both_formats_copy_the_same_tensors(initialised, sd_files):
     sd_unet, _, _, single = sd_files
     (model_f, rep_f), (model_s, rep_s) = initialised["folder"], initialised["single"]
     assert rep_f.copied == rep_s.copied and len(rep_f.copied) > 50
+    assert "text encoder removed" in dict(rep_f.skipped)["text_encoder/"]
     reference = convert_ldm_unet_checkpoint(read_safetensors(single), dict(sd_unet.config))
     state_f, state_s = model_f.unet.state_dict(), model_s.unet.state_dict()
     for name in rep_f.copied:
@@ -130,3 +131,25 @@ def test_command_line_writes_an_initialised_checkpoint(sd_files, tmp_path, capsy
     loaded = load_checkpoint(out, expect_preset="tiny")
     assert torch.equal(loaded.unet.conv_in.weight[:, :4], sd_files[0].conv_in.weight)
     assert json.loads(report.read_text())["partial"][0][0] == "conv_in.weight"
+
+
+def test_full_sd15_layout_maps_onto_the_sd15_unet_on_meta():
+    """SD 1.5's real U-Net layout (meta tensors, no memory): every SD tensor but attn1 finds its place."""
+    from diffusers import UNet2DConditionModel
+
+    from sd_layout import diffusers_to_ldm_unet_key
+    from stabledub_core.models.unet import StableDubUNet
+    from stabledub_core.models.weights import WeightInitReport, init_unet_from_sd
+
+    with torch.device("meta"):
+        sd = UNet2DConditionModel(cross_attention_dim=768)  # SD 1.5's config
+        ours = StableDubUNet(get_preset("sd15").unet)
+    up_attn = ["CrossAttn" in t for t in sd.config.up_block_types]
+    ldm = {"model.diffusion_model." + diffusers_to_ldm_unet_key(k, 2, up_attn): v for k, v in sd.state_dict().items()}
+    mapped = ldm_unet_to_diffusers(ldm, 2)
+    assert set(mapped) == set(sd.state_dict())
+    report = init_unet_from_sd(ours, mapped, WeightInitReport(source="meta"))
+    assert report.mismatched == []
+    assert {why for _, why in report.skipped} == {"self-attention replaced by spatial Mamba"}
+    assert len(report.skipped) == 16 * 5  # 16 transformers x (to_q, to_k, to_v, to_out.0 weight + bias)
+    assert len(report.copied) + len(report.skipped) + 1 == len(mapped)  # + conv_in.weight (partial)

@@ -126,6 +126,11 @@ SKIP_REASONS: list[tuple[str, str]] = [
 ]
 
 
+FOLDER_SKIPS = {"text_encoder/": "text encoder removed (StableDub is conditioned on audio, not text)",
+                "tokenizer/": "text tokenizer (text encoder removed)",
+                "safety_checker/": "image safety checker (not part of the model)"}
+
+
 def skip_reason(name: str) -> str:
     """Why an SD tensor ``name`` has no place in StableDub."""
     for pattern, reason in SKIP_REASONS:
@@ -297,7 +302,9 @@ def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightIni
                                 "or a diffusers folder)")
     report = WeightInitReport(source=str(source))
     if source.is_dir():
+        unused = [f"{d}/" for d in ("text_encoder", "tokenizer", "safety_checker") if (source / d).is_dir()]
         init_unet_from_sd(model.unet, _load_diffusers_folder(source), report)
+        report.skipped += [(name, "folder not used: " + FOLDER_SKIPS[name]) for name in unused]
     else:
         sd_unet, others = _load_single_file(source, model.config.unet.layers_per_block)
         vae_names = [k for k in others if k.startswith(LDM_VAE_PREFIX)]

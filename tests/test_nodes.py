@@ -29,7 +29,7 @@ SPEECH = "speech_es.wav"
 FRAMES = 20
 WORKFLOWS = REPO / "workflows"
 # Core ComfyUI nodes the workflows use: inputs and output types (the test does not have ComfyUI).
-CORE_NODES = {"LoadAudio": ({"audio": ("COMBO", SPEECH)}, ("AUDIO",))}
+CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",))}
 
 
 class FakeComfy:
@@ -251,7 +251,7 @@ def chain(installed):
     out["windows"], out["union"] = run_node(c, "StableDubPlanMasks", model=out["model"], track=out["track"], window=16,
                                             mask_margin=0.06)
     occluder = torch.zeros(1, 512, 512)
-    occluder[:, 330:, 200:300] = 1  # a bar over the chin
+    occluder[:, 140:200, 150:200] = 1  # a hand over the left half of the mouth
     (out["masks"],) = run_node(c, "StableDubOccluderExposure", windows=out["windows"], images=out["images"],
                                patches='{"grid": 16, "cells": [[10, 7], [10, 8]]}', grid=16, min_fraction=0.2,
                                preview_frame=3, occluder=occluder)

@@ -86,7 +86,7 @@ class StableDubOccluderExposure:
         index = min(preview_frame, len(images) - 1)
         window = frame_source.frame_windows(windows, len(images))[index]
         crop = crop_frames(convert.image_uint8(images[index:index + 1]), window.box, window.crop_size)[0]
-        ui = {"images": [_save_preview(crop)], "stabledub_grid": [grid],
+        ui = {"stabledub_preview": [_save_preview(crop)], "stabledub_grid": [grid],
               "stabledub_union_cells": union_cells(window.union_mask, grid).astype(int).tolist()}
         return {"ui": ui, "result": (convert.mask_out(masks),)}
 

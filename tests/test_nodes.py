@@ -29,7 +29,8 @@ SPEECH = "speech_es.wav"
 FRAMES = 20
 WORKFLOWS = REPO / "workflows"
 # Core ComfyUI nodes the workflows use: inputs and output types (the test does not have ComfyUI).
-CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",))}
+CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",)), "PreviewImage": ({"images": ("IMAGE",)}, ())}
+WORKFLOW_NAMES = ("stabledub_dub", "stabledub_modular")
 
 
 class FakeComfy:
@@ -394,8 +395,9 @@ def _type_of(entry):
     return "COMBO" if isinstance(entry[0], list) else entry[0]
 
 
-def test_api_workflow_matches_the_nodes(installed):
-    graph = json.loads((WORKFLOWS / "stabledub_dub_api.json").read_text())
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_api_workflow_matches_the_nodes(installed, name):
+    graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
     assert graph
     for node_id, node in graph.items():
         required, optional, _ = _input_spec(installed, node["class_type"])
@@ -413,9 +415,10 @@ def test_api_workflow_matches_the_nodes(installed):
                 assert _type_of(entry) in ("INT", "FLOAT", "STRING", "BOOLEAN"), (node_id, name)
 
 
-def test_ui_workflow_is_the_api_workflow(installed):
-    ui = json.loads((WORKFLOWS / "stabledub_dub.json").read_text())
-    api = json.loads((WORKFLOWS / "stabledub_dub_api.json").read_text())
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_ui_workflow_is_the_api_workflow(installed, name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
     assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
     links = {link[0]: link for link in ui["links"]}
     for node in ui["nodes"]:
@@ -431,6 +434,12 @@ def test_ui_workflow_is_the_api_workflow(installed):
         for name, value in zip(widgets, values):
             if name not in linked:
                 assert api_inputs[name] == value, (node["type"], name)
+
+
+def test_workflows_use_every_node(installed):
+    used = {node["class_type"] for name in WORKFLOW_NAMES
+            for node in json.loads((WORKFLOWS / f"{name}_api.json").read_text()).values()}
+    assert set(installed.nodes) <= used
 
 
 def test_api_workflow_runs(installed, media_dir):

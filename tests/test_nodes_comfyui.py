@@ -106,18 +106,22 @@ def test_server_lists_every_node(server):
     assert any(e.endswith("stabledub.js") for e in _get(f"{url}/extensions"))
 
 
-def test_server_runs_the_api_workflow(server):
+@pytest.mark.parametrize("name", ["stabledub_dub", "stabledub_modular"])
+def test_server_runs_the_api_workflow(server, name):
     url, base = server
-    graph = json.loads((REPO / "workflows" / "stabledub_dub_api.json").read_text())
+    graph = json.loads((REPO / "workflows" / f"{name}_api.json").read_text())
     info = _get(f"{url}/object_info")
+    video = next(k for k, v in graph.items() if v["class_type"] == "StableDubLoadVideo")
     for node in graph.values():
         if node["class_type"] == "StableDubLoadVideo":
             node["inputs"]["frame_load_cap"] = 8
-        if node["class_type"] == "StableDubDub":
+        if "steps" in node["inputs"]:
             node["inputs"]["steps"] = 1
-            if "LoadAudio" not in info:  # ComfyUI's audio nodes need torchaudio: dub with the video's own track
-                node["inputs"]["audio"] = [next(k for k, v in graph.items()
-                                                if v["class_type"] == "StableDubLoadVideo"), 1]
+        for key, value in node["inputs"].items():
+            # ComfyUI's audio nodes need torchaudio: without it, dub with the video's own track
+            if isinstance(value, list) and graph[value[0]]["class_type"] not in info:
+                assert graph[value[0]]["class_type"] == "LoadAudio"
+                node["inputs"][key] = [video, 1]
     graph = {k: v for k, v in graph.items() if v["class_type"] in info}
     prompt_id = _post(f"{url}/prompt", {"prompt": graph, "client_id": "stabledub-test"})["prompt_id"]
     deadline = time.monotonic() + RUN_TIMEOUT

@@ -81,13 +81,18 @@ class StableDubOccluderExposure:
         from stabledub_core.pipeline.composite import crop_frames
 
         painted = ExposedPatches.from_json(patches or EMPTY_PATCHES)
-        occluder = None if occluder is None else convert.mask_in(occluder, "occluder")
-        masks = frame_source.exposure_masks(windows, len(images), painted, occluder, grid, min_fraction)
+        occluded = {}
+        if occluder is not None:
+            occluder = convert.mask_in(occluder, "occluder")
+            occluded = frame_source.occluder_patches(windows, len(images), occluder, grid, min_fraction)
+        masks = frame_source.exposure_masks(windows, len(images), painted, occluded)
         index = min(preview_frame, len(images) - 1)
         window = frame_source.frame_windows(windows, len(images))[index]
         crop = crop_frames(convert.image_uint8(images[index:index + 1]), window.box, window.crop_size)[0]
+        from_occluder = occluded.get(index)
         ui = {"stabledub_preview": [_save_preview(crop)], "stabledub_grid": [grid],
-              "stabledub_union_cells": union_cells(window.union_mask, grid).astype(int).tolist()}
+              "stabledub_union_cells": union_cells(window.union_mask, grid).astype(int).tolist(),
+              "stabledub_occluder_cells": [] if from_occluder is None else [list(c) for c in from_occluder.cells]}
         return {"ui": ui, "result": (convert.mask_out(masks),)}
 
 

@@ -298,6 +298,9 @@ def test_exposure_keeps_painted_and_occluded_patches(chain, installed):
     assert occluded.sum() > 2 * cell * cell * FRAMES  # the occluder exposed more than the painted patches
     ui = chain["ui"]
     assert ui["stabledub_grid"] == [16] and np.array(ui["stabledub_union_cells"]).shape == (16, 16)
+    for row, col in ui["stabledub_occluder_cells"]:  # the preview frame's occluded patches are kept in its mask
+        assert (masks[3, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] == 0).all()
+    assert len(ui["stabledub_occluder_cells"]) >= 4
     preview = ui["stabledub_preview"][0]  # not "images": the editor shows it, not the default preview
     assert (installed.root / "temp" / preview["filename"]).is_file() and preview["type"] == "temp"
 

@@ -9,6 +9,7 @@ in-memory clips:
 
 * :func:`dub_clip`: the whole dubbing (tracking, length policy, masks, sampling, paste-back) of a clip in memory;
 * :func:`track_clip`, :func:`habit_lip_crops`, :func:`reference_frame`: single stages for modular graphs;
+* :func:`window_crops`, :func:`occluder_patches`, :func:`exposure_masks`: crops and inpainting masks per frame;
 * :func:`generate_crops`: the sampler over model-resolution crops with chunking and cross-fading;
 * :func:`paste_clip`: composite generated crops (any size) into the frames, window by window;
 * :func:`fit_length`: apply a length policy to frames and a waveform;
@@ -296,41 +297,57 @@ def window_crops(source: FrameSource, windows: Sequence, crop_size: int, image: 
     return out
 
 
-def exposure_masks(windows: Sequence, num_frames: int, patches=None, occluder: np.ndarray | None = None,
-                   grid: int = 16, min_fraction: float = 0.2) -> np.ndarray:
+def occluder_patches(windows: Sequence, num_frames: int, occluder: np.ndarray, grid: int = 16,
+                     min_fraction: float = 0.2) -> dict[int, object]:
+    """The patches an occluder mask exposes in each frame (``masks.exposure.from_occluder`` per window).
+
+    Args:
+        windows: The clip's windows.
+        num_frames: Frames of the clip.
+        occluder: ``(H, W)``, ``(1, H, W)`` or ``(F, H, W)`` float occluder mask in frame coordinates.
+        grid: Patches per crop side.
+        min_fraction: Covered fraction of a patch that exposes it.
+
+    Returns:
+        Frame index -> :class:`~stabledub_core.masks.exposure.ExposedPatches` (frames without a face are absent).
+    """
+    from stabledub_core.masks.exposure import from_occluder
+
+    owners = frame_windows(windows, num_frames)
+    occluder = np.asarray(occluder, np.float32)
+    if occluder.ndim == 3 and occluder.shape[0] not in (1, num_frames):
+        raise OptionError(f"the occluder mask has {occluder.shape[0]} frames but the clip has {num_frames}: "
+                          "give one mask per frame, or a single mask")
+    found = {}
+    for window in windows:
+        if window.passthrough:
+            continue
+        for offset, exposed in enumerate(from_occluder(occluder, window, grid, min_fraction)):
+            if owners[window.start + offset] is window:
+                found[window.start + offset] = exposed
+    return found
+
+
+def exposure_masks(windows: Sequence, num_frames: int, patches=None, occluded: dict | None = None) -> np.ndarray:
     """Inpainting masks of every frame: its window's Mu with exposed patches set to 0 (crop coordinates).
 
     Args:
         windows: The clip's windows.
         num_frames: Frames of the clip.
         patches: :class:`~stabledub_core.masks.exposure.ExposedPatches` exposed in every frame (the editor's).
-        occluder: ``(H, W)`` or ``(F, H, W)`` float occluder mask in frame coordinates; the patches it covers are
-            exposed frame by frame.
-        grid: Patches per crop side for ``occluder``.
-        min_fraction: Covered fraction of a patch that exposes it.
+        occluded: Patches exposed per frame, e.g. from :func:`occluder_patches`.
 
     Returns:
         ``(F, S, S)`` float32, 1 = inpaint, 0 = keep the source pixels.
     """
-    from stabledub_core.masks.exposure import apply, from_occluder
+    from stabledub_core.masks.exposure import apply
 
     owners = frame_windows(windows, num_frames)
     size = windows[0].crop_size
     out = np.empty((num_frames, size, size), np.float32)
-    found: dict[int, object] = {}
-    if occluder is not None:
-        occluder = np.asarray(occluder, np.float32)
-        if occluder.ndim == 3 and occluder.shape[0] not in (1, num_frames):
-            raise OptionError(f"the occluder mask has {occluder.shape[0]} frames but the clip has {num_frames}: "
-                              "give one mask per frame, or a single mask")
-        for window in windows:
-            if window.passthrough:
-                continue
-            for offset, exposed in enumerate(from_occluder(occluder, window, grid, min_fraction)):
-                if owners[window.start + offset] is window:
-                    found[window.start + offset] = exposed
+    occluded = occluded or {}
     for i, window in enumerate(owners):
-        out[i] = apply(apply(window.union_mask, patches), found.get(i))
+        out[i] = apply(apply(window.union_mask, patches), occluded.get(i))
     return out
 
 

@@ -2,7 +2,8 @@
 //
 // After the node has run, its preview crop (one frame at the model's crop size) is shown with the G x G patch
 // grid; the patches of the union mask Mu are outlined in blue and the exposed ones (kept visible, e.g. a hand or
-// a microphone over the mouth) are filled in yellow. Click a patch to toggle it. The list is stored in the node's
+// a microphone over the mouth) are filled in yellow; those an occluder MASK input exposes in the previewed frame are
+// crossed in orange. Click a patch to toggle it. The list is stored in the node's
 // `patches` STRING widget as the core's ExposedPatches JSON: {"grid": G, "cells": [[row, col], ...]} in crop
 // coordinates, so it is saved with the workflow and applies to every frame.
 
@@ -14,6 +15,7 @@ const EDITOR_HEIGHT = 280;
 const UNION_COLOUR = "rgba(40, 110, 255, 0.9)";
 const EXPOSED_COLOUR = "rgba(255, 220, 0, 0.55)";
 const GRID_COLOUR = "rgba(255, 255, 255, 0.25)";
+const OCCLUDER_COLOUR = "rgba(255, 140, 0, 0.9)";
 
 function widget(node, name) {
     return node.widgets?.find((w) => w.name === name);
@@ -47,6 +49,7 @@ class PatchEditor {
         this.node = node;
         this.image = null; // the preview crop
         this.union = null; // G x G 0/1 array of Mu's patches (from the last run)
+        this.occluded = []; // [row, col] patches the occluder MASK exposes in the preview frame (last run)
         this.canvas = document.createElement("canvas");
         this.canvas.style.width = "100%";
         this.canvas.style.height = "100%";
@@ -113,6 +116,14 @@ class PatchEditor {
         }
         ctx.stroke();
         if (this.union && this.union.length === g) {
+            ctx.strokeStyle = OCCLUDER_COLOUR; // exposed by the occluder MASK (not editable here)
+            ctx.lineWidth = 1;
+            ctx.beginPath();
+            for (const [r, c] of this.occluded) {
+                ctx.moveTo(x0 + c * cell, y0 + (r + 1) * cell);
+                ctx.lineTo(x0 + (c + 1) * cell, y0 + r * cell);
+            }
+            ctx.stroke();
             ctx.strokeStyle = UNION_COLOUR;
             ctx.lineWidth = 2;
             for (let r = 0; r < g; r++) {
@@ -123,10 +134,12 @@ class PatchEditor {
         }
     }
 
-    // The node's UI output: {stabledub_preview: [{filename, subfolder, type}], stabledub_grid, stabledub_union_cells}
+    // The node's UI output: {stabledub_preview: [{filename, subfolder, type}], stabledub_grid,
+    // stabledub_union_cells, stabledub_occluder_cells}
     show(output) {
         const ref = output?.stabledub_preview?.[0];
         this.union = output?.stabledub_union_cells ?? null;
+        this.occluded = output?.stabledub_occluder_cells ?? [];
         if (!ref) return;
         const params = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder ?? "", type: ref.type });
         const image = new Image();

@@ -76,6 +76,17 @@ class StableDubOccluderExposure:
         }, "optional": {"occluder": ("MASK", {"tooltip": "white where an occluder is, frame coordinates; one "
                                                          "mask or one per frame"})}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, patches):
+        """Reject a malformed patch list when the prompt is queued, before anything runs."""
+        from stabledub_core.masks.exposure import ExposedPatches, ExposureError
+
+        try:
+            ExposedPatches.from_json(patches or EMPTY_PATCHES)
+        except ExposureError as error:
+            return f"patches: {error}"
+        return True
+
     def expose(self, windows, images, patches, grid, min_fraction, preview_frame, occluder=None):
         from stabledub_core.masks.exposure import ExposedPatches, union_cells
         from stabledub_core.pipeline.composite import crop_frames

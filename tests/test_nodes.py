@@ -373,6 +373,13 @@ def test_core_errors_reach_the_user(chain, installed):
                  length_policy="pingpong")
 
 
+def test_patch_list_is_validated_when_queued(comfy):
+    node = comfy.nodes["StableDubOccluderExposure"]
+    assert node.VALIDATE_INPUTS('{"grid": 16, "cells": [[3, 4]]}') is True
+    assert "outside the 16x16 grid" in node.VALIDATE_INPUTS('{"grid": 16, "cells": [[3, 40]]}')
+    assert "not valid JSON" in node.VALIDATE_INPUTS("[[3, 4]")
+
+
 def test_fit_length_policies(chain, installed):
     audio = {"waveform": torch.zeros(1, 2, 16000), "sample_rate": 16000}  # 1 s = 25 frames
     images, fitted = run_node(installed, "StableDubFitLength", images=chain["images"], audio=audio, fps=25.0,

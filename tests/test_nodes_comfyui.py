@@ -136,3 +136,8 @@ def test_server_runs_the_api_workflow(server, name):
     save = next(k for k, v in graph.items() if v["class_type"] == "StableDubSaveVideo")
     video = entry["outputs"][save]["stabledub_videos"][0]
     assert (base / "output" / video["subfolder"] / video["filename"]).stat().st_size > 0
+    for node_id, node in graph.items():  # the editor's preview crop reaches the front end
+        if node["class_type"] == "StableDubOccluderExposure":
+            preview = entry["outputs"][node_id]["stabledub_preview"][0]
+            assert (base / "temp" / preview["filename"]).is_file()
+            assert len(entry["outputs"][node_id]["stabledub_union_cells"]) == 16

@@ -1,0 +1,162 @@
+"""The ComfyUI services the nodes use: progress bars, interruption, devices, model folders.
+
+ComfyUI's modules (``comfy.*``, ``folder_paths``) are imported inside the functions, never at import time, so
+importing the node pack has no side effect and works without ComfyUI (e.g. in tests with stand-ins).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+# ComfyUI model folder name -> file extensions listed in the loaders (empty: folders, see ``model_folders``)
+MODEL_FOLDERS = {
+    "stabledub": {".safetensors"},  # StableDub checkpoints
+    "mediapipe": {".task"},  # MediaPipe face_landmarker.task
+    "wav2vec2": set(),  # local transformers wav2vec2 folders (for sd15-size checkpoints)
+}
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def register_model_folders() -> None:
+    """Add ``models/stabledub``, ``models/mediapipe`` and ``models/wav2vec2`` to ComfyUI's model folders.
+
+    Idempotent; called from the loaders' ``INPUT_TYPES``. Folders configured in ``extra_model_paths.yaml`` under
+    the same names are kept; the extensions listed are added to theirs.
+    """
+    import folder_paths
+
+    for name, extensions in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, known = folder_paths.folder_names_and_paths[name]
+            if default not in paths:
+                paths.append(default)
+            folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
+
+
+def model_files(folder: str) -> list[str]:
+    """Files in one of ComfyUI's model folders (registering ours first)."""
+    import folder_paths
+
+    register_model_folders()
+    return folder_paths.get_filename_list(folder)
+
+
+def model_path(folder: str, name: str) -> str:
+    """Full path of a file listed by :func:`model_files` (a clear error if it is gone)."""
+    import folder_paths
+
+    from stabledub_core.errors import InputFileNotFoundError
+
+    register_model_folders()
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise InputFileNotFoundError(f"{name!r} is not in ComfyUI's models/{folder} folder(s) "
+                                     f"{folder_paths.get_folder_paths(folder)}: put the file there and refresh")
+    return path
+
+
+def model_subfolders(folder: str) -> list[str]:
+    """Sub-folders of a model folder that hold a ``config.json`` (e.g. a transformers wav2vec2 model)."""
+    import folder_paths
+
+    register_model_folders()
+    found = []
+    for root in folder_paths.get_folder_paths(folder):
+        if os.path.isdir(root):
+            found += [d for d in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, d, "config.json"))]
+    return found
+
+
+def model_subfolder(folder: str, name: str) -> str:
+    """Full path of a sub-folder listed by :func:`model_subfolders`."""
+    import folder_paths
+
+    from stabledub_core.errors import InputFileNotFoundError
+
+    for root in folder_paths.get_folder_paths(folder):
+        path = os.path.join(root, name)
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    raise InputFileNotFoundError(f"no model folder {name!r} with a config.json in ComfyUI's models/{folder}: "
+                                 "put the transformers folder there and refresh")
+
+
+def input_videos() -> list[str]:
+    """Video files in ComfyUI's input folder."""
+    import folder_paths
+
+    root = folder_paths.get_input_directory()
+    if not os.path.isdir(root):
+        return []
+    return sorted(f for f in os.listdir(root)
+                  if os.path.isfile(os.path.join(root, f)) and os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS)
+
+
+def input_path(name: str) -> str:
+    """Full path of a file in ComfyUI's input folder."""
+    import folder_paths
+
+    return folder_paths.get_annotated_filepath(name)
+
+
+def should_stop() -> bool:
+    """The interruption check passed to the core: True once the user pressed Cancel."""
+    import comfy.model_management
+
+    return comfy.model_management.processing_interrupted()
+
+
+def raise_interrupt(exc: BaseException) -> None:
+    """Turn the core's ``Interrupted`` into ComfyUI's interruption (the queue shows "interrupted", not an error)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    raise exc  # stopped for another reason than the Cancel button
+
+
+class Progress:
+    """A ComfyUI progress bar fed by the core's ``on_progress(stage, done, total)`` callbacks.
+
+    Each stage restarts the bar with its own total (tracking, then dubbing...).
+    """
+
+    def __init__(self, total: int):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(max(int(total), 1))
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.bar.update_absolute(int(done), max(int(total), 1))
+
+
+def torch_dtype(name: str, device):
+    """The model dtype for a dtype choice: ``auto`` is float16 on a GPU and float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        name = "float16" if torch.device(device).type == "cuda" else "float32"
+    return name, getattr(torch, name)
+
+
+@contextmanager
+def model_on_device(handle) -> Iterator[str]:
+    """Move a StableDub model to ComfyUI's torch device for a run, then back to the offload device.
+
+    Yields:
+        The device as a string (for ``DubOptions.device``).
+    """
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    handle.model.to(device)
+    try:
+        yield str(device)
+    finally:
+        handle.model.to(mm.unet_offload_device())
+        mm.soft_empty_cache()

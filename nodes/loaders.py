@@ -1,0 +1,149 @@
+"""Loader and file nodes: StableDub checkpoints, videos in and out, the length policy."""
+
+from __future__ import annotations
+
+import os
+
+from stabledub_core.pipeline import frame_source
+
+from . import comfy_env, convert
+from .base import FPS, MODEL, ModelHandle, interruptible
+
+IN_CHECKPOINT = "(in checkpoint)"
+NOT_NEEDED = "(not needed)"
+
+
+class StableDubLoadModel:
+    """Load a StableDub checkpoint (.safetensors from models/stabledub)."""
+
+    CATEGORY = "StableDub/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a StableDub checkpoint from models/stabledub. Checkpoints of the full (sd15) preset keep "
+                   "SD 1.5's VAE and the wav2vec2 backbone outside: pick them from models/vae and models/wav2vec2.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (comfy_env.model_files("stabledub"), {"tooltip": "checkpoint in models/stabledub"}),
+            "dtype": (list(comfy_env.DTYPES), {"default": "auto",
+                                               "tooltip": "auto: float16 on a GPU, float32 on the CPU"}),
+            "vae_name": ([IN_CHECKPOINT] + comfy_env.model_files("vae"),
+                         {"tooltip": "SD 1.5 VAE, for checkpoints that do not store it"}),
+            "wav2vec2": ([NOT_NEEDED] + comfy_env.model_subfolders("wav2vec2"),
+                         {"tooltip": "wav2vec2 folder in models/wav2vec2, for checkpoints with the wav2vec2 "
+                                     "audio encoder"}),
+        }}
+
+    def load(self, ckpt_name, dtype, vae_name=IN_CHECKPOINT, wav2vec2=NOT_NEEDED):
+        import comfy.model_management as mm
+
+        from stabledub_core.models.checkpoint import load_checkpoint
+
+        name, torch_dtype = comfy_env.torch_dtype(dtype, mm.get_torch_device())
+        model = load_checkpoint(
+            comfy_env.model_path("stabledub", ckpt_name), device=mm.unet_offload_device(), dtype=torch_dtype,
+            vae_path=None if vae_name == IN_CHECKPOINT else comfy_env.model_path("vae", vae_name),
+            wav2vec2_path=None if wav2vec2 == NOT_NEEDED else comfy_env.model_subfolder("wav2vec2", wav2vec2))
+        return (ModelHandle(model, name, ckpt_name),)
+
+
+class StableDubLoadVideo:
+    """Decode a video of ComfyUI's input folder into frames, its audio track and its frame rate."""
+
+    CATEGORY = "StableDub/io"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "fps")
+    FUNCTION = "load"
+    DESCRIPTION = "Loads a video from ComfyUI's input folder. audio is None when the video has no audio track."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": (comfy_env.input_videos(), {"tooltip": "video file in ComfyUI's input folder"}),
+            "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                       "tooltip": "load at most this many frames (0: all); the audio is cut to "
+                                                  "match"}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, video, frame_load_cap=0):
+        path = comfy_env.input_path(video)
+        return f"{os.path.getmtime(path)}:{frame_load_cap}" if os.path.isfile(path) else ""
+
+    @interruptible
+    def load(self, video, frame_load_cap=0):
+        clip = frame_source.read_clip(comfy_env.input_path(video), frame_load_cap, comfy_env.should_stop)
+        return (convert.image_out(clip.frames), convert.audio_out(clip.waveform, clip.sample_rate), float(clip.fps))
+
+
+class StableDubSaveVideo:
+    """Encode frames (and audio) as an H.264 video in ComfyUI's output folder, atomically."""
+
+    CATEGORY = "StableDub/io"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE",),
+            "fps": FPS,
+            "filename_prefix": ("STRING", {"default": "StableDub"}),
+            "format": (["mp4", "mov", "mkv"],),
+            "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "x264 quality (lower is better)"}),
+        }, "optional": {"audio": ("AUDIO",)}}
+
+    @interruptible
+    def save(self, images, fps, filename_prefix, format="mp4", crf=18, audio=None):
+        import folder_paths
+
+        convert.image_in(images)
+        root = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, root, images.shape[2], images.shape[1])
+        filename = f"{name}_{counter:05}.{format}"
+        waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
+        path = frame_source.write_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
+                                       should_stop=comfy_env.should_stop)
+        result = {"filename": filename, "subfolder": subfolder, "type": "output"}
+        return {"ui": {"stabledub_videos": [result]}, "result": (str(path),)}
+
+
+class StableDubFitLength:
+    """Make frames and speech last equally long with a length policy (loop, ping-pong, freeze, trim, pad)."""
+
+    CATEGORY = "StableDub/io"
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
+    FUNCTION = "fit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.length_policy import LengthPolicy
+
+        return {"required": {
+            "images": ("IMAGE",),
+            "audio": ("AUDIO",),
+            "fps": FPS,
+            "length_policy": ([p.value for p in LengthPolicy], {"default": LengthPolicy.PING_PONG.value}),
+        }}
+
+    def fit(self, images, audio, fps, length_policy):
+        import torch
+
+        convert.image_in(images)
+        waveform, rate = convert.audio_in(audio)
+        fitted = frame_source.fit_length(len(images), fps, waveform, rate, length_policy)
+        return images[torch.from_numpy(fitted.index)], convert.audio_out(fitted.waveform, rate)
+
+
+NODES = {
+    "StableDubLoadModel": (StableDubLoadModel, "StableDub Load Model"),
+    "StableDubLoadVideo": (StableDubLoadVideo, "StableDub Load Video"),
+    "StableDubSaveVideo": (StableDubSaveVideo, "StableDub Save Video"),
+    "StableDubFitLength": (StableDubFitLength, "StableDub Fit Length"),
+}

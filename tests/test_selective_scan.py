@@ -106,6 +106,17 @@ def test_batch_blocks_with_automatic_chunks(monkeypatch):
         assert rel_error(g, g_ref) <= BWD_TOL
 
 
+def test_thread_count_is_restored():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args, _ = _split(make_inputs(), ())
+        selective_scan_chunked(*args, chunk_size=8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_output_gradient_only_and_no_grad():
     inputs = make_inputs()
     args, kwargs = _split(inputs, ("D", "z"))

@@ -11,11 +11,14 @@ Three implementations share ``mamba_ssm.ops.selective_scan_interface.selective_s
 
 * ``selective_scan``: the public entry point. It dispatches to mamba-ssm's CUDA kernel when mamba-ssm imports and the
   tensors are on CUDA, else to the pure-PyTorch chunked scan below.
-* ``selective_scan_chunked``: pure PyTorch, any device. Positions are processed in chunks of ``T`` steps, so the
-  (B, D, T, N) working tensors replace the (B, D, L, N) ones and the Python loop runs once per position on small,
-  contiguous, preallocated buffers. It is a ``torch.autograd.Function`` that only keeps the state at each chunk
-  boundary (B, D, N per chunk): the backward pass recomputes each chunk's states from its boundary state and runs the
-  adjoint recurrence in reverse, chunk by chunk.
+* ``selective_scan_chunked``: pure PyTorch, any device. The (batch, position) plane is cut into tiles of a batch
+  block x ``T`` positions, so a few preallocated (T, b, D, N) buffers (about 4 MiB each) replace the (B, D, L, N)
+  tensors. Per tile, the decays exp(delta * A) are computed in one op (this exp is the unavoidable cost: the floor),
+  the inputs delta * u * B in another, and the recurrence runs as one fused multiply-add per position on contiguous
+  rows of the buffer; each decay is <= 1 (for A < 0), so nothing overflows and the result is as exact as the
+  step-by-step loop. It is a ``torch.autograd.Function`` that keeps only the state at each chunk boundary (B, D, N
+  per chunk, at most 1/16 of a (B, D, L, N) tensor): the backward pass recomputes each tile's states from its
+  boundary state and runs the adjoint recurrence in reverse, tile by tile.
 * ``selective_scan_ref``: the step-by-step oracle with materialised (B, D, L, N) tensors, kept for tests/benchmarks.
 
 Internally the chunked scan uses a "scan layout" with positions first and the channels split into the groups of
@@ -239,13 +242,13 @@ class _ChunkPlan:
 
 
 @contextlib.contextmanager
-def _loop_threads(step_elements: int):
-    """Runs the enclosed step loop on one intra-op thread when each step is too small to parallelise.
+def _loop_threads(step: torch.Tensor):
+    """Runs the enclosed CPU step loop on one intra-op thread when each ``step`` tensor is too small to parallelise.
 
     The previous thread count is restored on exit.
     """
     previous = torch.get_num_threads()
-    if step_elements >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
+    if step.device.type != "cpu" or step.numel() >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -271,7 +274,7 @@ def _chunk_forward(dt, dtu, A_log2, Bc, x0, dA, xs):
     dA.exp2_()  # exp(dt * A), one step at a time: <= 1 for negative A, nothing is exponentiated cumulatively
     torch.mul(dtu.unsqueeze(-1), Bc.unsqueeze(-2), out=xs)  # delta * u * B
     rows, decays = xs.unbind(0), dA.unbind(0)  # one call instead of three indexing ops per step
-    with _loop_threads(rows[0].numel()):
+    with _loop_threads(rows[0]):
         if x0 is not None:
             rows[0].addcmul_(decays[0], x0)
         for t in range(1, len(rows)):
@@ -399,7 +402,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                 if carry is not None:
                     h[n - 1] += carry
                 rows, decays = h.unbind(0), dA.unbind(0)
-                with _loop_threads(rows[0].numel()):
+                with _loop_threads(rows[0]):
                     for t in range(n - 2, -1, -1):
                         rows[t].addcmul_(decays[t + 1], rows[t + 1])
                 carry = dA[0] * h[0]
@@ -440,8 +443,10 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                            return_last_state=False, *, chunk_size: Optional[int] = None):
     """Pure-PyTorch selective scan, chunked over the sequence, with a recomputing backward pass.
 
-    Computes in fp32 (fp64 for fp64 inputs) and returns u's dtype. Peak memory is a few (B, D, T, N) chunk buffers
-    plus (B, D, L)-sized tensors; nothing of size (B, D, L, N) is kept for the backward pass.
+    Computes in fp32 (fp64 for fp64 inputs) and returns u's dtype. Peak memory is a few (T, b, D, N) tile buffers
+    plus (B, D, L)-sized tensors; nothing of size (B, D, L, N) is kept for the backward pass. On CPU the per-position
+    loop runs with one intra-op thread when a position's slice is small (``LOOP_PARALLEL_MIN_ELEMENTS``): the thread
+    count is set for the loop and restored right after.
 
     Args:
         u: (B, D, L) input.

@@ -70,6 +70,7 @@ def test_forward_and_backward_match_oracle(case):
     for t in list(args) + list(kwargs.values()):
         t.requires_grad_(True)
     leaves = list(args) + list(kwargs.values())
+    originals = [t.detach().clone() for t in leaves]
 
     out, last = selective_scan_chunked(*args, **kwargs, delta_softplus=case["softplus"], return_last_state=True,
                                        chunk_size=case["chunk"])
@@ -84,6 +85,7 @@ def test_forward_and_backward_match_oracle(case):
     grads = torch.autograd.grad((out * g_out).sum() + (last * g_last).sum(), leaves)
     grads_ref = torch.autograd.grad((out_ref * g_out).sum() + (last_ref * g_last).sum(), leaves)
     names = ["u", "delta", "A", "B", "C"] + list(kwargs)
+    assert all(torch.equal(t, o) for t, o in zip(leaves, originals)), "the scan modified an input"
     for name, g, g_ref in zip(names, grads, grads_ref):
         assert g.shape == g_ref.shape, name
         assert rel_error(g, g_ref) <= BWD_TOL, f"gradient of {name}: rel. error {rel_error(g, g_ref):.2e}"

@@ -224,10 +224,11 @@ class _ChunkPlan:
 
     @classmethod
     def create(cls, batch: int, dim: int, d_state: int, length: int, chunk: Optional[int] = None) -> "_ChunkPlan":
+        # Tile budget: DEFAULT_CHUNK_ELEMENTS, but no more than 1/16 of the (B, D, L, N) elements for small problems.
+        budget = min(DEFAULT_CHUNK_ELEMENTS, batch * dim * d_state * length // 16)
         if chunk is None:
-            per_position = batch * dim * d_state
-            chunk = min(length, max(MIN_AUTO_CHUNK, DEFAULT_CHUNK_ELEMENTS // per_position))
-        batch_block = min(batch, max(1, DEFAULT_CHUNK_ELEMENTS // (chunk * dim * d_state)))
+            chunk = min(length, max(MIN_AUTO_CHUNK, budget // (batch * dim * d_state)))
+        batch_block = min(batch, max(1, budget // (chunk * dim * d_state)))
         return cls(chunk=chunk, batch_block=batch_block)
 
     def batch_slices(self, batch: int) -> list[slice]:

@@ -46,7 +46,7 @@ def make_inputs(batch=2, dim=8, length=37, d_state=4, groups=None, dtype=torch.f
 
 
 CASES = [
-    # (batch, dim, length, d_state, groups, chunk_size, use D / z / delta_bias, softplus)
+    # shape = (batch, dim, length, d_state, groups or None for 3-d B/C); chunk None = automatic tiling
     dict(shape=(2, 8, 37, 4, None), chunk=5, optional=("D", "z", "delta_bias"), softplus=True),
     dict(shape=(2, 8, 37, 4, None), chunk=None, optional=(), softplus=False),
     dict(shape=(1, 12, 16, 3, 3), chunk=16, optional=("D",), softplus=True),

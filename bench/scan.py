@@ -12,8 +12,11 @@ temporal: batch*h*w sequences of 16 frames):
   (``oracle_batch``); the chunked scan is also timed alone at the full shape.
 * The floor: the one unavoidable (B, D, L, N) op, exp(delta * A), timed as torch.exp over the same (B, D, L, N)
   elements (chunk by chunk into a reused buffer, so it fits in memory). "floor gap" = our time / floor time.
-* Forward+backward peak memory. CPU tensors have no allocator statistics, so each case runs in a fresh subprocess:
-  the inputs are built, the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``), forward and
+* Forward+backward peak memory, at the oracle's batch and, for the spatial shape, L = 512: the oracle's backward
+  costs O(L^2) (autograd turns each of its L per-position slices of a (B, D, L, N) tensor into a zero-filled
+  full-size gradient), which makes L = 4096 take many minutes (L = 1024: 3 minutes here). The chunked scan is also measured alone at the full
+  shape and compared with the size of one (B, D, L, N) fp32 tensor. CPU tensors have no allocator statistics, so each case runs in a fresh subprocess:
+  a tiny forward+backward warms up the code paths, the inputs are built, the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``), forward and
   backward run, and the peak is read back (VmHWM in /proc/self/status). Peak minus the resident size just before
   the call is the memory the scan needed. glibc is told to serve every allocation above 64 KiB with mmap
   (MALLOC_MMAP_THRESHOLD_), so freed blocks are returned to the OS and cannot hide allocations.
@@ -42,7 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +65,19 @@ class Shape:
     dim: int
     length: int
     d_state: int
-    oracle_batch: int  # the batch the oracle runs at (it does not fit the full shape)
-    runs: int          # timed runs per contender (median)
+    oracle_batch: int   # the batch the oracle's forward runs at (it does not fit the full shape)
+    memory_length: int  # the length of the forward+backward memory comparison (see the module docstring)
+    runs: int           # timed runs per contender (median)
 
-    def with_batch(self, batch: int) -> "Shape":
-        return dataclasses.replace(self, batch=batch)
+    def with_batch(self, batch: int, length: Optional[int] = None) -> "Shape":
+        return dataclasses.replace(self, batch=batch, length=length or self.length)
 
 
 SHAPES = {
     # batch*frames = 16 sequences of 64x64 latent tokens, d_inner 640
-    "spatial": Shape(batch=16, dim=640, length=4096, d_state=16, oracle_batch=1, runs=3),
+    "spatial": Shape(batch=16, dim=640, length=4096, d_state=16, oracle_batch=1, memory_length=512, runs=3),
     # 4096 token positions, each a sequence of 16 frames
-    "temporal": Shape(batch=4096, dim=640, length=16, d_state=16, oracle_batch=256, runs=3),
+    "temporal": Shape(batch=4096, dim=640, length=16, d_state=16, oracle_batch=256, memory_length=16, runs=3),
 }
 
 IMPLEMENTATIONS: dict[str, Callable] = {"ours": selective_scan_chunked, "oracle": selective_scan_ref}
@@ -146,8 +150,7 @@ def compare_forward(shape: Shape) -> dict:
 
 def full_shape_forward(shape: Shape) -> dict:
     inputs = make_inputs(shape)
-    with torch.no_grad():
-        run_scan(selective_scan_chunked, inputs)
+    with torch.no_grad():  # no warm-up run: at this size it would only add time
         times = [time_call(lambda: run_scan(selective_scan_chunked, inputs)) for _ in range(shape.runs)]
     del inputs
     gc.collect()
@@ -168,6 +171,10 @@ def _status_kib(field: str) -> int:
 def child_memory(impl: str, shape: Shape, threads: int) -> None:
     """Subprocess body: prints the peak extra resident memory of one forward+backward, in bytes."""
     torch.set_num_threads(threads)
+    # Warm up on a tiny input first, so that lazily loaded library code and one-off workspaces are not counted.
+    tiny = dataclasses.replace(shape, batch=1, length=min(shape.length, 32))
+    out = run_scan(IMPLEMENTATIONS[impl], make_inputs(tiny, requires_grad=True))
+    out.backward(torch.randn_like(out))  # a dense gradient, like below (a first one costs ~36 MiB once)
     inputs = make_inputs(shape, requires_grad=True)
     grad_out = torch.randn(shape.batch, shape.dim, shape.length)
     gc.collect()
@@ -239,11 +246,14 @@ def main() -> None:
     started = time.perf_counter()
     for name in args.shapes:
         shape = SHAPES[name]
-        small = shape.with_batch(shape.oracle_batch)
+        small = shape.with_batch(shape.oracle_batch, shape.memory_length)
         entry = dict(oracle_shape_forward=compare_forward(shape), full_shape_forward=full_shape_forward(shape))
         memory = {impl: measure_memory(impl, small, args.threads) for impl in IMPLEMENTATIONS}
+        memory["shape"] = dataclasses.asdict(small)
         memory["ratio"] = memory["ours"]["peak_bytes"] / memory["oracle"]["peak_bytes"]
         memory["ours_full_shape"] = measure_memory("ours", shape, args.threads)
+        # For scale: the size of one fp32 (B, D, L, N) tensor at the full shape (the oracle keeps several).
+        memory["ours_full_shape"]["bdln_fp32_bytes"] = 4 * shape.batch * shape.dim * shape.length * shape.d_state
         entry["fwd_bwd_memory"] = memory
         entry["cuda"] = cuda_comparison(shape)
         results["shapes"][name] = entry
@@ -255,7 +265,7 @@ def main() -> None:
     results["max_rel_error"] = max(e["oracle_shape_forward"]["max_rel_error"] for e in per_shape)
     results["floor_gap"] = max(e["full_shape_forward"]["floor_gap"] for e in per_shape)
     results["summary_note"] = ("speedup: worst shape, oracle/ours forward medians at the oracle's batch; memory "
-                               "ratio: worst shape, ours/oracle forward+backward peak at the oracle's batch; "
+                               "ratio: worst shape, ours/oracle forward+backward peak at the memory shape; "
                                "floor gap: worst shape, ours / exp over (B, D, L, N) at the full shape")
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - started
@@ -265,28 +275,37 @@ def main() -> None:
     print(f"wrote {RESULTS.relative_to(REPO)}")
 
 
+def _shape_str(shape: dict) -> str:
+    return str((shape["batch"], shape["dim"], shape["length"], shape["d_state"]))
+
+
 def print_table(results: dict) -> None:
     mib = 1 / 2 ** 20
-    print(f"\nselective scan, {results['machine']['cpu']}, {results['machine']['threads']} thread(s)")
-    header = (f"{'shape':<9} {'(B, D, L, N)':<22} {'oracle s':>9} {'ours s':>8} {'speedup':>8} {'rel.err':>8} "
-              f"{'floor s':>8} {'gap':>5} {'mem oracle':>11} {'mem ours':>9} {'ratio':>6}")
-    print(header)
-    print("-" * len(header))
+    print(f"\nselective scan forward, {results['machine']['cpu']}, {results['machine']['threads']} thread(s), "
+          f"median s")
+    header = (f"{'shape':<9} {'(B, D, L, N)':<22} {'oracle':>8} {'ours':>8} {'speedup':>8} {'rel.err':>8} "
+              f"{'floor':>8} {'gap':>5}")
+    print(header + "\n" + "-" * len(header))
     for name, entry in results["shapes"].items():
-        cmp, full, mem = entry["oracle_shape_forward"], entry["full_shape_forward"], entry["fwd_bwd_memory"]
-        s = cmp["shape"]
-        print(f"{name:<9} {str((s['batch'], s['dim'], s['length'], s['d_state'])):<22} "
-              f"{cmp['median_s']['oracle']:>9.3f} {cmp['median_s']['ours']:>8.3f} {cmp['speedup_vs_ref']:>7.1f}x "
-              f"{cmp['max_rel_error']:>8.1e} {cmp['floor_s']:>8.3f} {cmp['floor_gap']:>5.1f} "
-              f"{mem['oracle']['peak_bytes'] * mib:>8.0f}MiB {mem['ours']['peak_bytes'] * mib:>6.0f}MiB "
-              f"{mem['ratio']:>6.2f}")
-        f = full["shape"]
-        print(f"{name:<9} {str((f['batch'], f['dim'], f['length'], f['d_state'])):<22} {'-':>9} "
-              f"{full['median_s']:>8.3f} {'':>8} {'':>8} {full['floor_s']:>8.3f} {full['floor_gap']:>5.1f} {'-':>11} "
-              f"{mem['ours_full_shape']['peak_bytes'] * mib:>6.0f}MiB")
+        cmp, full = entry["oracle_shape_forward"], entry["full_shape_forward"]
+        print(f"{name:<9} {_shape_str(cmp['shape']):<22} {cmp['median_s']['oracle']:>8.3f} "
+              f"{cmp['median_s']['ours']:>8.3f} {cmp['speedup_vs_ref']:>7.1f}x {cmp['max_rel_error']:>8.1e} "
+              f"{cmp['floor_s']:>8.3f} {cmp['floor_gap']:>5.1f}")
+        print(f"{name:<9} {_shape_str(full['shape']):<22} {'-':>8} {full['median_s']:>8.3f} {'':>8} {'':>8} "
+              f"{full['floor_s']:>8.3f} {full['floor_gap']:>5.1f}")
+    print("\nforward+backward peak memory (MiB)")
+    header = f"{'shape':<9} {'(B, D, L, N)':<22} {'oracle':>8} {'ours':>8} {'ratio':>6}   one (B,D,L,N) fp32"
+    print(header + "\n" + "-" * len(header))
+    for name, entry in results["shapes"].items():
+        mem = entry["fwd_bwd_memory"]
+        full = mem["ours_full_shape"]
+        print(f"{name:<9} {_shape_str(mem['shape']):<22} {mem['oracle']['peak_bytes'] * mib:>8.0f} "
+              f"{mem['ours']['peak_bytes'] * mib:>8.0f} {mem['ratio']:>6.2f}")
+        print(f"{name:<9} {_shape_str(entry['full_shape_forward']['shape']):<22} {'-':>8} "
+              f"{full['peak_bytes'] * mib:>8.0f} {'':>6}   {full['bdln_fp32_bytes'] * mib:.0f}")
+    for name, entry in results["shapes"].items():
         cuda = entry["cuda"]
-        print(f"{'':<9} cuda: {cuda.get('skipped') or cuda}")
-
+        print(f"cuda {name}: {cuda.get('skipped') or cuda}")
 
 if __name__ == "__main__":
     main()

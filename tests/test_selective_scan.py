@@ -46,7 +46,7 @@ def make_inputs(batch=2, dim=8, length=37, d_state=4, groups=None, dtype=torch.f
 
 
 CASES = [
-    # (batch, dim, length, d_state, groups, chunk_size, use D / z / delta_bias, softplus)
+    # shape = (batch, dim, length, d_state, groups or None for 3-d B/C); chunk None = automatic tiling
     dict(shape=(2, 8, 37, 4, None), chunk=5, optional=("D", "z", "delta_bias"), softplus=True),
     dict(shape=(2, 8, 37, 4, None), chunk=None, optional=(), softplus=False),
     dict(shape=(1, 12, 16, 3, 3), chunk=16, optional=("D",), softplus=True),
@@ -70,6 +70,7 @@ def test_forward_and_backward_match_oracle(case):
     for t in list(args) + list(kwargs.values()):
         t.requires_grad_(True)
     leaves = list(args) + list(kwargs.values())
+    originals = [t.detach().clone() for t in leaves]
 
     out, last = selective_scan_chunked(*args, **kwargs, delta_softplus=case["softplus"], return_last_state=True,
                                        chunk_size=case["chunk"])
@@ -84,6 +85,7 @@ def test_forward_and_backward_match_oracle(case):
     grads = torch.autograd.grad((out * g_out).sum() + (last * g_last).sum(), leaves)
     grads_ref = torch.autograd.grad((out_ref * g_out).sum() + (last_ref * g_last).sum(), leaves)
     names = ["u", "delta", "A", "B", "C"] + list(kwargs)
+    assert all(torch.equal(t, o) for t, o in zip(leaves, originals)), "the scan modified an input"
     for name, g, g_ref in zip(names, grads, grads_ref):
         assert g.shape == g_ref.shape, name
         assert rel_error(g, g_ref) <= BWD_TOL, f"gradient of {name}: rel. error {rel_error(g, g_ref):.2e}"
@@ -104,6 +106,17 @@ def test_batch_blocks_with_automatic_chunks(monkeypatch):
     grads_ref = torch.autograd.grad(out_ref.sum() + last_ref.sum(), leaves)
     for g, g_ref in zip(grads, grads_ref):
         assert rel_error(g, g_ref) <= BWD_TOL
+
+
+def test_thread_count_is_restored():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args, _ = _split(make_inputs(), ())
+        selective_scan_chunked(*args, chunk_size=8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_output_gradient_only_and_no_grad():

@@ -11,11 +11,14 @@ Three implementations share ``mamba_ssm.ops.selective_scan_interface.selective_s
 
 * ``selective_scan``: the public entry point. It dispatches to mamba-ssm's CUDA kernel when mamba-ssm imports and the
   tensors are on CUDA, else to the pure-PyTorch chunked scan below.
-* ``selective_scan_chunked``: pure PyTorch, any device. Positions are processed in chunks of ``T`` steps, so the
-  (B, D, T, N) working tensors replace the (B, D, L, N) ones and the Python loop runs once per position on small,
-  contiguous, preallocated buffers. It is a ``torch.autograd.Function`` that only keeps the state at each chunk
-  boundary (B, D, N per chunk): the backward pass recomputes each chunk's states from its boundary state and runs the
-  adjoint recurrence in reverse, chunk by chunk.
+* ``selective_scan_chunked``: pure PyTorch, any device. The (batch, position) plane is cut into tiles of a batch
+  block x ``T`` positions, so a few preallocated (T, b, D, N) buffers (about 4 MiB each) replace the (B, D, L, N)
+  tensors. Per tile, the decays exp(delta * A) are computed in one op (this exp is the unavoidable cost: the floor),
+  the inputs delta * u * B in another, and the recurrence runs as one fused multiply-add per position on contiguous
+  rows of the buffer; each decay is <= 1 (for A < 0), so nothing overflows and the result is as exact as the
+  step-by-step loop. It is a ``torch.autograd.Function`` that keeps only the state at each chunk boundary (B, D, N
+  per chunk, at most 1/16 of a (B, D, L, N) tensor): the backward pass recomputes each tile's states from its
+  boundary state and runs the adjoint recurrence in reverse, tile by tile.
 * ``selective_scan_ref``: the step-by-step oracle with materialised (B, D, L, N) tensors, kept for tests/benchmarks.
 
 Internally the chunked scan uses a "scan layout" with positions first and the channels split into the groups of
@@ -39,9 +42,9 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-# Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (16 MiB in fp32): small
+# Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (4 MiB in fp32): small
 # enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 # Smallest automatic chunk: bounds the chunk-boundary states kept for backward to 1/16 of a (B, D, L, N) tensor (long
 # sequences with a large B * D * N are then split into batch blocks instead).
 MIN_AUTO_CHUNK = 16
@@ -174,10 +177,11 @@ def _compute_dtype(u: torch.Tensor) -> torch.dtype:
 
 
 def _channels_to_scan(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B, D, L) -> contiguous (L, B, G, D/G) in ``dtype``."""
+    """(B, D, L) -> a new contiguous (L, B, G, D/G) tensor in ``dtype``."""
     batch, dim, length = x.shape
-    # A 2-d transpose copies faster than the equivalent 3-d permute.
-    return x.to(dtype).reshape(batch * dim, length).t().contiguous().reshape(length, batch, groups, dim // groups)
+    # A 2-d transpose copies faster than the equivalent 3-d permute. Always a copy (callers modify it in place).
+    x = x.to(dtype).reshape(batch * dim, length).t().clone(memory_format=torch.contiguous_format)
+    return x.reshape(length, batch, groups, dim // groups)
 
 
 def _channels_from_scan(x: torch.Tensor) -> torch.Tensor:
@@ -220,10 +224,11 @@ class _ChunkPlan:
 
     @classmethod
     def create(cls, batch: int, dim: int, d_state: int, length: int, chunk: Optional[int] = None) -> "_ChunkPlan":
+        # Tile budget: DEFAULT_CHUNK_ELEMENTS, but no more than 1/16 of the (B, D, L, N) elements for small problems.
+        budget = min(DEFAULT_CHUNK_ELEMENTS, batch * dim * d_state * length // 16)
         if chunk is None:
-            per_position = batch * dim * d_state
-            chunk = min(length, max(MIN_AUTO_CHUNK, DEFAULT_CHUNK_ELEMENTS // per_position))
-        batch_block = min(batch, max(1, DEFAULT_CHUNK_ELEMENTS // (chunk * dim * d_state)))
+            chunk = min(length, max(MIN_AUTO_CHUNK, budget // (batch * dim * d_state)))
+        batch_block = min(batch, max(1, budget // (chunk * dim * d_state)))
         return cls(chunk=chunk, batch_block=batch_block)
 
     def batch_slices(self, batch: int) -> list[slice]:
@@ -239,13 +244,13 @@ class _ChunkPlan:
 
 
 @contextlib.contextmanager
-def _loop_threads(step_elements: int):
-    """Runs the enclosed step loop on one intra-op thread when each step is too small to parallelise.
+def _loop_threads(step: torch.Tensor):
+    """Runs the enclosed CPU step loop on one intra-op thread when each ``step`` tensor is too small to parallelise.
 
     The previous thread count is restored on exit.
     """
     previous = torch.get_num_threads()
-    if step_elements >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
+    if step.device.type != "cpu" or step.numel() >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -270,11 +275,12 @@ def _chunk_forward(dt, dtu, A_log2, Bc, x0, dA, xs):
     torch.mul(dt.unsqueeze(-1), A_log2, out=dA)
     dA.exp2_()  # exp(dt * A), one step at a time: <= 1 for negative A, nothing is exponentiated cumulatively
     torch.mul(dtu.unsqueeze(-1), Bc.unsqueeze(-2), out=xs)  # delta * u * B
-    with _loop_threads(xs[0].numel()):
+    rows, decays = xs.unbind(0), dA.unbind(0)  # one call instead of three indexing ops per step
+    with _loop_threads(rows[0]):
         if x0 is not None:
-            xs[0].addcmul_(dA[0], x0)
-        for t in range(1, xs.shape[0]):
-            xs[t].addcmul_(dA[t], xs[t - 1])
+            rows[0].addcmul_(decays[0], x0)
+        for t in range(1, len(rows)):
+            rows[t].addcmul_(decays[t], rows[t - 1])
 
 
 def _contract_state(xs: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
@@ -311,7 +317,6 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
         us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
         _, dt = _prepare_delta(delta, delta_bias, delta_softplus, groups, dtype)  # (L, B, G, Dg)
-        dtu = dt * us
         A_log2 = A.to(dtype).reshape(groups, dim_g, d_state) * math.log2(math.e)  # (G, Dg, N)
         Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
 
@@ -330,7 +335,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                 if x is not None and starts is not None:
                     starts[index - 1, bs] = x
                 xs = xs_bufs[index % 2][:n, :nb]
-                _chunk_forward(dt[sl, bs], dtu[sl, bs], A_log2, Bs[sl, bs], x, dA_buf[:n, :nb], xs)
+                _chunk_forward(dt[sl, bs], dt[sl, bs] * us[sl, bs], A_log2, Bs[sl, bs], x, dA_buf[:n, :nb], xs)
                 x = xs[n - 1]
                 y[sl, bs] = _contract_state(xs, Cs[sl, bs])
             last_state[bs] = x
@@ -345,7 +350,6 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         ctx.plan = plan
         ctx.groups = groups
         ctx.delta_softplus = delta_softplus
-        ctx.has_D, ctx.has_z, ctx.has_bias = D is not None, z is not None, delta_bias is not None
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
         return out.to(u.dtype), last_state.reshape(batch, dim, d_state)
@@ -357,17 +361,25 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         dtype = _compute_dtype(u)
         batch, dim, length = u.shape
         dim_g, d_state = dim // groups, A.shape[1]
+        want_z = z is not None and ctx.needs_input_grad[6]
 
-        us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
+        # Per-channel tensors in scan layout (L, B, G, Dg); each is freed as soon as it is no longer needed.
+        us = _channels_to_scan(u, groups, dtype)
         dt_raw, dt = _prepare_delta(delta, delta_bias, ctx.delta_softplus, groups, dtype)
-        dtu = dt * us
+        softplus_grad = dt_raw.sigmoid_() if ctx.delta_softplus else None  # d softplus(x) / dx, over dt_raw
+        del dt_raw
+        g_y = _channels_to_scan(grad_out, groups, dtype)  # becomes the gradient of the pre-gate output
+        g_z = None
+        if z is not None:
+            zs = _channels_to_scan(z, groups, dtype)
+            if want_z:
+                g_z = g_y * _silu_grad(zs)  # times the pre-gate output, added tile by tile below
+            g_y.mul_(F.silu(zs))
+            del zs
         A_g = A.to(dtype).reshape(groups, dim_g, d_state)  # (G, Dg, N)
         A_log2 = A_g * math.log2(math.e)
         Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
         D_g = D.to(dtype).reshape(groups, dim_g) if D is not None else None
-        zs = _channels_to_scan(z, groups, dtype) if z is not None else None
-        g_out = _channels_to_scan(grad_out, groups, dtype)  # (L, B, G, Dg)
-        g_y = g_out * F.silu(zs) if zs is not None else g_out  # gradient of the pre-gate output
         if grad_last is not None:
             grad_last = grad_last.to(dtype).reshape(batch, groups, dim_g, d_state)
 
@@ -375,7 +387,6 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         g_u = torch.empty_like(us)
         g_B, g_C = torch.empty_like(Bs), torch.empty_like(Cs)
         g_A = torch.zeros_like(A_g)
-        y = torch.empty_like(us) if zs is not None else None  # recomputed scan output, for the gate's gradient
 
         buf_shape = (plan.chunk, plan.batch_block, groups, dim_g, d_state)
         dA_buf, xs_buf, h_buf = (us.new_empty(buf_shape) for _ in range(3))
@@ -385,26 +396,31 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             # carry: the adjoint flowing into the chunk's last position from the positions after it.
             carry = grad_last[bs] if grad_last is not None else None
             for index in reversed(range(len(chunks))):
-                sl = chunks[index]
-                n = sl.stop - sl.start
+                tile = (chunks[index], bs)
+                n = tile[0].stop - tile[0].start
                 dA, xs, h = dA_buf[:n, :nb], xs_buf[:n, :nb], h_buf[:n, :nb]
                 x0 = starts[index - 1, bs] if index > 0 else None
-                _chunk_forward(dt[sl, bs], dtu[sl, bs], A_log2, Bs[sl, bs], x0, dA, xs)
-                if y is not None:
-                    y[sl, bs] = _contract_state(xs, Cs[sl, bs])
+                dtu = dt[tile] * us[tile]  # (T, b, G, Dg)
+                _chunk_forward(dt[tile], dtu, A_log2, Bs[tile], x0, dA, xs)
+                if g_z is not None:  # gradient of the gate: g_out * silu'(z) * (y + D u)
+                    pre_gate = _contract_state(xs, Cs[tile])
+                    if D_g is not None:
+                        pre_gate.addcmul_(us[tile], D_g)
+                    g_z[tile] *= pre_gate
 
                 # Adjoint recurrence h_t = g_y_t * C_t + exp(dt_{t+1} A) h_{t+1}.
-                torch.mul(g_y[sl, bs].unsqueeze(-1), Cs[sl, bs].unsqueeze(-2), out=h)  # (T, b, G, Dg, N)
+                torch.mul(g_y[tile].unsqueeze(-1), Cs[tile].unsqueeze(-2), out=h)  # (T, b, G, Dg, N)
                 if carry is not None:
                     h[n - 1] += carry
-                with _loop_threads(h[0].numel()):
+                rows, decays = h.unbind(0), dA.unbind(0)
+                with _loop_threads(rows[0]):
                     for t in range(n - 2, -1, -1):
-                        h[t].addcmul_(dA[t + 1], h[t + 1])
+                        rows[t].addcmul_(decays[t + 1], rows[t + 1])
                 carry = dA[0] * h[0]
 
-                g_C[sl, bs] = _contract_channels(g_y[sl, bs], xs)
-                g_B[sl, bs] = _contract_channels(dtu[sl, bs], h)
-                hB = _contract_state(h, Bs[sl, bs])  # (T, b, G, Dg): sum_n h * B
+                g_C[tile] = _contract_channels(g_y[tile], xs)
+                g_B[tile] = _contract_channels(dtu, h)
+                hB = _contract_state(h, Bs[tile])  # (T, b, G, Dg): sum_n h * B
                 # Gradient of the decays times the decays: h_t * x_{t-1} * exp(dt_t A), written over dA.
                 p = dA.mul_(h)
                 p[1:].mul_(xs[:-1])
@@ -412,25 +428,27 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                     p[0].mul_(x0)
                 else:
                     p[0].zero_()
-                g_dt[sl, bs] = torch.linalg.vecdot(p, A_g) + hB * us[sl, bs]
-                g_A += p.mul_(dt[sl, bs].unsqueeze(-1)).sum((0, 1))
-                g_u[sl, bs] = hB * dt[sl, bs]
-        del dA_buf, xs_buf, h_buf
+                g_dt[tile] = torch.linalg.vecdot(p, A_g) + hB * us[tile]
+                g_A += p.mul_(dt[tile].unsqueeze(-1)).sum((0, 1))
+                g_u[tile] = hB * dt[tile]
+        del dA_buf, xs_buf, h_buf, dt
 
+        g_D = None
         if D_g is not None:
             g_u.addcmul_(g_y, D_g)
-        g_D = (g_y * us).sum((0, 1)).reshape(dim).to(D.dtype) if ctx.has_D and ctx.needs_input_grad[5] else None
-        g_z = None
-        if zs is not None and ctx.needs_input_grad[6]:
-            pre_gate = y + us * D_g if D_g is not None else y
-            g_z = _channels_from_scan(g_out * pre_gate * _silu_grad(zs)).to(z.dtype)
-        if ctx.delta_softplus:
-            g_dt = g_dt * torch.sigmoid(dt_raw)
+            if ctx.needs_input_grad[5]:
+                g_D = (g_y * us).sum((0, 1)).reshape(dim).to(D.dtype)
+        del g_y, us
+        if softplus_grad is not None:
+            g_dt.mul_(softplus_grad)
+            del softplus_grad
         g_bias = None
-        if ctx.has_bias and ctx.needs_input_grad[7]:
+        if delta_bias is not None and ctx.needs_input_grad[7]:
             g_bias = g_dt.sum((0, 1)).reshape(dim).to(delta_bias.dtype)
-        return (_channels_from_scan(g_u).to(u.dtype), _channels_from_scan(g_dt).to(delta.dtype),
-                g_A.reshape(dim, d_state).to(A.dtype), _bc_from_scan(g_B, B), _bc_from_scan(g_C, C),
+        g_u = _channels_from_scan(g_u).to(u.dtype)
+        g_dt = _channels_from_scan(g_dt).to(delta.dtype)
+        g_z = _channels_from_scan(g_z).to(z.dtype) if g_z is not None else None
+        return (g_u, g_dt, g_A.reshape(dim, d_state).to(A.dtype), _bc_from_scan(g_B, B), _bc_from_scan(g_C, C),
                 g_D, g_z, g_bias, None, None)
 
 
@@ -438,8 +456,10 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                            return_last_state=False, *, chunk_size: Optional[int] = None):
     """Pure-PyTorch selective scan, chunked over the sequence, with a recomputing backward pass.
 
-    Computes in fp32 (fp64 for fp64 inputs) and returns u's dtype. Peak memory is a few (B, D, T, N) chunk buffers
-    plus (B, D, L)-sized tensors; nothing of size (B, D, L, N) is kept for the backward pass.
+    Computes in fp32 (fp64 for fp64 inputs) and returns u's dtype. Peak memory is a few (T, b, D, N) tile buffers
+    plus (B, D, L)-sized tensors; nothing of size (B, D, L, N) is kept for the backward pass. On CPU the per-position
+    loop runs with one intra-op thread when a position's slice is small (``LOOP_PARALLEL_MIN_ELEMENTS``): the thread
+    count is set for the loop and restored right after.
 
     Args:
         u: (B, D, L) input.

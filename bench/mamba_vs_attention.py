@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "mamba_vs_attention.json"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "mamba_vs_attention.json"
 CASES = ("mamba", "attention")
 
 
@@ -86,7 +87,7 @@ def _spawn(case: str, args) -> dict:
     cmd = [sys.executable, __file__, "--case", case, "--frames", str(args.frames), "--size", str(args.size),
            "--width", str(args.width), "--heads", str(args.heads), "--tokens", str(args.tokens),
            "--cross-dim", str(args.cross_dim), "--repeats", str(args.repeats), "--mem-cap-gb", str(args.mem_cap_gb)]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
@@ -114,6 +115,7 @@ def main(argv=None) -> None:
         print(json.dumps(run_case(args)))
         return
 
+    sys.path.insert(0, str(REPO))
     results = {case: _spawn(case, args) for case in CASES}
     mamba, attention = results["mamba"], results["attention"]
     import torch

@@ -1,8 +1,9 @@
 """Preprocessing cost per frame: face tracking, masks (windows, Mu, boxes), crops and paste-back.
 
 Runs on face_occluded.mp4 (512x512) and on a 1080p version of it (each frame scaled to 1080x1080 and centred on a
-1920x1080 canvas). Every stage is timed per frame (masks: per window, divided by its frames) and the median over
-frames is reported. Writes bench/results/preprocess.json.
+1920x1080 canvas). Every stage is timed per frame (masks: per window, divided by its frames); the medians over
+frames of the least-disturbed of a few repeats are reported (the 2 cores are shared with other jobs), all repeats'
+medians are kept in bench/results/preprocess.json.
 
     python bench/preprocess.py [--media DIR] [--face-model PATH] [--repeats N]
 """
@@ -91,9 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--media", type=Path, default=SHARED / "media")
     parser.add_argument("--face-model", type=Path, default=SHARED / "models" / "face_landmarker.task")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per size; medians over all their frames")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size; the least-disturbed one is reported")
+    parser.add_argument("--cv2-threads", type=int, default=1,
+                        help="OpenCV worker threads (1: steadier timings on a shared 2-core machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preprocess.json")
     args = parser.parse_args()
+    cv2.setNumThreads(args.cv2_threads)
 
     with VideoReader(args.media / "face_occluded.mp4") as reader:
         frames = np.stack([frame.image for frame in reader.frames()])
@@ -103,19 +107,26 @@ def main() -> None:
                      "cpu_count": os.cpu_count(), "opencv_threads": cv2.getNumThreads(),
                      "machine": platform.machine(), "stages": {}}
     print(f"{'size':>6} | " + " | ".join(f"{s:>9}" for s in STAGES) + " | masks+crops+paste |     total  (ms/frame, "
-          "median)")
+          "median, best repeat)")
     for name, video in sizes.items():
         runs = [time_per_frame(video, fps, args.face_model) for _ in range(args.repeats)]
-        per_stage = {s: float(np.median(np.concatenate([r[0][s] for r in runs]))) for s in STAGES}
-        ours = per_stage["masks"] + per_stage["crops"] + per_stage["paste"]
-        total = per_stage["tracking"] + ours
-        results["stages"][name] = {**{f"{s}_ms": round(v, 3) for s, v in per_stage.items()},
-                                   "masks_crops_paste_ms": round(ours, 3), **runs[0][1]}
+        medians = [{s: float(np.median(r[0][s])) for s in STAGES} for r in runs]  # per repeat
+        # Headline: the least-disturbed repeat (lowest median total); every repeat's medians are kept too.
+        best = min(medians, key=lambda m: sum(m.values()))
+        ours = best["masks"] + best["crops"] + best["paste"]
+        total = best["tracking"] + ours
+        results["stages"][name] = {**{f"{s}_ms": round(v, 3) for s, v in best.items()},
+                                   "masks_crops_paste_ms": round(ours, 3),
+                                   "masks_crops_paste_share_of_tracking": round(ours / best["tracking"], 4),
+                                   "repeats": [{s: round(v, 3) for s, v in m.items()} for m in medians],
+                                   **runs[0][1]}
         results[f"ms_per_frame_{name}"] = round(total, 3)
-        print(f"{name:>6} | " + " | ".join(f"{per_stage[s]:9.3f}" for s in STAGES) + f" | {ours:17.3f} | {total:9.3f}")
-    results["note"] = ("medians of per-frame times on a shared 2-core machine (other jobs running); tracking is "
-                       "FaceTracker (MediaPipe VIDEO mode + smoothing/gap filling); masks = plan_windows without "
-                       "coarse masks (inference); paste = paste_back (in place) of unmodified crops with a PasteWeight prepared once per window")
+        print(f"{name:>6} | " + " | ".join(f"{best[s]:9.3f}" for s in STAGES) + f" | {ours:17.3f} | {total:9.3f}")
+    results["note"] = ("per-stage medians over frames, of the least-disturbed of the repeats (all repeats listed), on "
+                       "a 2-core machine shared with other jobs; tracking is FaceTracker (MediaPipe VIDEO mode + "
+                       "smoothing/gap filling); masks = plan_windows per 16-frame window without coarse masks "
+                       "(inference); crops = crop_frames to 512; paste = paste_back (in place) of unmodified crops "
+                       "with a PasteWeight prepared once per window (its cost shared by the window's frames)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

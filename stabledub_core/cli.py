@@ -100,6 +100,8 @@ def _add_dub_options(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--face-model", type=Path, default=None, metavar="PATH",
                        help="MediaPipe face_landmarker.task (default: ./models/mediapipe/face_landmarker.task)")
     video.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: 18)")
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="also write frames, fps and seconds per stage to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
 
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--preset", choices=["sd15", "tiny"], default=None,
                     help="refuse a checkpoint of another model size")
     io.add_argument("--out", type=Path, required=True, help="output video (.mp4, .mov, .mkv, .m4v)")
+    io.add_argument("--vae", type=Path, default=None,
+                    help="SD 1.5 VAE (file or diffusers folder) if the checkpoint does not contain it")
+    io.add_argument("--wav2vec2", type=Path, default=None,
+                    help="local wav2vec2 folder if the checkpoint uses the wav2vec2 audio encoder")
     _add_dub_options(dub)
     demo = sub.add_parser("demo", help="dub the bundled assets with a tiny UNTRAINED model (checks the install)",
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DUB_EPILOG)
@@ -149,7 +155,7 @@ def _options(args):
                       face_model=_face_model(args.face_model), crf=args.crf)
 
 
-def _load_model(path: Path, preset: str | None, options):
+def _load_model(path: Path, preset: str | None, options, vae: Path | None = None, wav2vec2: Path | None = None):
     path = require_file(path, "checkpoint")
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"checkpoint {str(path)!r} is not a .safetensors file; pickled checkpoints "
@@ -157,11 +163,8 @@ def _load_model(path: Path, preset: str | None, options):
     from stabledub_core.models.checkpoint import load_checkpoint
     from stabledub_core.pipeline.dub import _torch_dtype
 
-    model = load_checkpoint(path, options.device, _torch_dtype(options.dtype))
-    if preset is not None and model.config.preset != preset:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds the {model.config.preset!r} preset, not "
-                              f"{preset!r}: give a {preset} checkpoint or drop --preset")
-    return model
+    return load_checkpoint(path, options.device, _torch_dtype(options.dtype), expect_preset=preset,
+                           vae_path=vae, wav2vec2_path=wav2vec2)
 
 
 def _run_dub(args) -> int:
@@ -169,9 +172,10 @@ def _run_dub(args) -> int:
 
     check_inputs(args.video, args.audio, args.out)
     options = _options(args)
-    model = _load_model(args.checkpoint, args.preset, options)
+    model = _load_model(args.checkpoint, args.preset, options, args.vae, args.wav2vec2)
     result = dub_video(args.video, args.audio, model, args.out, options,
                        on_progress=_Progress(not args.quiet and sys.stderr.isatty()))
+    _write_report(args.report, result)
     print(f"wrote {result.path} ({result.num_frames} frames at {float(result.fps):.3f} fps, audio "
           f"{result.audio_codec}{', bit-exact' if result.audio_bit_exact else ''}; "
           f"{result.faceless_frames} frames without a face left unchanged)")
@@ -196,8 +200,20 @@ def _run_demo(args) -> int:
     model = _load_model(checkpoint, "tiny", options)
     result = dub_video(ASSETS / "face_occluded.mp4", ASSETS / "speech_es.wav", model, args.out, options,
                        on_progress=_Progress(not args.quiet and sys.stderr.isatty()))
+    _write_report(args.report, result)
     print(f"wrote {result.path} ({result.num_frames} frames) with the untrained tiny model ({checkpoint})")
     return 0
+
+
+def _write_report(path: Path | None, result) -> None:
+    if path is None:
+        return
+    import json
+
+    path.write_text(json.dumps({"path": str(result.path), "num_frames": result.num_frames,
+                                "fps": float(result.fps), "audio_codec": result.audio_codec,
+                                "audio_bit_exact": result.audio_bit_exact,
+                                "faceless_frames": result.faceless_frames, "seconds": result.seconds}, indent=1))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
 from stabledub_core.masks import exposure
 from stabledub_core.masks.union import feathered_rect, plan_windows
-from test_masks_media import MIC_FROM, microphone_mask, occluded
+from test_masks_media import MIC_FROM, occluded, occluded_microphone
 
 GRID = 16
 SIZE = 256
@@ -17,8 +18,8 @@ SIZE = 256
 
 @pytest.fixture(scope="module")
 def mic_case(media_dir, face_model_path):
-    frames, track = occluded(media_dir, face_model_path)
-    return plan_windows(track, window=16, crop_size=SIZE), microphone_mask(frames, track.landmarks), track
+    _, track = occluded(media_dir, face_model_path)
+    return plan_windows(track, window=16, crop_size=SIZE), occluded_microphone(media_dir, face_model_path), track
 
 
 def _cell_distance_to(mask_crop: np.ndarray, cells) -> np.ndarray:
@@ -34,8 +35,6 @@ def _cell_distance_to(mask_crop: np.ndarray, cells) -> np.ndarray:
 
 def test_microphone_exposes_the_patches_under_it_and_none_far_away(mic_case):
     windows, mic, track = mic_case
-    import cv2
-
     exposed_any = 0
     for window in windows:
         per_frame = exposure.from_occluder(mic, window, GRID, min_fraction=0.2)
@@ -113,6 +112,9 @@ def test_patch_list_is_json_and_applies_at_crop_and_latent_size():
     assert latent.shape == (64, 64)
     assert latent[12:16, 16:24].max() == 0 and latent.sum() == 64 * 64 - 2 * 4 * 4
     assert exposure.grid_size(512, patch_size=32) == 16
+    painted = np.zeros((100, 100), np.float32)
+    painted[50:57, 25:32] = 1  # covers cell (8, 4) of a 16-grid over a 100-pixel box and slivers of its neighbours
+    assert exposure.from_crop_mask(painted, 16, min_fraction=0.5).cells == [(8, 4)]
     with pytest.raises(ValueError, match="outside"):
         exposure.from_list([[16, 0]], grid=16)
     with pytest.raises(ValueError, match="JSON"):

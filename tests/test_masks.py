@@ -80,6 +80,20 @@ def test_boxes_are_square_inside_the_frame_contain_mu_and_move_smoothly(clip):
     assert jumps(smooth).sum() <= jumps(raw).sum()
 
 
+def test_groups_planned_separately_continue_smoothly_from_the_previous_box(clip):
+    _, track = clip
+    first = plan_windows(track[0:32], window=8, crop_size=64)
+    cold = plan_windows(track[32:64], window=8, crop_size=64)
+    warm = plan_windows(track[32:64], window=8, crop_size=64, previous_box=first[-1].box)
+
+    def centre(box):
+        return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+    jump_cold = np.abs(centre(cold[0].box) - centre(first[-1].box)).sum()
+    jump_warm = np.abs(centre(warm[0].box) - centre(first[-1].box)).sum()
+    assert jump_warm < 0.7 * jump_cold
+
+
 def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     _, track = clip
     missing = [3, 4, 5] + list(range(16, 32))

@@ -60,20 +60,31 @@ def microphone_mask(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     the nose line keeps out the eyes, and the hair's dark strands are saturated. Of what is left, the largest
     connected blob (at least 50 pixels) is the microphone; stray dark pixels in the mouth corners are dropped.
     """
-    rgb = frames.astype(np.int16)
-    dark = (rgb.max(axis=-1) < 110) & (rgb.max(axis=-1) - rgb.min(axis=-1) < 40)  # (F, H, W)
-    out = np.zeros(dark.shape, np.float32)
+    out = np.zeros(frames.shape[:3], np.float32)
     for i, points in enumerate(landmarks):
-        face = np.zeros(dark.shape[1:], np.uint8)
-        cv2.fillPoly(face, [np.round(points[list(regions.FACE_OVAL)]).astype(np.int32)], 1)
-        face[:int(np.ceil(points[2, 1]))] = 0
-        count, labels, stats, _ = cv2.connectedComponentsWithStats((dark[i] & (face > 0)).astype(np.uint8),
+        oval = np.round(points[list(regions.FACE_OVAL)]).astype(np.int32)  # (P, 2)
+        x0, x1 = max(oval[:, 0].min(), 0), oval[:, 0].max() + 1
+        y0, y1 = max(int(np.ceil(points[2, 1])), 0), oval[:, 1].max() + 1  # below the nose only
+        rgb = frames[i, y0:y1, x0:x1].astype(np.int16)
+        dark = (rgb.max(axis=-1) < 110) & (rgb.max(axis=-1) - rgb.min(axis=-1) < 40)
+        face = np.zeros(dark.shape, np.uint8)
+        cv2.fillPoly(face, [oval - (x0, y0)], 1)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((dark & (face > 0)).astype(np.uint8),
                                                                    connectivity=8)
         if count > 1:
             largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
             if stats[largest, cv2.CC_STAT_AREA] >= 50:
-                out[i] = labels == largest
+                out[i, y0:y1, x0:x1] = labels == largest
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def occluded_microphone(media_dir: Path, face_model_path: Path) -> np.ndarray:
+    """The microphone mask of face_occluded.mp4 (read-only)."""
+    frames, track = occluded(media_dir, face_model_path)
+    mic = microphone_mask(frames, track.landmarks)
+    mic.setflags(write=False)
+    return mic
 
 
 def occluded(media_dir: Path, face_model_path: Path) -> tuple[np.ndarray, FaceTrack]:
@@ -91,8 +102,8 @@ def test_face_found_in_every_frame(media_dir, face_model_path):
 
 
 def test_microphone_rule_finds_the_microphone_only_from_frame_37(media_dir, face_model_path):
-    frames, track = occluded(media_dir, face_model_path)
-    mic = microphone_mask(frames, track.landmarks)
+    _, track = occluded(media_dir, face_model_path)
+    mic = occluded_microphone(media_dir, face_model_path)
     area = mic.sum(axis=(1, 2))
     assert area[:MIC_FROM].max() == 0  # no microphone: no dark grey blob on the lower face
     assert area[MIC_FROM:].min() > 300

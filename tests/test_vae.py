@@ -21,16 +21,16 @@ def test_sd_config_is_sd15s_autoencoder():
 
 
 def test_encode_decode_shapes_scaling_and_chunking(vae):
-    frames = torch.rand(5, 3, 32, 32)
+    frames = torch.rand(3, 3, 32, 32)
     z = encode_frames(vae, frames, chunk=2)
-    assert z.shape == (5, 4, 4, 4)
+    assert z.shape == (3, 4, 4, 4)
     torch.testing.assert_close(z, encode_frames(vae, frames, chunk=8))
     with torch.no_grad():
         raw = vae.encode(frames * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(z, raw * 0.18215)
-    out = decode_latents(vae, z, chunk=3)
-    assert out.shape == (5, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
-    torch.testing.assert_close(out, decode_latents(vae, z, chunk=5))
+    out = decode_latents(vae, z, chunk=2)
+    assert out.shape == (3, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out, decode_latents(vae, z, chunk=3))
 
 
 def test_bad_inputs(vae):

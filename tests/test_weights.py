@@ -118,3 +118,15 @@ def test_refusals_and_missing_sources(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="model.diffusion_model"):
         init_from_sd15(model, tmp_path / "other.safetensors")
+
+
+def test_command_line_writes_an_initialised_checkpoint(sd_files, tmp_path, capsys):
+    from stabledub_core.models.checkpoint import load_checkpoint
+    from stabledub_core.models.weights import main
+
+    out, report = tmp_path / "init.safetensors", tmp_path / "report.json"
+    main([str(sd_files[3]), "--preset", "tiny", "--out", str(out), "--report", str(report)])
+    assert "self-attention replaced by spatial Mamba" in capsys.readouterr().out
+    loaded = load_checkpoint(out, expect_preset="tiny")
+    assert torch.equal(loaded.unet.conv_in.weight[:, :4], sd_files[0].conv_in.weight)
+    assert json.loads(report.read_text())["partial"][0][0] == "conv_in.weight"

@@ -152,8 +152,11 @@ class FaceTracker:
     chunk (or None), then ``flush()`` at the end. A frame is held back at most ``lookahead`` frames (until a gap
     around it can be judged); keep that many frames buffered to pair them with their chunk.
 
+    Per-stage wall time for benchmarks: ``tracker.timer.summary(num_frames)`` with the stages ``detect`` (full-frame
+    VIDEO-mode pass), ``zoom`` (crops around recent faces), ``tiles`` (tile pyramid) and ``smooth``.
+
     Args:
-        model_path: path of MediaPipe's ``face_landmarker.task``.
+        model_path: path of MediaPipe's ``face_landmarker.task``, or a folder holding it.
         config: tracker configuration.
         **overrides: fields of ``TrackerConfig`` to override, e.g. ``selection=FaceSelection.NEAREST``.
     """
@@ -186,7 +189,7 @@ class FaceTracker:
         return FineSearch(self._image, self.config.search)
 
     def close(self) -> None:
-        """Close the MediaPipe landmarkers (idempotent)."""
+        """Close the MediaPipe landmarkers (idempotent; a later ``track`` or ``feed`` opens new ones)."""
         for landmarker in (self._video, self._image):
             if landmarker is not None:
                 landmarker.close()

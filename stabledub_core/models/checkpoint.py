@@ -3,7 +3,8 @@
 File layout::
 
     metadata: {"format": "stabledub-checkpoint", "format_version": "1", "config": StableDubConfig JSON,
-               "parts": "unet,habit,audio_encoder[,vae]"}
+               "preset": config.preset, "external": comma-separated prefixes NOT stored, e.g.
+               "audio_encoder.backbone.,vae." for sd15, "" for tiny} (+ any caller metadata, e.g. the step)
     tensors:  "<part>.<parameter name>" for every stored part, e.g. "unet.conv_in.weight", "habit.lam"
 
 Which parts are stored is decided by the config, not by the preset name (:func:`stored_state_dict`):
@@ -34,7 +35,6 @@ from .config import StableDubConfig
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-PARTS = ("unet", "habit", "audio_encoder", "vae")
 
 
 class CheckpointError(ValueError):
@@ -251,7 +251,9 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     from safetensors import safe_open
 
     from ..audio.encoders import Wav2Vec2AudioEncoder
+    from .habit import LipHabitModulation
     from .stabledub import StableDub
+    from .unet import StableDubUNet
 
     path = Path(path)
     config = read_checkpoint_config(path)
@@ -267,16 +269,20 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     if not config.vae.in_checkpoint and vae_path is None:
         raise CheckpointError(f"{path.name} does not store the VAE: pass vae_path=<SD 1.5 single file or "
                               "diffusers folder>")
+    with torch.device("meta"):  # the big parts get every tensor from the file: skip their random init
+        parts["unet"] = StableDubUNet(config.unet)
+        parts["habit"] = LipHabitModulation(config.habit, config.audio.feature_size)
     model = StableDub.from_config(config, **parts)
     expected = stored_state_dict(model)
     with safe_open(str(path), framework="pt") as fh:
         found = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
         check_state(expected, found, path.name)
         state = {name: fh.get_tensor(name) for name in found}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     leftover = [n for n in missing if n in expected] + list(unexpected)
+    leftover += [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftover:  # cannot happen after check_state; guards against silent partial loads
-        raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(leftover)}")
+        raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(set(leftover))}")
     if not config.vae.in_checkpoint:
         from .weights import load_sd_vae
 

@@ -23,13 +23,25 @@ class CompositeError(ValueError):
     """Raised for frames, crops, boxes or masks whose shapes do not fit together."""
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes a square (s, s[, C]) image to (size, size[, C]): INTER_AREA to shrink, bicubic to enlarge."""
+def resize_square(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Resizes a square (s, s[, C]) image to (size, size[, C]): INTER_AREA to shrink, bicubic to enlarge.
+
+    Args:
+        image: the square image.
+        size: output side.
+        out: optional contiguous output array of the result's shape, written in place.
+
+    Returns:
+        The resized image (``out`` when given; ``image`` itself when no resize is needed and no ``out``).
+    """
     source = image.shape[0]
     if source == size and image.shape[1] == size:
-        return image
+        if out is None:
+            return image
+        out[...] = image
+        return out
     interpolation = cv2.INTER_AREA if size < source else cv2.INTER_CUBIC
-    return cv2.resize(image, (size, size), interpolation=interpolation)
+    return cv2.resize(image, (size, size), dst=out, interpolation=interpolation)
 
 
 def shrink_square(image: np.ndarray, size: int, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
@@ -143,7 +155,7 @@ def crop_frames(frames: np.ndarray, box: Box, size: int) -> np.ndarray:
     x0, y0, x1, y1 = box
     out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, frame in enumerate(frames):
-        out[i] = resize_square(frame[y0:y1, x0:x1], size)
+        resize_square(frame[y0:y1, x0:x1], size, out=out[i])
     return out
 
 

@@ -1,0 +1,151 @@
+"""Peak memory of the streaming CLI versus video length, and end-to-end speed of the tiny preset.
+
+Builds 1280x720 25 fps test videos of two lengths on the fly (the 512x512 face of ``face_pan.mp4`` on a grey canvas,
+played forwards and backwards; the 44.1 kHz stereo speech looped as the video's own AAC track), saves a tiny
+random-weights checkpoint, then runs ``python -m stabledub_core dub`` on each video in a subprocess and reads the
+child's peak RSS (``ru_maxrss`` from ``os.wait4``). Both runs use the same settings, side by side in one run.
+
+Usage:
+    python bench/memory_vs_length.py [--short 10] [--long 600] [--steps 1]
+
+Writes bench/results/memory_vs_length.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHARED = Path(os.environ.get("STABLEDUB_SHARED", REPO.parent / "shared"))
+MEDIA = SHARED / "media"
+FACE_MODEL = SHARED / "models" / "face_landmarker.task"
+WORK = REPO / "out" / "bench_memory"
+RESULTS = REPO / "bench" / "results" / "memory_vs_length.json"
+CANVAS = (720, 1280)
+FPS = 25
+
+
+def make_video(path: Path, seconds: float) -> Path:
+    """A 720p video of ``seconds`` with the face pasted in the middle and looped speech as its AAC track."""
+    import av
+
+    from stabledub_core.audio.io import load_audio
+
+    with av.open(str(MEDIA / "face_pan.mp4")) as c:
+        face = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    cycle = face + face[-2:0:-1]  # ping-pong: no jump at the seams
+    speech, rate = load_audio(MEDIA / "speech_en_44k_stereo.wav")  # (2, S)
+    frames = int(round(seconds * FPS))
+    samples = int(round(frames / FPS * rate))
+    h, w = CANVAS
+    y0, x0 = (h - 512) // 2, (w - 512) // 2
+    canvas = np.full((h, w, 3), 128, np.uint8)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "23"}
+        aus = out.add_stream("aac", rate=rate, layout="stereo")
+        for i in range(frames):
+            canvas[y0:y0 + 512, x0:x0 + 512] = cycle[i % len(cycle)]
+            frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        block = rate  # one second of audio at a time
+        for start in range(0, samples, block):
+            idx = np.arange(start, min(start + block, samples)) % speech.shape[1]
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(speech[:, idx]), format="fltp", layout="stereo")
+            af.sample_rate, af.pts = rate, start
+            for p in aus.encode(af):
+                out.mux(p)
+        for p in aus.encode(None):
+            out.mux(p)
+    return path
+
+
+def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.config import get_preset
+    from stabledub_core.models.stabledub import StableDub
+
+    torch.manual_seed(0)
+    save_checkpoint(StableDub.from_config(get_preset("tiny")), path)
+    return path
+
+
+def run_cli(video: Path, checkpoint: Path, steps: int) -> dict:
+    """Dub ``video`` in a child process; its peak RSS, wall time and the CLI's stage report."""
+    out = video.with_name(video.stem + "_dub.mp4")
+    report = video.with_name(video.stem + "_report.json")
+    cmd = [sys.executable, "-m", "stabledub_core", "dub", "--video", str(video), "--checkpoint", str(checkpoint),
+           "--out", str(out), "--steps", str(steps), "--length-policy", "pad", "--face-model", str(FACE_MODEL),
+           "--report", str(report), "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"the CLI failed on {video} (exit {proc.returncode})")
+    data = json.loads(report.read_text())
+    seconds = data["seconds"]
+    total = sum(seconds.values())
+    return {"video_seconds": data["num_frames"] / FPS, "frames": data["num_frames"], "wall_s": round(wall, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "fps": round(data["num_frames"] / wall, 3),
+            "stage_share": {k: round(v / total, 4) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])},
+            "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", type=float, default=10.0, help="short video, seconds")
+    parser.add_argument("--long", type=float, default=600.0, help="long video, seconds")
+    parser.add_argument("--steps", type=int, default=1, help="denoising steps (few, to keep the long run feasible)")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    checkpoint = make_checkpoint(WORK / "tiny_random.safetensors")
+    runs = []
+    for seconds in (args.short, args.long):
+        video = make_video(WORK / f"face720_{int(seconds)}s.mp4", seconds)
+        runs.append(run_cli(video, checkpoint, args.steps))
+        print(f"{seconds:7.0f} s video: {runs[-1]['frames']:6d} frames, peak RSS {runs[-1]['peak_rss_mb']:8.1f} MB, "
+              f"{runs[-1]['fps']:.3f} frames/s end to end", flush=True)
+    short, long = runs
+    ratio = long["peak_rss_mb"] / short["peak_rss_mb"]
+    is_10min = (args.short, args.long) == (10.0, 600.0)
+    result = {
+        "rss_ratio_10min_vs_10s": round(ratio, 3) if is_10min else None,
+        "rss_ratio_long_vs_short": round(ratio, 3),
+        "short_seconds": args.short, "long_seconds": args.long,
+        "tiny_fps": long["fps"],
+        "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
+        "cpu_count": os.cpu_count(), "runs": runs,
+        "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
+                "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\n{'video':>10} {'frames':>7} {'peak RSS MB':>12} {'fps':>7}")
+    for run in runs:
+        print(f"{run['video_seconds']:>9.0f}s {run['frames']:>7} {run['peak_rss_mb']:>12.1f} {run['fps']:>7.3f}")
+    print(f"RSS ratio long/short: {ratio:.3f}   stage share (long): {long['stage_share']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -134,3 +134,18 @@ def test_backward_branch_sees_the_future():
 def test_bad_input_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(batch, length, 16\)"):
         Mamba(16)(torch.zeros(2, 16))
+
+
+def test_recomputing_the_inner_part_gives_the_same_gradients():
+    torch.manual_seed(3)
+    stored = Mamba(16, d_state=4, recompute_inner=False)
+    recomputed = Mamba(16, d_state=4, recompute_inner=True)
+    recomputed.load_state_dict(stored.state_dict())
+    x = torch.randn(2, 7, 16)
+    grads = []
+    for m in (stored, recomputed):
+        x_in = x.clone().requires_grad_()
+        m(x_in).square().sum().backward()
+        grads.append([x_in.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -12,6 +12,11 @@ Choices (documented deviations from Vim):
     * ``dt_proj_b`` gets the same dt initialisation as ``dt_proj`` (Vim leaves it at ``nn.Linear``'s default), so
       both directions start with step sizes in ``[dt_min, dt_max]``.
 
+Memory: with ``recompute_inner=True`` (default) only the input projection ``xz`` is kept for the backward pass and
+everything between ``in_proj`` and ``out_proj`` (convolutions, projections, the scans of both directions) is
+recomputed, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``); it trades one extra forward of
+the inner part for not storing about five ``(B, d_inner, L)`` activations per direction.
+
 The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
 implementation for the device; the module has no decoding ``step`` (the U-Net never decodes token by token).
 """
@@ -23,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import selective_scan
 
@@ -84,13 +90,15 @@ class Mamba(nn.Module):
         bias: whether ``in_proj`` and ``out_proj`` have a bias.
         bidirectional: add the backward branch (Vim v2).
         divide_out: average rather than sum the two directions (only with ``bidirectional``).
+        recompute_inner: recompute the inner activations in the backward pass instead of storing them.
         device, dtype: factory arguments; ``A_log`` and ``D`` are fp32 whatever ``dtype`` is.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 bidirectional: bool = True, divide_out: bool = True, device=None, dtype=None):
+                 bidirectional: bool = True, divide_out: bool = True, recompute_inner: bool = True, device=None,
+                 dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -101,6 +109,7 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.bidirectional = bidirectional
         self.divide_out = divide_out
+        self.recompute_inner = recompute_inner
         dt_kwargs = dict(dt_rank=self.dt_rank, dt_init=dt_init, dt_scale=dt_scale, dt_min=dt_min, dt_max=dt_max,
                          dt_init_floor=dt_init_floor)
 
@@ -155,10 +164,18 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 * d_inner, L)
+        if self.recompute_inner and torch.is_grad_enabled():
+            y = checkpoint(self._mix, xz, use_reentrant=False)
+        else:
+            y = self._mix(xz)
+        return self.out_proj(y.transpose(1, 2))  # (B, L, D)
+
+    def _mix(self, xz: torch.Tensor) -> torch.Tensor:
+        """Both directions from the input projection: (B, 2 * d_inner, L) -> (B, d_inner, L)."""
         y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)  # (B, d_inner, L)
         if self.bidirectional:
             y_b = self._scan(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
             y = y + y_b.flip(-1)
             if self.divide_out:
                 y = y / 2
-        return self.out_proj(y.transpose(1, 2))  # (B, L, D)
+        return y

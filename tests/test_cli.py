@@ -6,7 +6,6 @@ import sys
 import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from media_factory import tone, write_video, write_wav

@@ -110,3 +110,25 @@ def test_variable_frame_times_and_errors():
         frame_windows(feats, 50.0, [0.0, float("nan")], 4, 0.2)
     with pytest.raises(WindowError, match="non-empty"):
         frame_windows(torch.zeros(0, 3), 50.0, [0.0], 4, 0.2)
+
+
+def test_wav2vec2_chunked_encoding_matches_one_pass(tmp_path):
+    """Chunks with enough context reproduce the one-pass features exactly where the model is local: the first
+    hidden state of a layer-norm ("layer") feature extractor (a 16-tap positional conv, 0.2 s margins)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                         feat_extract_norm="layer", do_stable_layer_norm=True)
+    Wav2Vec2Model(cfg).save_pretrained(tmp_path)
+    enc = Wav2Vec2AudioEncoder.from_folder(tmp_path)
+    with torch.no_grad():
+        enc.layer_logits.copy_(torch.tensor([0.0, -1e4, -1e4]))
+    wave = torch.randn(1, SR + 123)
+    whole = enc(wave, chunk_seconds=None)
+    chunked = enc(wave, chunk_seconds=0.3, margin_seconds=0.2)
+    assert chunked.shape == whole.shape == (1, (SR + 123 - 400) // 320 + 1, 32)
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
+    # without margins the positional conv at the joins sees zero padding instead of the neighbours
+    assert not torch.allclose(enc(wave, chunk_seconds=0.3, margin_seconds=0.0), whole, atol=1e-4)

@@ -103,3 +103,17 @@ def test_choose_lip_segment_avoids_missing_frames_and_the_dubbed_window():
     status[::5] = TrackStatus.MISSING
     with pytest.raises(MissingLandmarksError, match="consecutive"):
         choose_lip_segment(status, 8)
+
+
+def test_large_faces_are_area_averaged_not_aliased(astronaut_landmarks):
+    # A face 4x larger than the photo's in a 2048 px frame: the crop shrinks the source about 6x.
+    big = astronaut_landmarks * 4
+    checker = ((np.indices((2048, 2048)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    frame = np.repeat(checker[:, :, None], 3, axis=2)
+    crop = lip_crops(frame[None], big[None], size=64)[0].astype(float)
+    assert abs(crop.mean() - 127.5) < 10 and crop.std() < 10  # a fine checkerboard averages to flat grey
+    # The geometry is unchanged by the pre-shrink: a red disc at the mouth centre lands in the middle.
+    frame = np.full((2048, 2048, 3), 128, np.uint8)
+    cv2.circle(frame, tuple(int(round(v)) for v in mouth_centre(big)), 12, (255, 0, 0), -1)
+    crop = lip_crops(frame[None], big[None], size=64)[0]
+    assert np.linalg.norm(blob_centre(crop, 0) - 32) < 1.5

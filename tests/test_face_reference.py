@@ -76,6 +76,21 @@ def test_nearest_pose_ignores_the_mouth_and_similarity_transforms(face):
     assert np.argsort(distances).tolist()[:2] == [2, 1]
 
 
+def test_closed_lips_near_pose_combines_both(face):
+    window = np.stack([yaw(face, 0.2)] * 2)
+    candidates = [with_opening(yaw(face, 0.0), 0.0),  # closed, far pose
+                  with_opening(yaw(face, 0.2), 0.02),  # nearly closed, same pose
+                  with_opening(yaw(face, 0.2), 0.3)]  # open, same pose
+    landmarks = np.concatenate([window, np.stack(candidates)])
+    status = np.zeros(len(landmarks), np.uint8)
+    kwargs = dict(window=(0, 2), exclude_radius=0)
+    assert choose_reference(landmarks, status, ReferenceStrategy.CLOSED_LIPS, **kwargs) == 2
+    assert choose_reference(landmarks, status, ReferenceStrategy.NEAREST_POSE, **kwargs) in (3, 4)
+    # Openings 0.14, 0.19 (the turn foreshortens the mouth width) and 0.47.
+    assert choose_reference(landmarks, status, "closed_lips_near_pose", closed_tolerance=0.08, **kwargs) == 3
+    assert choose_reference(landmarks, status, "closed_lips_near_pose", closed_tolerance=0.0, **kwargs) == 2
+
+
 def test_pose_distance_excludes_the_mouth(face):
     moved = face.copy()
     moved[MOUTH] += 15.0  # only the mouth moves

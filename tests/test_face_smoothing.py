@@ -6,7 +6,7 @@ import pytest
 from stabledub_core.face import FaceSelection, TrackStatus
 from stabledub_core.face.gaps import GapFiller
 from stabledub_core.face.search import FineSearchConfig, dedup_faces, tile_boxes, tile_levels, zoom_box
-from stabledub_core.face.selection import FaceSelector
+from stabledub_core.face.selection import FaceSelector, is_continuation
 from stabledub_core.face.smoothing import OneEuroConfig, OneEuroFilter, smooth_trajectory
 
 FPS = 25.0
@@ -76,6 +76,16 @@ def test_gap_filler_interpolates_short_gaps_and_marks_long_ones():
     assert np.isnan(out[4].landmarks).all()
 
 
+def test_gap_filler_resolves_held_frames_as_a_new_track():
+    filler = GapFiller(max_gap=3, num_points=1)
+    filler.push(0, 0.0, np.zeros((1, 2)))
+    assert filler.push(1, 0.04, None) == [] and filler.push(2, 0.08, None) == []
+    out = filler.resolve([np.full((1, 2), 5.0)])  # frame 2 showed the new track's face
+    assert [e.status for e in out] == [TrackStatus.MISSING, TrackStatus.DETECTED] and out[1].landmarks[0, 0] == 5
+    filler.push(3, 0.12, None)
+    assert filler.push(4, 0.16, np.full((1, 2), 7.0))[0].status == TrackStatus.INTERPOLATED  # from the new track
+
+
 def test_gap_filler_interpolates_in_time_for_variable_frame_rates():
     filler = GapFiller(max_gap=1, num_points=1)
     filler.push(0, 0.0, np.zeros((1, 2)))
@@ -99,11 +109,19 @@ def test_selection_strategies():
     nearest = FaceSelector(FaceSelection.NEAREST)
     assert nearest.select(faces, None) == 2  # no previous face: the initial strategy (LARGEST)
     assert nearest.select(faces, faces_at(((480, 110), 50))[0]) == 0
-    assert nearest.select(faces, faces_at(((800, 400), 50))[0]) is None  # too far to be the same face
+    assert nearest.select(faces, faces_at(((800, 400), 50))[0]) == 0
     assert FaceSelector(FaceSelection.LARGEST).select(faces[:0], None) is None
     with pytest.raises(ValueError, match="initial"):
         FaceSelector(FaceSelection.NEAREST, initial=FaceSelection.NEAREST)
     assert FaceSelector("index", index=1).strategy is FaceSelection.INDEX
+
+
+def test_continuity_rejects_jumps_and_sudden_size_changes():
+    previous = faces_at(((100, 100), 50))[0]
+    assert is_continuation(faces_at(((130, 110), 55))[0], previous)
+    assert not is_continuation(faces_at(((200, 100), 50))[0], previous)  # two face sizes away
+    assert not is_continuation(faces_at(((100, 100), 90))[0], previous)  # 1.8 x larger in one frame
+    assert is_continuation(faces_at(((200, 100), 50))[0], previous, max_jump=2.5)
 
 
 @pytest.mark.parametrize("size", [(1920, 1080), (1080, 1920), (333, 517)])

@@ -56,6 +56,16 @@ def test_tracks_every_frame_of_the_test_videos(tracker, media_dir, name):
     assert np.linalg.norm(np.diff(mouth_centre(track.landmarks), axis=0), axis=-1).max() < 8
 
 
+def test_smoothing_halves_landmark_jitter_on_the_real_video(face_model_path, pan):
+    with FaceTracker(face_model_path, smoothing=None) as tracker:
+        raw = tracker.track(pan[:30], fps=25).landmarks
+    with FaceTracker(face_model_path) as tracker:
+        smooth = tracker.track(pan[:30], fps=25).landmarks
+    accel = lambda x: np.sqrt((np.diff(x, 2, axis=0) ** 2).mean())  # noqa: E731  jitter shows as acceleration
+    assert accel(smooth) < 0.7 * accel(raw)
+    assert np.abs(smooth - raw).mean() < 1.0  # pixels: no visible lag on the panning head
+
+
 def test_astronaut_lip_centre_and_corners(tracker, astronaut):
     track = tracker.track([astronaut], fps=25)
     landmarks = track.landmarks[0]
@@ -65,7 +75,7 @@ def test_astronaut_lip_centre_and_corners(tracker, astronaut):
 
 @pytest.mark.parametrize("max_gap, expected", [(3, TrackStatus.INTERPOLATED), (0, TrackStatus.MISSING)])
 def test_faceless_frames_are_interpolated_or_missing(face_model_path, pan, max_gap, expected):
-    frames = list(pan[:20])
+    frames = list(pan[:14])
     frames[8] = np.zeros_like(pan[0])  # blank
     frames[9] = np.full_like(pan[0], 200)
     with FaceTracker(face_model_path, max_gap=max_gap) as tracker:
@@ -87,18 +97,36 @@ def test_long_gap_is_missing_and_the_track_recovers(face_model_path, pan):
     assert (track.status[:5] == TrackStatus.DETECTED).all() and (track.status[11:] == TrackStatus.DETECTED).all()
 
 
-def test_a_video_without_a_face_is_all_missing(tracker):
-    track = tracker.track(np.zeros((3, 64, 96, 3), np.uint8), fps=25)
+def test_a_video_without_a_face_is_all_missing(face_model_path):
+    with FaceTracker(face_model_path, search=FineSearchConfig(tile_interval=3)) as tracker:
+        track = tracker.track(np.zeros((7, 64, 96, 3), np.uint8), fps=25)
+        assert tracker.timer.calls["detect"] == 7 and tracker.timer.calls["tiles"] == 3  # frames 0, 3 and 6
     assert (track.status == TrackStatus.MISSING).all() and np.isnan(track.landmarks).all()
 
 
-def test_upside_down_frame_never_crashes(tracker, pan):
+@pytest.mark.parametrize("flip", ["vertical", "rotate180"])
+def test_upside_down_frame_is_interpolated(tracker, pan, flip):
+    # MediaPipe fits an upright face to the vertically flipped photo (its "lips" on the flipped eyes): the jump
+    # breaks the track's continuity, so the frame counts as faceless and is interpolated.
     frames = list(pan[:12])
-    frames[6] = np.ascontiguousarray(pan[6, ::-1])
+    frames[6] = np.ascontiguousarray(pan[6, ::-1] if flip == "vertical" else pan[6, ::-1, ::-1])
     track = tracker.track(frames, fps=25)
-    assert len(track) == 12 and (np.delete(track.status, 6) == TrackStatus.DETECTED).all()
-    # Either MediaPipe sees no face there (then the gap is filled) or it finds the flipped face.
-    assert track.status[6] in (TrackStatus.DETECTED, TrackStatus.INTERPOLATED)
+    expected = np.zeros(12, np.uint8)
+    expected[6] = TrackStatus.INTERPOLATED
+    assert np.array_equal(track.status, expected)
+    assert np.linalg.norm(lip_centre(track.landmarks[6]) - lip_centre(track.landmarks[5])) < 3
+
+
+def test_a_cut_to_another_shot_starts_a_new_track_without_losing_frames(face_model_path, pan, astronaut):
+    # After frame 6 the face sits elsewhere and smaller (another shot): held back, then accepted from the cut on.
+    other = np.full_like(pan[0], 90)
+    paste(other, astronaut, 200, 180, 300)
+    frames = list(pan[:6]) + [other] * 8
+    with FaceTracker(face_model_path, max_gap=3) as tracker:
+        track = tracker.track(frames, fps=25)
+    assert (track.status == TrackStatus.DETECTED).all()
+    expected = np.array([200, 180]) + ASTRONAUT_LIP_CENTRE * 300 / 512
+    assert np.linalg.norm(lip_centre(track.landmarks[6:]) - expected, axis=-1).max() < 3
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +175,8 @@ def test_small_face_in_a_portrait_frame_is_found_by_the_fine_search(face_model_p
         track = tracker.track([canvas, canvas], fps=25)
         assert (track.status == TrackStatus.DETECTED).all()
         assert np.linalg.norm(lip_centre(track.landmarks) - expected, axis=-1).max() < 3
-        assert tracker.timer.calls["search"] == 2  # the full-frame pass misses it
+        # The full-frame pass misses it, the tiles find it, then the zoomed crop carries the track.
+        assert tracker.timer.calls["tiles"] == 1 and tracker.timer.calls["zoom"] == 1
     with FaceTracker(face_model_path, search=FineSearchConfig(enabled=False)) as tracker:
         assert (tracker.track([canvas], fps=25).status == TrackStatus.MISSING).all()
 
@@ -164,7 +193,7 @@ def test_odd_and_portrait_frame_sizes(tracker, astronaut, height, width):
 
 
 def test_streaming_chunks_match_the_whole_clip(face_model_path, pan):
-    frames = list(pan[:16])
+    frames = list(pan[:12])
     frames[5] = frames[6] = np.zeros_like(pan[0])
     with FaceTracker(face_model_path, max_gap=2) as tracker:
         whole = tracker.track(frames, fps=25)
@@ -175,11 +204,13 @@ def test_streaming_chunks_match_the_whole_clip(face_model_path, pan):
             chunks += [] if chunk is None else [chunk]
             held.append(i + 1 - (chunks[-1].start + len(chunks[-1]) if chunks else 0))
         chunks += [c for c in [tracker.flush()] if c is not None]
+        streamed = list(tracker.stream((frame, i / 25) for i, frame in enumerate(frames)))
     assert max(held) <= tracker.lookahead
     assert len(chunks) > 2 and [c.start for c in chunks] == sorted(c.start for c in chunks)
     joined = FaceTrack.concatenate(chunks)
     assert np.array_equal(joined.status, whole.status) and np.allclose(joined.landmarks, whole.landmarks)
     assert (joined.status[5:7] == TrackStatus.INTERPOLATED).all()
+    assert [(c.start, len(c)) for c in streamed] == [(c.start, len(c)) for c in chunks]
 
 
 def test_missing_model_error_names_the_path(tmp_path):
@@ -187,6 +218,15 @@ def test_missing_model_error_names_the_path(tmp_path):
     with pytest.raises(FaceModelNotFoundError, match=str(missing).replace("\\", "\\\\")) as info:
         FaceTracker(missing)
     assert "models/mediapipe" in str(info.value) and isinstance(info.value, FileNotFoundError)
+    missing.parent.mkdir(parents=True)
+    with pytest.raises(FaceModelNotFoundError, match="face_landmarker.task"):
+        FaceTracker(missing.parent)  # a folder without the model
+
+
+def test_model_folder_is_accepted(face_model_path, pan):
+    with FaceTracker(face_model_path.parent) as tracker:
+        assert tracker.model_path == face_model_path
+        assert tracker.track(pan[:2], fps=25).status.tolist() == [0, 0]
 
 
 def test_bad_input_gets_clear_errors(tracker):
@@ -209,3 +249,23 @@ def test_track_save_load_and_slicing(tmp_path, tracker, pan):
     assert np.array_equal(loaded.landmarks, track.landmarks) and loaded.frame_size == (512, 512)
     part = track[2:5]
     assert part.start == 2 and len(part) == 3 and np.array_equal(part.landmarks, track.landmarks[2:5])
+
+
+def test_the_full_frame_pass_is_retried_while_the_zoom_carries_the_track(face_model_path, astronaut):
+    canvas = np.full((1080, 1920, 3), 90, np.uint8)
+    paste(canvas, astronaut, 900, 400, 400)  # face ~80 px: too small for the full-frame pass
+    with FaceTracker(face_model_path, search=FineSearchConfig(full_frame_interval=3)) as tracker:
+        track = tracker.track([canvas] * 7, fps=25)
+        calls = dict(tracker.timer.calls)
+    assert (track.status == TrackStatus.DETECTED).all()
+    # Frame 0: full frame, tiles. Frames 1-6: zoom first; the full-frame pass again at frames 3 and 6.
+    assert calls == {"detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}
+
+
+def test_variable_frame_times(tracker, pan):
+    # Irregular times, two of them within the same millisecond (MediaPipe's VIDEO timestamps are integer ms).
+    times = [0.0, 0.0002, 0.05, 0.2, 0.21]
+    track = tracker.track(pan[:5], times=times)
+    assert (track.status == TrackStatus.DETECTED).all() and np.allclose(track.times, times)
+    with pytest.raises(ValueError, match="more frames than times"):
+        tracker.track(pan[:3], times=[0.0, 0.1])

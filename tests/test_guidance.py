@@ -57,7 +57,7 @@ def test_plan_rejects_bad_input():
 
 def _three_calls(model, cond, sample, t, la, lh):
     """Eq. 7 from three separate forwards (no batching, no plan)."""
-    from stabledub_core.pipeline.sampler import build_unet_input
+    from stabledub_core.models.unet import build_unet_input
     inp = build_unet_input(sample[None], cond.masked[None], cond.mask[None], cond.appearance[None])
     ts = torch.as_tensor(t).reshape(1)
     out = {b: model(inp, ts, cond.tokens[b][None])[0] for b in Branch}
@@ -85,7 +85,7 @@ def test_all_scales_one_runs_only_the_full_branch():
     den = WindowedDenoiser(model, cond, GuidancePlan.from_scales(1.0, 1.0), 16, 4, 1, "cpu", torch.float32)
     got = den(sample, torch.tensor(300))
     assert model.batch_sizes == [1]
-    from stabledub_core.pipeline.sampler import build_unet_input
+    from stabledub_core.models.unet import build_unet_input
     inp = build_unet_input(sample[None], cond.masked[None], cond.mask[None], cond.appearance[None])
     direct = model(inp, torch.tensor([300]), cond.tokens[Branch.FULL][None])[0]
     torch.testing.assert_close(got, direct)

@@ -91,3 +91,15 @@ def test_gradients_reach_the_habit_encoder(module):
     v = module.encode_habit(torch.rand(1, 3, 3, 32, 32))
     module(torch.randn(1, 2, 10, 80), v).square().sum().backward()
     assert module.lip_encoder.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+
+
+def test_random_drop_masks_are_independent_with_rate_p():
+    from stabledub_core.models.habit import random_drop_masks
+
+    gen = torch.Generator().manual_seed(0)
+    audio, habit = random_drop_masks(20000, 0.1, generator=gen)
+    assert audio.dtype == torch.bool and audio.shape == (20000,)
+    assert abs(audio.float().mean() - 0.1) < 0.01 and abs(habit.float().mean() - 0.1) < 0.01
+    assert abs((audio & habit).float().mean() - 0.01) < 0.004  # independent: P(both) = p^2
+    with pytest.raises(ValueError, match="probability"):
+        random_drop_masks(2, 1.5)

@@ -142,9 +142,12 @@ def test_progress_and_interruption():
     sample_clip(TargetDenoiser(), cond, _config(), windows_per_chunk=1, on_step=lambda d, t: calls.append((d, t)))
     n_chunks = len(calls) // STEPS
     assert n_chunks > 1 and calls == [(i + 1, n_chunks * STEPS) for i in range(n_chunks * STEPS)]
-    polls = iter([False, False, True])
-    with pytest.raises(Interrupted):
-        sample_clip(TargetDenoiser(), cond, _config(), should_stop=lambda: next(polls))
+    for stop_at in (1, 3):  # polls: before step 1, before window 1, window 2 (3 windows of 30 frames)...
+        polls = iter([False] * stop_at + [True])
+        model = TargetDenoiser()
+        with pytest.raises(Interrupted):
+            sample_clip(model, cond, _config(), should_stop=lambda: next(polls))
+        assert len(model.batch_sizes) == stop_at - 1
 
 
 def test_bad_inputs_have_clear_errors():
@@ -158,6 +161,10 @@ def test_bad_inputs_have_clear_errors():
     with pytest.raises(SamplerError, match="branch_tokens"):
         sample_clip(TargetDenoiser(), partial, _config(scale_audio=2.0))
     sample_clip(TargetDenoiser(), partial, _config(scale_audio=1.0, scale_habit=1.0))  # FULL alone is enough
+    ragged = make_conditions(5)
+    ragged.tokens[Branch.AUDIO] = ragged.tokens[Branch.AUDIO][:, :2]
+    with pytest.raises(SamplerError, match="differ in shape"):
+        sample_clip(TargetDenoiser(), ragged, _config())
     bad_mask = make_conditions(5)
     bad_mask.mask = bad_mask.mask[:, :, :2]
     with pytest.raises(SamplerError, match="mask must be"):

@@ -132,9 +132,16 @@ class Wav2Vec2AudioEncoder(nn.Module):
         self.backbone.eval()  # frozen: dropout off, always
         return self
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, chunk_seconds: float | None = 30.0,
+                margin_seconds: float = 2.0) -> torch.Tensor:
         """Args:
             wave: (B, S) float 16 kHz mono, at least ``receptive_field`` samples.
+            chunk_seconds: long audio is encoded in chunks of this many seconds (plus ``margin_seconds`` of context
+                on each side, dropped afterwards), so memory grows linearly with the length instead of
+                quadratically (self-attention). None encodes in one pass. Chunking is exact only up to the
+                context the margins cut off (and, for ``feat_extract_norm="group"`` models such as
+                wav2vec2-base, the first conv layer's GroupNorm statistics, taken per chunk).
+            margin_seconds: context on each side of a chunk.
 
         Returns:
             (B, T_feat, C_a) features, T_feat = (S - receptive_field) // hop + 1.
@@ -145,9 +152,25 @@ class Wav2Vec2AudioEncoder(nn.Module):
                                     f"{self.receptive_field}")
         if self.normalize:
             wave = (wave - wave.mean(1, keepdim=True)) / (wave.std(1, keepdim=True) + 1e-7)
+        wave = wave.to(self.layer_logits.dtype)
+        total = (wave.shape[1] - self.receptive_field) // self.hop + 1  # features of the whole clip
+        step = total if chunk_seconds is None else max(1, int(chunk_seconds * self.frame_rate))
+        margin = int(margin_seconds * self.frame_rate)
+        pieces = []
+        for start in range(0, total, step):
+            stop = min(start + step, total)
+            lo, hi = max(0, start - margin), min(total, stop + margin)  # feature range encoded with context
+            # feature i sees samples [i * hop, i * hop + receptive_field); one pass takes the wave unchanged
+            end = wave.shape[1] if hi == total else (hi - 1) * self.hop + self.receptive_field
+            states = self._mixed(wave[:, lo * self.hop:end])
+            pieces.append(states[:, start - lo:stop - lo])
+        return torch.cat(pieces, dim=1)
+
+    def _mixed(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) normalised wave -> (B, T, C_a) softmax-weighted sum of all hidden states."""
         with torch.no_grad():
-            out = self.backbone(wave.to(self.layer_logits.dtype), output_hidden_states=True)
-        states = torch.stack(out.hidden_states, dim=0)  # (L+1, B, T_feat, C_a)
+            out = self.backbone(wave, output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=0)  # (L+1, B, T, C_a)
         weights = self.layer_logits.softmax(0)  # (L+1,)
         return torch.einsum("l,lbtc->btc", weights, states)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -85,6 +86,25 @@ class GapFiller:
         out = self._fill(detected) if self._pending else []
         out.append(detected)
         self._last, self._pending = detected, []
+        return out
+
+    def resolve(self, landmarks: Sequence[np.ndarray]) -> list[TrackEntry]:
+        """The last frames held back had a face after all (a new track that starts inside the gap).
+
+        Args:
+            landmarks: K arrays (478, 2), the landmarks of the last K held-back frames (K <= the number held back).
+
+        Returns:
+            The held-back frames, finalised: the first ones MISSING, the last K DETECTED.
+        """
+        if len(landmarks) > len(self._pending):
+            raise ValueError(f"{len(landmarks)} landmark sets for {len(self._pending)} held-back frames")
+        split = len(self._pending) - len(landmarks)
+        out = [self._missing(i, t) for i, t in self._pending[:split]]
+        out += [TrackEntry(i, t, np.asarray(lm, np.float32), TrackStatus.DETECTED)
+                for (i, t), lm in zip(self._pending[split:], landmarks)]
+        self._pending = []
+        self._last = out[-1] if len(landmarks) else None
         return out
 
     def _fill(self, nxt: TrackEntry) -> list[TrackEntry]:

@@ -33,12 +33,14 @@ def check_model_path(model_path: str | Path) -> Path:
     """Return the model path, or raise an error that names it and says where to get the file.
 
     Args:
-        model_path: path of ``face_landmarker.task``.
+        model_path: path of ``face_landmarker.task``, or a folder holding it (e.g. ComfyUI's models/mediapipe).
 
     Returns:
-        The path as a ``Path``.
+        The path of the model file.
     """
     path = Path(model_path).expanduser()
+    if path.is_dir():
+        path = path / MODEL_FILENAME
     if not path.is_file():
         raise FaceModelNotFoundError(
             f"MediaPipe face landmarker model not found at '{path}'. Download {MODEL_FILENAME} from {MODEL_URL} "
@@ -64,6 +66,9 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
 
 class MediaPipeLandmarker:
     """One MediaPipe ``FaceLandmarker``; a context manager that closes it.
+
+    Close it explicitly (``with`` or ``close()``): MediaPipe's own finaliser fails at interpreter exit, after its
+    worker threads have stopped.
 
     Args:
         model_path: path of ``face_landmarker.task``.

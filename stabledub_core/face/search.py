@@ -30,6 +30,11 @@ class FineSearchConfig:
         min_tile: smallest tile side in pixels; faces smaller than about min_tile / 5 are not searched for.
         level_scale: ratio between the tile sides of consecutive pyramid levels.
         dedup_distance: faces from different tiles closer than this (in face sizes) are one face.
+        full_frame_interval: while only the search finds the face, the full-frame pass is tried every this many
+            frames (1 = every frame); the zoomed crop goes first in between.
+        tile_interval: after a tile search that found nothing, the next one waits this many frames (1 = every
+            frame). The pyramid costs hundreds of detector runs on a large frame, so faceless stretches of a video
+            (and faces appearing in them) are searched at this pace.
     """
 
     enabled: bool = True
@@ -38,6 +43,8 @@ class FineSearchConfig:
     min_tile: int = 128
     level_scale: float = 0.5
     dedup_distance: float = 0.5
+    full_frame_interval: int = 10
+    tile_interval: int = 6
 
 
 def zoom_box(previous: np.ndarray, frame_size: tuple[int, int], zoom: float) -> Box:
@@ -120,7 +127,7 @@ def dedup_faces(faces: np.ndarray, distance: float) -> np.ndarray:
 
 
 class FineSearch:
-    """Zoomed and tiled face search with an IMAGE-mode landmarker.
+    """Zoomed and tiled face search with an IMAGE-mode landmarker (the tracker calls ``around``, then ``tiles``).
 
     Args:
         landmarker: an IMAGE-mode ``MediaPipeLandmarker`` (owned by the caller).
@@ -166,19 +173,3 @@ class FineSearch:
             if len(faces):
                 return dedup_faces(faces, self.config.dedup_distance)
         return faces
-
-    def search(self, frame: np.ndarray, recent: np.ndarray | None) -> np.ndarray:
-        """Zoomed crops around recently seen faces first, then the tile pyramid.
-
-        Args:
-            frame: (H, W, 3) uint8 RGB.
-            recent: (N, 478, 2) landmarks of the faces seen in a recent frame, or None.
-
-        Returns:
-            (M, 478, 2) landmarks in frame pixels; M = 0 when nothing was found.
-        """
-        if recent is not None and len(recent):
-            faces = self.around(frame, recent)
-            if len(faces):
-                return faces
-        return self.tiles(frame)

@@ -18,6 +18,8 @@ class FaceSelection(str, enum.Enum):
     INDEX: the ``index``-th face counted from the left (by the x of its landmark centroid).
     NEAREST: the face nearest to the previous frame's track; on the first frame (or after the track was lost) the
         ``initial`` strategy picks.
+
+    Whatever the strategy, the tracker accepts a pick only if it continues the track (``is_continuation``).
     """
 
     LARGEST = "largest"
@@ -32,12 +34,10 @@ class SelectionContext:
     Args:
         previous: (478, 2) the track's landmarks in the last tracked frame, or None when there is no track.
         index: face index for ``FaceSelection.INDEX`` (0 = leftmost).
-        max_jump: largest centroid move, in face sizes, that ``NEAREST`` accepts from the previous frame.
     """
 
     previous: np.ndarray | None = None
     index: int = 0
-    max_jump: float = 1.0
 
 
 SelectFn = Callable[[np.ndarray, SelectionContext], "int | None"]
@@ -53,10 +53,8 @@ def _by_index(candidates: np.ndarray, context: SelectionContext) -> int | None:
 
 
 def _nearest(candidates: np.ndarray, context: SelectionContext) -> int | None:
-    previous = context.previous
-    distances = np.linalg.norm(candidates.mean(axis=1) - previous.mean(axis=0), axis=-1)  # (N,)
-    best = int(np.argmin(distances))
-    return best if distances[best] <= context.max_jump * float(face_size(previous)) else None
+    distances = np.linalg.norm(candidates.mean(axis=1) - context.previous.mean(axis=0), axis=-1)  # (N,)
+    return int(np.argmin(distances))
 
 
 SELECTORS: dict[FaceSelection, SelectFn] = {
@@ -74,14 +72,11 @@ class FaceSelector:
         strategy: the selection strategy.
         index: face index (left to right) for ``INDEX``, and for ``NEAREST``'s first pick when ``initial`` is INDEX.
         initial: strategy for ``NEAREST`` when there is no previous track (LARGEST or INDEX).
-        max_jump: largest move, in face sizes, that ``NEAREST`` follows between tracked frames.
     """
 
     strategy: FaceSelection = FaceSelection.LARGEST
     index: int = 0
     initial: FaceSelection = FaceSelection.LARGEST
-
-    max_jump: float = 1.0
 
     def __post_init__(self):
         self.strategy = FaceSelection(self.strategy)
@@ -100,12 +95,29 @@ class FaceSelector:
             previous: (478, 2) the track in the last tracked frame, or None.
 
         Returns:
-            Index into ``candidates``, or None when no candidate fits (the frame then counts as missing).
+            Index into ``candidates``, or None when no candidate fits.
         """
         if len(candidates) == 0:
             return None
         strategy = self.strategy
         if strategy is FaceSelection.NEAREST and previous is None:
             strategy = self.initial
-        context = SelectionContext(previous=previous, index=self.index, max_jump=self.max_jump)
+        context = SelectionContext(previous=previous, index=self.index)
         return SELECTORS[strategy](candidates, context)
+
+
+def is_continuation(face: np.ndarray, previous: np.ndarray, max_jump: float = 1.0, max_scale: float = 1.5) -> bool:
+    """Whether a face can be the tracked face of the previous frame (no jump, no sudden size change).
+
+    Args:
+        face: (478, 2) candidate landmarks.
+        previous: (478, 2) the track in the previous tracked frame.
+        max_jump: largest centroid move in face sizes.
+        max_scale: largest size ratio (either way).
+
+    Returns:
+        True when the face is a plausible continuation.
+    """
+    size, previous_size = float(face_size(face)), max(float(face_size(previous)), 1e-6)
+    jump = float(np.linalg.norm(face.mean(axis=0) - previous.mean(axis=0)))
+    return jump <= max_jump * previous_size and 1 / max_scale <= size / previous_size <= max_scale

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from .gaps import GapFiller, TrackEntry, TrackStatus
 from .indices import NUM_LANDMARKS
 from .landmarker import LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
 from .search import FineSearch, FineSearchConfig
-from .selection import FaceSelection, FaceSelector
+from .selection import FaceSelection, FaceSelector, is_continuation
 from .smoothing import OneEuroConfig, OneEuroFilter
 from .timing import StageTimer
 
@@ -116,7 +116,11 @@ class TrackerConfig:
         selection: which face to follow when there are several.
         face_index: face index from the left for ``FaceSelection.INDEX``.
         initial_selection: first pick of ``FaceSelection.NEAREST`` (LARGEST or INDEX).
-        max_jump: largest per-frame move (face sizes) that NEAREST follows.
+        max_jump: largest per-frame move of the tracked face, in face sizes. A face that jumps further (a false
+            detection, e.g. in an upside-down frame, or another shot after a cut) is held back: it is accepted as a
+            new track only if it persists until the old one is lost (``max_gap`` + 1 frames), else the frame counts
+            as having no face. With ``max_gap = 0`` every pick is accepted at once.
+        max_scale_change: largest per-frame size ratio of the tracked face (same handling as ``max_jump``).
         num_faces: most faces MediaPipe returns per frame (> 1 so that selection can choose).
         min_detection_confidence: MediaPipe face detector threshold.
         min_presence_confidence: MediaPipe face presence threshold.
@@ -130,6 +134,7 @@ class TrackerConfig:
     face_index: int = 0
     initial_selection: FaceSelection = FaceSelection.LARGEST
     max_jump: float = 1.0
+    max_scale_change: float = 1.5
     num_faces: int = 4
     min_detection_confidence: float = 0.5
     min_presence_confidence: float = 0.5
@@ -142,12 +147,16 @@ class TrackerConfig:
 class FaceTracker:
     """Tracks one face through a video with MediaPipe's Face Landmarker. A context manager: closes MediaPipe.
 
-    Whole clips: ``track(frames, fps)``. Long videos: ``feed(frame, time)`` per frame in order, each call returning
-    the frames finalised so far as a ``FaceTrack`` chunk (or None); a frame is held back at most ``lookahead``
-    frames (until a gap around it can be judged); ``flush()`` returns the rest at the end.
+    Whole clips: ``track(frames, fps)``. Long videos: ``stream(pairs)`` yields finalised chunks lazily; or, by hand,
+    ``feed(frame, time)`` per frame in order, each call returning the frames finalised so far as a ``FaceTrack``
+    chunk (or None), then ``flush()`` at the end. A frame is held back at most ``lookahead`` frames (until a gap
+    around it can be judged); keep that many frames buffered to pair them with their chunk.
+
+    Per-stage wall time for benchmarks: ``tracker.timer.summary(num_frames)`` with the stages ``detect`` (full-frame
+    VIDEO-mode pass), ``zoom`` (crops around recent faces), ``tiles`` (tile pyramid) and ``smooth``.
 
     Args:
-        model_path: path of MediaPipe's ``face_landmarker.task``.
+        model_path: path of MediaPipe's ``face_landmarker.task``, or a folder holding it.
         config: tracker configuration.
         **overrides: fields of ``TrackerConfig`` to override, e.g. ``selection=FaceSelection.NEAREST``.
     """
@@ -157,13 +166,14 @@ class FaceTracker:
         self.config = dataclasses.replace(config or TrackerConfig(), **overrides)
         if self.config.num_faces < 1:
             raise ValueError(f"num_faces must be >= 1, got {self.config.num_faces}")
-        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection,
-                                     self.config.max_jump)
+        for name in ("full_frame_interval", "tile_interval"):
+            if getattr(self.config.search, name) < 1:
+                raise ValueError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
+        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection)
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
         self._smoother = OneEuroFilter(self.config.smoothing) if self.config.smoothing is not None else None
-        self._gaps = GapFiller(self.config.max_gap)
         self.reset()
 
     # -- MediaPipe objects -------------------------------------------------------------------------------------
@@ -173,12 +183,13 @@ class FaceTracker:
                                    cfg.min_presence_confidence, cfg.min_tracking_confidence)
 
     def _search(self) -> FineSearch:
+        """The fine search (its IMAGE-mode landmarker is created on first use)."""
         if self._image is None:
             self._image = self._landmarker(LandmarkerMode.IMAGE)
         return FineSearch(self._image, self.config.search)
 
     def close(self) -> None:
-        """Close the MediaPipe landmarkers (idempotent)."""
+        """Close the MediaPipe landmarkers (idempotent; a later ``track`` or ``feed`` opens new ones)."""
         for landmarker in (self._video, self._image):
             if landmarker is not None:
                 landmarker.close()
@@ -211,24 +222,103 @@ class FaceTracker:
         self._recent: np.ndarray | None = None  # (N, 478, 2) all faces of the last frame that had any
         self._misses = 0  # consecutive frames without the tracked face
         self._empty = 0  # consecutive frames without any face
+        self._zoom_first = 0  # frames left that try the zoomed search before the full-frame pass
+        self._tiles_wait = 0  # frames left before the tile pyramid may run again
+        self._held: list[tuple[float, np.ndarray]] = []  # (time, raw landmarks) of a jumped face, frame by frame
 
-    def _find(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray | None:
-        """Landmarks (478, 2) of the selected face in a frame, or None."""
+    def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 1: the VIDEO-mode landmarker on the whole frame. Returns (N, 478, 2)."""
         if self._video is None:
             self._video = self._landmarker(LandmarkerMode.VIDEO)
-        with self.timer.stage("detect"):
-            candidates = self._video.detect(frame, timestamp_ms)  # (N, 478, 2)
-        choice = self.selector.select(candidates, self._previous)
-        if choice is None and self.config.search.enabled:
-            with self.timer.stage("search"):
-                candidates = self._search().search(frame, self._recent)
-            choice = self.selector.select(candidates, self._previous)
+        return self._video.detect(frame, timestamp_ms)
+
+    def _zoom(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 2: crops around the faces of a recent frame. Returns (N, 478, 2)."""
+        return self._search().around(frame, self._recent)
+
+    def _tiles(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
+        """Stage 3: the tile pyramid over the whole frame. Returns (N, 478, 2)."""
+        return self._search().tiles(frame)
+
+    def _stages(self) -> list:
+        """(name, stage) pairs to try on the next frame, in order."""
+        stages = [("detect", self._full_frame)]
+        if self.config.search.enabled:
+            if self._recent is not None:
+                stages.insert(0 if self._zoom_first > 0 else 1, ("zoom", self._zoom))
+            if self._tiles_wait == 0:
+                stages.append(("tiles", self._tiles))
+        return stages
+
+    def _continues(self, face: np.ndarray) -> bool:
+        """Whether a face continues the live track (always True when there is none)."""
+        cfg = self.config
+        return self._previous is None or is_continuation(face, self._previous, cfg.max_jump, cfg.max_scale_change)
+
+    def _find(self, frame: np.ndarray, timestamp_ms: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Find the tracked face in a frame.
+
+        The stages run in turn until one yields a face that the selector picks and that continues the track. While
+        the zoomed search carries the track (a face too small for the full-frame pass), it goes first, and the
+        full-frame pass is retried only every ``search.full_frame_interval`` frames.
+
+        Returns:
+            (accepted, jumped): (478, 2) landmarks of the tracked face or None; and, when only a face that breaks
+            the track's continuity was picked, its (478, 2) landmarks, else None.
+        """
+        accepted, jumped, found_by = None, None, None
+        candidates = np.empty((0, NUM_LANDMARKS, 2), np.float32)
+        self._tiles_wait = max(self._tiles_wait - 1, 0)
+        for name, stage in self._stages():
+            with self.timer.stage(name):
+                found = stage(frame, timestamp_ms)  # (N, 478, 2)
+            if name == "tiles" and not len(found):
+                self._tiles_wait = self.config.search.tile_interval
+            if len(found):
+                candidates = found
+            choice = self.selector.select(found, self._previous)
+            if choice is not None and self._continues(found[choice]):
+                accepted, found_by = found[choice], name
+                break
+            if choice is not None and jumped is None:
+                jumped = found[choice]
+        if found_by == "detect":
+            self._zoom_first = 0
+        elif found_by is not None and self._zoom_first == 0:  # the full-frame pass went first and failed
+            self._zoom_first = self.config.search.full_frame_interval - 1
+        else:
+            self._zoom_first = max(self._zoom_first - 1, 0)
         self._empty = 0 if len(candidates) else self._empty + 1
         if len(candidates):
             self._recent = candidates
         elif self._empty > self.config.max_gap:
             self._recent = None
-        return None if choice is None else candidates[choice]
+        return accepted, None if accepted is not None else jumped
+
+    def _smooth(self, landmarks: np.ndarray, time: float) -> np.ndarray:
+        if self._smoother is None:
+            return landmarks
+        with self.timer.stage("smooth"):
+            return self._smoother(landmarks, time)
+
+    def _hold(self, jumped: np.ndarray | None, time: float) -> list[TrackEntry] | None:
+        """Keep a jumped face while it persists; once the old track is lost, start the new track with it.
+
+        Returns:
+            The held-back frames finalised (the new track's first frames) when the new track starts, else None.
+        """
+        if jumped is None or (self._held and not is_continuation(jumped, self._held[-1][1], self.config.max_jump,
+                                                                 self.config.max_scale_change)):
+            self._held = []
+        if jumped is not None:
+            self._held.append((time, jumped))
+        if not self._held or self._misses + 1 <= self.config.max_gap:
+            return None
+        if self._smoother is not None:
+            self._smoother.reset()
+        smoothed = [self._smooth(landmarks, t) for t, landmarks in self._held]
+        self._held = []
+        return self._gaps.resolve(smoothed[:-1]) + self._gaps.push(self._index, time, smoothed[-1])
 
     def feed(self, frame: np.ndarray, time: float) -> FaceTrack | None:
         """Track the next frame of the stream.
@@ -248,19 +338,21 @@ class FaceTracker:
                              f"{self._frame_size}: call reset() before a new video")
         if self._last_time is not None and time <= self._last_time:
             raise ValueError(f"frame times must increase: frame {self._index} at {time} s after {self._last_time} s")
-        landmarks = self._find(frame, int(round(time * 1000.0)))
-        if landmarks is not None:
-            if self._smoother is not None:
-                with self.timer.stage("smooth"):
-                    landmarks = self._smoother(landmarks, time)
-            self._previous, self._misses = landmarks, 0
+        landmarks, jumped = self._find(frame, int(round(time * 1000.0)))
+        entries = None if landmarks is not None or self._previous is None else self._hold(jumped, time)
+        if entries is not None:  # a jumped face persisted: it is the new track
+            self._previous, self._misses = entries[-1].landmarks, 0
+        elif landmarks is not None:
+            landmarks = self._smooth(landmarks, time)
+            self._previous, self._misses, self._held = landmarks, 0, []
+            entries = self._gaps.push(self._index, time, landmarks)
         else:
             self._misses += 1
             if self._misses > self.config.max_gap:  # the track is lost: start afresh when a face comes back
                 self._previous = None
                 if self._smoother is not None:
                     self._smoother.reset()
-        entries = self._gaps.push(self._index, time, landmarks)
+            entries = self._gaps.push(self._index, time, None)
         self._index += 1
         self._last_time = time
         return FaceTrack.from_entries(entries, self._frame_size) if entries else None
@@ -269,6 +361,27 @@ class FaceTracker:
         """End the stream: return the frames still held back (as MISSING when no face follows them)."""
         entries = self._gaps.flush()
         return FaceTrack.from_entries(entries, self._frame_size) if entries else None
+
+    def stream(self, frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[FaceTrack]:
+        """Track a new stream lazily: yields finalised chunks while reading (frame, time) pairs.
+
+        Args:
+            frames: (frame (H, W, 3) uint8 RGB, time in seconds) pairs in order, e.g. from a video reader.
+
+        Yields:
+            Consecutive ``FaceTrack`` chunks covering every frame; frame i's chunk comes at most ``lookahead``
+            frames after frame i was read.
+        """
+        self.reset()
+        for frame, time in frames:
+            chunk = self.feed(frame, time)
+            if chunk is not None:
+                yield chunk
+        if self._index == 0:
+            raise ValueError("no frames to track")
+        last = self.flush()
+        if last is not None:
+            yield last
 
     # -- whole clips -------------------------------------------------------------------------------------------
     def track(self, frames: Iterable[np.ndarray], fps: float | None = None,
@@ -287,17 +400,11 @@ class FaceTracker:
             raise ValueError("give either fps (constant frame rate) or times (seconds per frame), not both or none")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        self.reset()
-        chunks = []
-        for i, frame in enumerate(frames):
-            if times is not None and i >= len(times):
-                raise ValueError(f"more frames than times ({len(times)})")
-            chunk = self.feed(frame, i / fps if fps is not None else float(times[i]))
-            if chunk is not None:
-                chunks.append(chunk)
-        if self._index == 0:
-            raise ValueError("no frames to track")
-        last = self.flush()
-        if last is not None:
-            chunks.append(last)
-        return FaceTrack.concatenate(chunks)
+
+        def timed() -> Iterator[tuple[np.ndarray, float]]:
+            for i, frame in enumerate(frames):
+                if times is not None and i >= len(times):
+                    raise ValueError(f"more frames than times ({len(times)})")
+                yield frame, (i / fps if fps is not None else float(times[i]))
+
+        return FaceTrack.concatenate(list(self.stream(timed())))

@@ -60,6 +60,7 @@ def smooth_boxes(
     rects: np.ndarray,
     smoothing: float,
     frame_size: tuple[int, int],
+    previous: Box | None = None,
 ) -> list[Box]:
     """Smooths per-window boxes so consecutive crops do not jump, then makes each contain its window's region.
 
@@ -72,26 +73,36 @@ def smooth_boxes(
         rects: (K, 4) region each box must contain; NaN rows likewise.
         smoothing: weight of the previous value in the moving average, in [0, 1).
         frame_size: (H, W).
+        previous: the box of the window just before these (when a long video is planned in groups of windows):
+            the forward (causal) average alone is used, starting from it, so boxes do not jump between groups.
 
     Returns:
-        K integer boxes. Windows without a face take the smoothed box of the nearest window with one (or a
-        centred box of the frame's shorter side when no window has a face).
+        K integer boxes. Windows without a face take the smoothed box of the nearest window with one (or the
+        previous box, or a centred box of the frame's shorter side, when no window has a face).
     """
     wanted = np.asarray(wanted, np.float64)
     valid = np.isfinite(wanted).all(axis=1)
     height, width = frame_size
+    anchor = None
+    if previous is not None:
+        x0, y0, x1, y1 = previous
+        anchor = np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0], np.float64)
     if not valid.any():
-        return [clamp_box(width / 2, height / 2, min(height, width), frame_size)] * len(wanted)
+        fallback = anchor if anchor is not None else np.array([width / 2, height / 2, min(height, width)])
+        return [clamp_box(*fallback, frame_size)] * len(wanted)
     index = np.flatnonzero(valid)
     # Windows without a face hold the nearest valid value, so the averages skip them without a jump.
     nearest = index[np.abs(np.arange(len(wanted))[:, None] - index[None, :]).argmin(axis=1)]
     filled = wanted[nearest]
     forward = filled.copy()
     backward = filled.copy()
+    if anchor is not None:
+        forward[0] = smoothing * anchor + (1 - smoothing) * filled[0]
     for k in range(1, len(filled)):
         forward[k] = smoothing * forward[k - 1] + (1 - smoothing) * filled[k]
         backward[-k - 1] = smoothing * backward[-k] + (1 - smoothing) * filled[-k - 1]
-    smoothed = (forward + backward) / 2
+    # Zero-phase (forward + backward) for a whole clip; causal when continuing from a previous group's box.
+    smoothed = forward if anchor is not None else (forward + backward) / 2
     boxes = []
     for k in range(len(filled)):
         box = _contain(smoothed[k], np.asarray(rects[nearest[k]], np.float64))

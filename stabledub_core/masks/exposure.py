@@ -4,14 +4,15 @@ The crop is split into a G x G grid of square patches, so patches are defined in
 (row, col) spans [col / G, (col + 1) / G] x [row / G, (row + 1) / G] of the crop) and follow the face from window to
 window. A set of exposed patches comes from one of three sources:
 
-* an explicit list (what the editor widget stores; :class:`ExposedPatches` is JSON-serialisable),
+* an explicit list (what the editor widget stores; :class:`ExposedPatches` is JSON-serialisable), or a mask painted
+  over the crop (:func:`from_crop_mask`),
 * an occluder mask in frame coordinates (:func:`from_occluder`): a patch is exposed when the occluder covers at least
   a given fraction of it,
 * the progressive training schedule (:class:`ExposureSchedule` + :func:`from_schedule`): a random fraction r of Mu's
   patches, r going from 70% to 0% over training.
 
 :func:`apply` turns Mu and the exposed patches into the inpainting mask (1 = inpaint, 0 = keep the source pixels);
-:func:`to_latent` brings it to latent resolution. With G dividing S / 8 (the default 16 x 16 grid at S = 512 gives
+:func:`to_latent` brings it to latent resolution. With G dividing S / 8 (:data:`DEFAULT_GRID` = 16 at S = 512 gives
 32-pixel patches, 4 x 4 latent cells) patches line up with latent cells exactly.
 """
 
@@ -28,6 +29,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .union import Window
+
+
+DEFAULT_GRID = 16  # patches per crop side
 
 
 class ExposureError(ValueError):
@@ -204,12 +208,34 @@ def from_occluder(
     if frames.shape[1] < y1 or frames.shape[2] < x1:
         raise ExposureError(f"occluder mask of size {frames.shape[2]}x{frames.shape[1]} does not contain the crop "
                             f"box {window.box}: give it at the video's frame size")
-    allowed = cell_coverage(window.union_mask, grid) > 0 if within_union else np.ones((grid, grid), bool)
-    out = []
-    for frame in frames:
-        coverage = cell_coverage(np.ascontiguousarray(frame[y0:y1, x0:x1]), grid)  # (G, G)
-        out.append(ExposedPatches.from_array((coverage >= min_fraction) & allowed))
-    return out
+    union = window.union_mask if within_union else None
+    return [from_crop_mask(np.ascontiguousarray(frame[y0:y1, x0:x1]), grid, min_fraction, union) for frame in frames]
+
+
+def from_crop_mask(
+    mask: np.ndarray,
+    grid: int,
+    min_fraction: float = 0.2,
+    union_mask: np.ndarray | None = None,
+) -> ExposedPatches:
+    """Exposes the patches a mask in crop coordinates covers (e.g. painted over a crop in the editor).
+
+    Args:
+        mask: (s, s) float in [0, 1] over the crop box, at any resolution s (the box, or the crop).
+        grid: G, patches per side.
+        min_fraction: covered fraction of a patch that exposes it.
+        union_mask: optional (S, S) Mu; only patches touching it are exposed.
+
+    Returns:
+        The exposed patches.
+    """
+    mask = np.asarray(mask, np.float32)
+    if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
+        raise ExposureError(f"expected a square (s, s) mask over the crop, got {mask.shape}")
+    exposed = cell_coverage(mask, grid) >= min_fraction  # (G, G)
+    if union_mask is not None:
+        exposed &= cell_coverage(union_mask, grid) > 0
+    return ExposedPatches.from_array(exposed)
 
 
 class ScheduleShape(str, enum.Enum):

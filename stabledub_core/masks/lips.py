@@ -105,11 +105,34 @@ def lip_crops(frames: np.ndarray, landmarks: np.ndarray, size: int = 112, scale:
     if size < 1:
         raise ValueError(f"crop size must be >= 1 pixel, got {size}")
     matrices = lip_crop_matrices(landmarks, size, scale, span, align_rotation, per_frame_scale)  # (K, 2, 3)
-    crops = np.empty((len(frames), size, size, 3), np.uint8)
-    for k, (frame, matrix) in enumerate(zip(frames, matrices)):
-        crops[k] = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA if matrix[0, 0] < 1
-                                  else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return crops
+    return np.stack([warp_crop(frame, matrix, size) for frame, matrix in zip(frames, matrices)])
+
+
+def warp_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Warp one crop, area-averaging the source first when the crop shrinks it more than 2x (no aliasing).
+
+    Args:
+        frame: (H, W, 3) uint8.
+        matrix: (2, 3) source -> crop affine map.
+        size: crop side in pixels.
+
+    Returns:
+        (size, size, 3) uint8.
+    """
+    zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if zoom < 0.5:
+        # Source region under the crop (plus a margin), shrunk by area averaging to about the crop's scale.
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+        source = corners @ cv2.invertAffineTransform(matrix).T  # (4, 2)
+        margin = 2.0 / zoom
+        x0, y0 = np.maximum(np.floor(source.min(axis=0) - margin), 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(source.max(axis=0) + margin), frame.shape[1::-1]).astype(int)
+        if x1 > x0 and y1 > y0:
+            width, height = max(1, round((x1 - x0) * zoom)), max(1, round((y1 - y0) * zoom))
+            frame = cv2.resize(frame[y0:y1, x0:x1], (width, height), interpolation=cv2.INTER_AREA)
+            shrink = np.array([(x1 - x0) / width, (y1 - y0) / height])  # source pixels per shrunk pixel
+            matrix = np.concatenate([matrix[:, :2] * shrink, (matrix[:, :2] @ [x0, y0] + matrix[:, 2])[:, None]], 1)
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def choose_lip_segment(status: np.ndarray, length: int, seed: int = 0,

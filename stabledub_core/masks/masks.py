@@ -60,7 +60,7 @@ def detailed_polygon(landmarks: np.ndarray) -> np.ndarray:
     Returns:
         (..., P, 2) float32 polygon vertices.
     """
-    return _check_landmarks(landmarks)[..., regions.LOWER_FACE_POLYGON, :]
+    return _check_landmarks(landmarks)[..., list(regions.LOWER_FACE_POLYGON), :]
 
 
 def coarse_radius(landmarks: np.ndarray, dilation: float) -> np.ndarray:
@@ -79,7 +79,7 @@ def coarse_extents(landmarks: np.ndarray, dilation: float) -> np.ndarray:
         (F, 4) float32 (x0, y0, x1, y1) in the landmarks' pixel coordinates; NaN rows where landmarks are NaN.
     """
     landmarks = _check_landmarks(landmarks)
-    points = np.concatenate([detailed_polygon(landmarks), landmarks[..., regions.LIPS_OUTER, :]], axis=-2)
+    points = np.concatenate([detailed_polygon(landmarks), landmarks[..., list(regions.LIPS_OUTER), :]], axis=-2)
     radius = coarse_radius(landmarks, dilation)[..., None]  # (F, 1)
     low = points.min(axis=-2) - radius  # (F, 2)
     high = points.max(axis=-2) + radius
@@ -125,8 +125,9 @@ def rasterize(
         return out
     origin = np.asarray(offset, np.float32)
     polygons = [_to_fixed(detailed_polygon(landmarks), origin, scale),
-                _to_fixed(landmarks[regions.LIPS_OUTER, :], origin, scale)]
-    cv2.fillPoly(out, polygons, 1, lineType=cv2.LINE_8, shift=_SHIFT)
+                _to_fixed(landmarks[list(regions.LIPS_OUTER), :], origin, scale)]
+    for polygon in polygons:  # one call each: fillPoly fills overlapping polygons by parity (lips would be holes)
+        cv2.fillPoly(out, [polygon], 1, lineType=cv2.LINE_8, shift=_SHIFT)
     radius = float(coarse_radius(landmarks, dilation)) * scale
     if radius >= 0.5:
         # A closed polyline of thickness 2r has round joins: together with the fill it is the polygon dilated by a

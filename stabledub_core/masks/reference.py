@@ -6,6 +6,8 @@ following the audio ("lip leaking", stabilized_sync_loss.md). Strategies:
 - CLOSED_LIPS: the frame with the smallest mouth opening (inner-lip distance over mouth width).
 - NEAREST_POSE: the frame whose head pose, judged from non-mouth landmarks after similarity alignment, is nearest
   to the mean of the frames being dubbed (EdiDub's reference selection, lips excluded).
+- CLOSED_LIPS_NEAR_POSE: among the frames whose opening is within ``closed_tolerance`` of the smallest, the one
+  nearest in head pose (both cures at once; useful per window of a long video).
 - RANDOM: a seeded random tracked frame, as in the StableDub paper.
 
 MISSING frames are never chosen; DETECTED frames are preferred over INTERPOLATED ones.
@@ -13,6 +15,7 @@ MISSING frames are never chosen; DETECTED frames are preferred over INTERPOLATED
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +31,7 @@ class ReferenceStrategy(str, enum.Enum):
 
     CLOSED_LIPS = "closed_lips"
     NEAREST_POSE = "nearest_pose"
+    CLOSED_LIPS_NEAR_POSE = "closed_lips_near_pose"
     RANDOM = "random"
 
 
@@ -121,12 +125,14 @@ class ReferenceContext:
         candidates: (M,) frame indices that may be chosen.
         window: (start, stop) frames being dubbed (the pose target of NEAREST_POSE).
         seed: random seed (RANDOM).
+        closed_tolerance: openings up to the smallest plus this count as closed (CLOSED_LIPS_NEAR_POSE).
     """
 
     landmarks: np.ndarray
     candidates: np.ndarray
     window: tuple[int, int]
-    seed: int
+    seed: int = 0
+    closed_tolerance: float = 0.05
 
 
 def _closed_lips(ctx: ReferenceContext) -> int:
@@ -144,6 +150,12 @@ def _nearest_pose(ctx: ReferenceContext) -> int:
     return int(ctx.candidates[np.argmin(distance)])
 
 
+def _closed_lips_near_pose(ctx: ReferenceContext) -> int:
+    opening = mouth_opening(ctx.landmarks[ctx.candidates])  # (M,)
+    closed = ctx.candidates[opening <= opening.min() + ctx.closed_tolerance]
+    return _nearest_pose(dataclasses.replace(ctx, candidates=closed))
+
+
 def _random(ctx: ReferenceContext) -> int:
     return int(np.random.default_rng(ctx.seed).choice(ctx.candidates))
 
@@ -151,13 +163,15 @@ def _random(ctx: ReferenceContext) -> int:
 STRATEGIES: dict[ReferenceStrategy, Callable[[ReferenceContext], int]] = {
     ReferenceStrategy.CLOSED_LIPS: _closed_lips,
     ReferenceStrategy.NEAREST_POSE: _nearest_pose,
+    ReferenceStrategy.CLOSED_LIPS_NEAR_POSE: _closed_lips_near_pose,
     ReferenceStrategy.RANDOM: _random,
 }
 
 
 def choose_reference(landmarks: np.ndarray, status: np.ndarray,
                      strategy: ReferenceStrategy = ReferenceStrategy.CLOSED_LIPS, seed: int = 0,
-                     window: tuple[int, int] | None = None, exclude_radius: int | None = None) -> int:
+                     window: tuple[int, int] | None = None, exclude_radius: int | None = None,
+                     closed_tolerance: float = 0.05) -> int:
     """Choose the appearance frame of a clip.
 
     Args:
@@ -168,6 +182,7 @@ def choose_reference(landmarks: np.ndarray, status: np.ndarray,
         window: (start, stop) frames being dubbed; default the whole clip.
         exclude_radius: if given, frames within this distance of the window are not chosen (EdiDub's exclusion
             window, useful in training so that the target frame is not its own reference).
+        closed_tolerance: for CLOSED_LIPS_NEAR_POSE, openings up to the smallest plus this count as closed.
 
     Returns:
         Index of the chosen frame.
@@ -189,5 +204,5 @@ def choose_reference(landmarks: np.ndarray, status: np.ndarray,
     if not len(candidates):
         raise NoReferenceFrameError("no tracked frame can be the reference (all frames MISSING or excluded); check "
                                     "the face track, or use a smaller exclude_radius")
-    ctx = ReferenceContext(landmarks, candidates, (start, stop), seed)
+    ctx = ReferenceContext(landmarks, candidates, (start, stop), seed, closed_tolerance)
     return STRATEGIES[ReferenceStrategy(strategy)](ctx)

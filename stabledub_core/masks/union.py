@@ -10,25 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..face.track import FaceTrack, TrackStatus
 from . import masks
 from .boxes import Box, box_around, box_scale, smooth_boxes
 from .config import MaskConfig
-
-if TYPE_CHECKING:
-    from ..face.track import FaceTrack
-
-MISSING = 2  # TrackStatus.MISSING of stabledub_core.face.track
 
 
 class WindowPlanError(ValueError):
     """Raised for window parameters or tracks that cannot be planned."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Window:
     """One window of frames sharing a crop box and a union mask.
 
@@ -131,17 +126,26 @@ def _window_ranges(num_frames: int, window: int, overlap: int) -> list[tuple[int
     return ranges
 
 
+def _union_rect(extents: np.ndarray, feather: float) -> tuple[np.ndarray, float]:
+    """Mu's hard rectangle over (n, 4) coarse-mask extents and its feather width in pixels (NaN, 0 if n = 0)."""
+    if len(extents) == 0:
+        return np.full(4, np.nan), 0.0
+    rect = np.array([*extents[:, :2].min(axis=0), *extents[:, 2:].max(axis=0)], np.float64)
+    return rect, feather * float(max(rect[2] - rect[0], rect[3] - rect[1]))
+
+
 def plan_windows(
-    track: "FaceTrack",
+    track: FaceTrack,
     window: int = 16,
     overlap: int = 0,
     crop_size: int = 512,
     config: MaskConfig | None = None,
+    previous_box: Box | None = None,
 ) -> list[Window]:
     """Splits a track into windows and computes each window's crop box, Mu and per-frame Mc.
 
     MISSING frames are left out of the unions; a window with no tracked frame is a pass-through window (its
-    masks are all zero and its box copies a neighbour's).
+    masks are all zero and its box follows its neighbours').
 
     Args:
         track: the face track of the whole clip.
@@ -149,9 +153,12 @@ def plan_windows(
         overlap: frames shared by consecutive windows (0: the windows partition the clip).
         crop_size: side S of the model-resolution crops.
         config: mask geometry; defaults to ``MaskConfig()``.
+        previous_box: when a long video is planned in groups of windows, the box of the last window of the
+            previous group: smoothing continues from it so crops do not jump between groups.
 
     Returns:
-        The windows in frame order.
+        The windows in frame order; their frame indices count from the track's first frame (for a streamed
+        chunk, add ``track.start`` for video indices).
     """
     config = config or MaskConfig()
     if window < 1 or not 0 <= overlap < window:
@@ -164,27 +171,20 @@ def plan_windows(
         raise WindowPlanError(f"track has {landmarks.shape[0]} landmark frames but {status.shape[0]} statuses")
     if status.shape[0] == 0:
         raise WindowPlanError("the track has no frames")
-    active = (status != MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
+    active = (status != TrackStatus.MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
     extents = masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
     ranges = _window_ranges(len(status), window, overlap)
 
-    rects, feathers, wanted, regions = [], [], [], []
+    rects, feathers, reaches = [], [], []
     for start, stop in ranges:
-        ext = extents[start:stop][active[start:stop]]
-        if len(ext) == 0:
-            rects.append(np.full(4, np.nan))
-            feathers.append(0.0)
-            wanted.append(np.full(3, np.nan))
-            regions.append(np.full(4, np.nan))
-            continue
-        rect = np.array([*ext[:, :2].min(axis=0), *ext[:, 2:].max(axis=0)], np.float64)
-        feather = config.feather * float(max(rect[2] - rect[0], rect[3] - rect[1]))
-        region = rect + np.array([-feather, -feather, feather, feather])
+        rect, feather = _union_rect(extents[start:stop][active[start:stop]], config.feather)
         rects.append(rect)
         feathers.append(feather)
-        regions.append(region)
-        wanted.append(box_around(region, config.box_scale, config.box_shift_y, config.min_box))
-    boxes = smooth_boxes(np.array(wanted), np.array(regions), config.box_smoothing, track.frame_size)
+        reaches.append(rect + np.array([-feather, -feather, feather, feather]))  # Mu with its soft edge
+    wanted = [box_around(reach, config.box_scale, config.box_shift_y, config.min_box)
+              if np.isfinite(reach).all() else np.full(3, np.nan) for reach in reaches]
+    boxes = smooth_boxes(np.array(wanted), np.array(reaches), config.box_smoothing, track.frame_size,
+                         previous=previous_box)
 
     windows = []
     for k, ((start, stop), box, rect, feather) in enumerate(zip(ranges, boxes, rects, feathers)):

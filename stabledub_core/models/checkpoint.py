@@ -3,7 +3,8 @@
 File layout::
 
     metadata: {"format": "stabledub-checkpoint", "format_version": "1", "config": StableDubConfig JSON,
-               "parts": "unet,habit,audio_encoder[,vae]"}
+               "preset": config.preset, "external": comma-separated prefixes NOT stored, e.g.
+               "audio_encoder.backbone.,vae." for sd15, "" for tiny} (+ any caller metadata, e.g. the step)
     tensors:  "<part>.<parameter name>" for every stored part, e.g. "unet.conv_in.weight", "habit.lam"
 
 Which parts are stored is decided by the config, not by the preset name (:func:`stored_state_dict`):
@@ -34,7 +35,6 @@ from .config import StableDubConfig
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-PARTS = ("unet", "habit", "audio_encoder", "vae")
 
 
 class CheckpointError(ValueError):
@@ -45,16 +45,16 @@ class PickleRefusedError(CheckpointError):
     """A pickle-based file was given where a safetensors file is required."""
 
 
-def _refuse_pickle(path: Path) -> None:
-    message = (f"{path.name} looks like a pickle file ({{why}}); pickles can run arbitrary code when loaded and are "
-               "refused. Convert it to .safetensors first, e.g. in Python: "
-               "safetensors.torch.save_file(torch.load(path, weights_only=True)['state_dict'], 'model.safetensors')")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise PickleRefusedError(message.format(why=f"suffix {path.suffix}"))
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise PickleRefusedError(message.format(why="zip/pickle content"))
+def _pickle_error(path: Path, why: str) -> PickleRefusedError:
+    return PickleRefusedError(
+        f"{path.name} looks like a pickle file ({why}); pickles can run arbitrary code when loaded and are refused. "
+        "Convert it to .safetensors first, e.g. in Python: safetensors.torch.save_file("
+        "torch.load(path, weights_only=True)['state_dict'], 'model.safetensors')")
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """torch.save writes a zip archive ("PK\\x03\\x04"); older pickles start with the PROTO opcode 0x80."""
+    return head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and head[1] <= 5)
 
 
 def check_safetensors_file(path) -> dict[str, str]:
@@ -65,30 +65,37 @@ def check_safetensors_file(path) -> dict[str, str]:
 
     Returns:
         the ``__metadata__`` dict (empty when there is none).
+
+    Raises:
+        FileNotFoundError: no such file.
+        PickleRefusedError: a pickle suffix, or pickle/zip content.
+        CheckpointError: not safetensors, or truncated.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
-    _refuse_pickle(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _pickle_error(path, f"suffix {path.suffix}")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         raw = fh.read(8)
-        if len(raw) < 8:
-            raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len <= 0 or 8 + header_len > size:
-            raise CheckpointError(f"{path} is not a safetensors file or is truncated: its header claims "
-                                  f"{header_len} bytes but the file has {size}")
-        try:
-            header = json.loads(fh.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{path} is not a safetensors file (unreadable header: {err})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file (header is not a JSON object)")
+        header_len = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+        header_bytes = fh.read(min(header_len, size))
+    try:
+        header = json.loads(header_bytes)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except ValueError as err:  # includes JSONDecodeError and UnicodeDecodeError
+        if _looks_like_pickle(raw):
+            raise _pickle_error(path, "zip/pickle content") from None
+        if 8 + header_len > size and header_bytes.startswith(b"{"):
+            raise CheckpointError(f"{path} is truncated: its header needs {8 + header_len} bytes, the file has "
+                                  f"{size}; re-download or re-save it") from None
+        raise CheckpointError(f"{path} is not a safetensors file ({type(err).__name__}: {err})") from None
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + end > size:
-        raise CheckpointError(f"{path} is truncated: tensors need {8 + header_len + end} bytes, the file has {size}; "
-                              "re-download or re-save it")
+        raise CheckpointError(f"{path} is truncated: its tensors need {8 + header_len + end} bytes, the file has "
+                              f"{size}; re-download or re-save it")
     return dict(header.get("__metadata__") or {})
 
 
@@ -244,7 +251,9 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     from safetensors import safe_open
 
     from ..audio.encoders import Wav2Vec2AudioEncoder
+    from .habit import LipHabitModulation
     from .stabledub import StableDub
+    from .unet import StableDubUNet
 
     path = Path(path)
     config = read_checkpoint_config(path)
@@ -260,16 +269,20 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     if not config.vae.in_checkpoint and vae_path is None:
         raise CheckpointError(f"{path.name} does not store the VAE: pass vae_path=<SD 1.5 single file or "
                               "diffusers folder>")
+    with torch.device("meta"):  # the big parts get every tensor from the file: skip their random init
+        parts["unet"] = StableDubUNet(config.unet)
+        parts["habit"] = LipHabitModulation(config.habit, config.audio.feature_size)
     model = StableDub.from_config(config, **parts)
     expected = stored_state_dict(model)
     with safe_open(str(path), framework="pt") as fh:
         found = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
         check_state(expected, found, path.name)
         state = {name: fh.get_tensor(name) for name in found}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     leftover = [n for n in missing if n in expected] + list(unexpected)
+    leftover += [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftover:  # cannot happen after check_state; guards against silent partial loads
-        raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(leftover)}")
+        raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(set(leftover))}")
     if not config.vae.in_checkpoint:
         from .weights import load_sd_vae
 

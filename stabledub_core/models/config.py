@@ -46,6 +46,7 @@ class HabitConfig:
     audio_pool: int = 2  # average-pool stride over T: T' = T // audio_pool tokens per frame
     lambda_init: float = 1.0  # initial value of every entry of the learnable vector lambda (AdaLN out + lambda * a)
     out_conv_kernel: int = 1  # the zero-initialised Conv1d producing the cross-attention tokens
+    drop_prob: float = 0.1  # training: each of audio / habit replaced by the zero embedding with this probability
 
 
 @dataclass

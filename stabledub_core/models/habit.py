@@ -39,6 +39,26 @@ def vit_config_from(config: HabitConfig):
                      image_size=config.lip_size, patch_size=config.vit_patch_size, num_channels=3)
 
 
+def random_drop_masks(batch_size: int, p: float, generator: torch.Generator | None = None,
+                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent per-sample condition dropout for training (``HabitConfig.drop_prob``, 0.1 in the paper).
+
+    Args:
+        batch_size: B.
+        p: probability of dropping each condition.
+        generator: random generator (on CPU).
+        device: device of the returned masks.
+
+    Returns:
+        (drop_audio, drop_habit): two (B,) bool masks.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability must be in [0, 1], got {p}")
+    draws = torch.rand(2, batch_size, generator=generator)
+    drop = (draws < p).to(device)
+    return drop[0], drop[1]
+
+
 def _apply_drop(x: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     """Zero the samples of ``x`` (B, ...) where ``drop`` (B,) is True."""
     if drop is None:

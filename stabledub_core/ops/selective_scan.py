@@ -25,10 +25,13 @@ B/C of shape (B, N, L) is the same as one group.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import functools
 import importlib
 import logging
+import math
 from typing import Callable, Optional
 
 import torch
@@ -39,6 +42,14 @@ logger = logging.getLogger(__name__)
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (16 MiB in fp32): small
 # enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# Smallest automatic chunk: bounds the chunk-boundary states kept for backward to 1/16 of a (B, D, L, N) tensor (long
+# sequences with a large B * D * N are then split into batch blocks instead).
+MIN_AUTO_CHUNK = 16
+
+# The step loops run one small op per position. Below this many elements per position an op is too small to gain from
+# intra-op threads, and each parallel region costs a thread barrier (milliseconds when the cores are shared), so the
+# loops run on one thread.
+LOOP_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _MAMBA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
 # What a missing or broken mamba-ssm install raises on import (no package, no CUDA libraries, ABI mismatch).
@@ -165,7 +176,8 @@ def _compute_dtype(u: torch.Tensor) -> torch.dtype:
 def _channels_to_scan(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """(B, D, L) -> contiguous (L, B, G, D/G) in ``dtype``."""
     batch, dim, length = x.shape
-    return x.to(dtype).permute(2, 0, 1).reshape(length, batch, groups, dim // groups).contiguous()
+    # A 2-d transpose copies faster than the equivalent 3-d permute.
+    return x.to(dtype).reshape(batch * dim, length).t().contiguous().reshape(length, batch, groups, dim // groups)
 
 
 def _channels_from_scan(x: torch.Tensor) -> torch.Tensor:
@@ -195,8 +207,30 @@ def _silu_grad(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
-def _auto_chunk_size(batch: int, dim: int, d_state: int, length: int) -> int:
-    return max(1, min(length, DEFAULT_CHUNK_ELEMENTS // (batch * dim * d_state)))
+@dataclasses.dataclass(frozen=True)
+class _ChunkPlan:
+    """How the (batch, position) plane is tiled: batch blocks of ``batch_block`` x chunks of ``chunk`` positions.
+
+    Each tile needs (chunk, batch_block, D, N) working buffers; the backward pass keeps one (B, D, N) state per chunk
+    boundary, i.e. 1/chunk of a (B, D, L, N) tensor.
+    """
+
+    chunk: int
+    batch_block: int
+
+    @classmethod
+    def create(cls, batch: int, dim: int, d_state: int, length: int, chunk: Optional[int] = None) -> "_ChunkPlan":
+        if chunk is None:
+            per_position = batch * dim * d_state
+            chunk = min(length, max(MIN_AUTO_CHUNK, DEFAULT_CHUNK_ELEMENTS // per_position))
+        batch_block = min(batch, max(1, DEFAULT_CHUNK_ELEMENTS // (chunk * dim * d_state)))
+        return cls(chunk=chunk, batch_block=batch_block)
+
+    def batch_slices(self, batch: int) -> list[slice]:
+        return [slice(b0, min(b0 + self.batch_block, batch)) for b0 in range(0, batch, self.batch_block)]
+
+    def chunk_slices(self, length: int) -> list[slice]:
+        return [slice(l0, min(l0 + self.chunk, length)) for l0 in range(0, length, self.chunk)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -204,29 +238,48 @@ def _auto_chunk_size(batch: int, dim: int, d_state: int, length: int) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _chunk_forward(dt, dtu, A, Bc, x0, dA, xs):
+@contextlib.contextmanager
+def _loop_threads(step_elements: int):
+    """Runs the enclosed step loop on one intra-op thread when each step is too small to parallelise.
+
+    The previous thread count is restored on exit.
+    """
+    previous = torch.get_num_threads()
+    if step_elements >= LOOP_PARALLEL_MIN_ELEMENTS or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _chunk_forward(dt, dtu, A_log2, Bc, x0, dA, xs):
     """Runs the recurrence over one chunk of T positions, in place in the given buffers.
 
     Args:
         dt: (T, B, G, Dg) step sizes (after bias / softplus).
         dtu: (T, B, G, Dg) ``dt * u``.
-        A: (G, Dg, N) state matrix.
+        A_log2: (G, Dg, N) state matrix times log2(e) (exp2 is cheaper than exp on CPU).
         Bc: (T, B, G, N) input matrix.
-        x0: (B, G, Dg, N) state before the chunk.
+        x0: (B, G, Dg, N) state before the chunk, None for zeros.
         dA: (T, B, G, Dg, N) buffer, filled with the decays exp(dt * A).
         xs: (T, B, G, Dg, N) buffer, filled with the states x_t.
     """
-    torch.mul(dt.unsqueeze(-1), A, out=dA)
-    dA.exp_()  # the decays are <= 1 for negative A; nothing is exponentiated cumulatively
+    torch.mul(dt.unsqueeze(-1), A_log2, out=dA)
+    dA.exp2_()  # exp(dt * A), one step at a time: <= 1 for negative A, nothing is exponentiated cumulatively
     torch.mul(dtu.unsqueeze(-1), Bc.unsqueeze(-2), out=xs)  # delta * u * B
-    xs[0].addcmul_(dA[0], x0)
-    for t in range(1, xs.shape[0]):
-        xs[t].addcmul_(dA[t], xs[t - 1])
+    with _loop_threads(xs[0].numel()):
+        if x0 is not None:
+            xs[0].addcmul_(dA[0], x0)
+        for t in range(1, xs.shape[0]):
+            xs[t].addcmul_(dA[t], xs[t - 1])
 
 
 def _contract_state(xs: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
     """sum_n xs[..., n] * Cc[..., n]: (T, B, G, Dg, N), (T, B, G, N) -> (T, B, G, Dg)."""
-    return torch.matmul(xs, Cc.unsqueeze(-1)).squeeze(-1)
+    return torch.einsum("tbgdn,tbgn->tbgd", xs, Cc)
 
 
 def _contract_channels(weights: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -251,63 +304,72 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         groups = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
         dtype = _compute_dtype(u)
         batch, dim, length = u.shape
-        d_state = A.shape[1]
-        chunk = chunk_size or _auto_chunk_size(batch, dim, d_state, length)
+        dim_g, d_state = dim // groups, A.shape[1]
+        plan = _ChunkPlan.create(batch, dim, d_state, length, chunk_size)
+        chunks = plan.chunk_slices(length)
+        keep_starts = any(ctx.needs_input_grad) and len(chunks) > 1
 
         us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
         _, dt = _prepare_delta(delta, delta_bias, delta_softplus, groups, dtype)  # (L, B, G, Dg)
         dtu = dt * us
-        A_g = A.to(dtype).reshape(groups, dim // groups, d_state)  # (G, Dg, N)
+        A_log2 = A.to(dtype).reshape(groups, dim_g, d_state) * math.log2(math.e)  # (G, Dg, N)
         Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
 
-        buf_shape = (chunk, batch, groups, dim // groups, d_state)
+        buf_shape = (plan.chunk, plan.batch_block, groups, dim_g, d_state)
         dA_buf = us.new_empty(buf_shape)
-        xs_buf = us.new_empty(buf_shape)
-        x = us.new_zeros(buf_shape[1:])  # (B, G, Dg, N)
-        starts = []
+        xs_bufs = (us.new_empty(buf_shape), us.new_empty(buf_shape))  # alternate, so a chunk's x0 is not overwritten
+        # State at the start of every chunk but the first (which starts from zeros), for the backward pass.
+        starts = us.new_empty((len(chunks) - 1, batch, groups, dim_g, d_state)) if keep_starts else None
+        last_state = us.new_empty((batch, groups, dim_g, d_state))
         y = torch.empty_like(us)  # (L, B, G, Dg)
-        for l0 in range(0, length, chunk):
-            sl = slice(l0, min(l0 + chunk, length))
-            n = sl.stop - l0
-            starts.append(x)
-            _chunk_forward(dt[sl], dtu[sl], A_g, Bs[sl], x, dA_buf[:n], xs_buf[:n])
-            x = xs_buf[n - 1].clone()
-            y[sl] = _contract_state(xs_buf[:n], Cs[sl])
-        del dA_buf, xs_buf
+        for bs in plan.batch_slices(batch):
+            nb = bs.stop - bs.start
+            x = None
+            for index, sl in enumerate(chunks):
+                n = sl.stop - sl.start
+                if x is not None and starts is not None:
+                    starts[index - 1, bs] = x
+                xs = xs_bufs[index % 2][:n, :nb]
+                _chunk_forward(dt[sl, bs], dtu[sl, bs], A_log2, Bs[sl, bs], x, dA_buf[:n, :nb], xs)
+                x = xs[n - 1]
+                y[sl, bs] = _contract_state(xs, Cs[sl, bs])
+            last_state[bs] = x
+        del dA_buf, xs_bufs
 
         if D is not None:
-            y.addcmul_(us, D.to(dtype).reshape(groups, -1))
+            y.addcmul_(us, D.to(dtype).reshape(groups, dim_g))
         out = _channels_from_scan(y)  # (B, D, L)
         if z is not None:
             out = out * F.silu(z.to(dtype))
-        last_state = x.reshape(batch, dim, d_state)
 
-        ctx.chunk = chunk
+        ctx.plan = plan
         ctx.groups = groups
         ctx.delta_softplus = delta_softplus
-        ctx.has = (D is not None, z is not None, delta_bias is not None)
+        ctx.has_D, ctx.has_z, ctx.has_bias = D is not None, z is not None, delta_bias is not None
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(starts))
-        return out.to(u.dtype), last_state
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+        return out.to(u.dtype), last_state.reshape(batch, dim, d_state)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
-        groups, chunk = ctx.groups, ctx.chunk
+        groups, plan = ctx.groups, ctx.plan
         dtype = _compute_dtype(u)
         batch, dim, length = u.shape
-        d_state = A.shape[1]
-        dim_g = dim // groups
+        dim_g, d_state = dim // groups, A.shape[1]
 
         us = _channels_to_scan(u, groups, dtype)  # (L, B, G, Dg)
         dt_raw, dt = _prepare_delta(delta, delta_bias, ctx.delta_softplus, groups, dtype)
         dtu = dt * us
         A_g = A.to(dtype).reshape(groups, dim_g, d_state)  # (G, Dg, N)
+        A_log2 = A_g * math.log2(math.e)
         Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
         D_g = D.to(dtype).reshape(groups, dim_g) if D is not None else None
         zs = _channels_to_scan(z, groups, dtype) if z is not None else None
         g_out = _channels_to_scan(grad_out, groups, dtype)  # (L, B, G, Dg)
         g_y = g_out * F.silu(zs) if zs is not None else g_out  # gradient of the pre-gate output
+        if grad_last is not None:
+            grad_last = grad_last.to(dtype).reshape(batch, groups, dim_g, d_state)
 
         g_dt = torch.empty_like(us)  # gradient w.r.t. the effective delta
         g_u = torch.empty_like(us)
@@ -315,50 +377,58 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         g_A = torch.zeros_like(A_g)
         y = torch.empty_like(us) if zs is not None else None  # recomputed scan output, for the gate's gradient
 
-        buf_shape = (chunk, batch, groups, dim_g, d_state)
+        buf_shape = (plan.chunk, plan.batch_block, groups, dim_g, d_state)
         dA_buf, xs_buf, h_buf = (us.new_empty(buf_shape) for _ in range(3))
-        # carry: the adjoint flowing into the last position of the current chunk from the positions after it.
-        carry = grad_last.to(dtype).reshape(batch, groups, dim_g, d_state) if grad_last is not None else None
-        for index in reversed(range(starts.shape[0])):
-            l0 = index * chunk
-            sl = slice(l0, min(l0 + chunk, length))
-            n = sl.stop - l0
-            dA, xs, h = dA_buf[:n], xs_buf[:n], h_buf[:n]
-            x0 = starts[index]
-            _chunk_forward(dt[sl], dtu[sl], A_g, Bs[sl], x0, dA, xs)
-            if y is not None:
-                y[sl] = _contract_state(xs, Cs[sl])
+        chunks = plan.chunk_slices(length)
+        for bs in plan.batch_slices(batch):
+            nb = bs.stop - bs.start
+            # carry: the adjoint flowing into the chunk's last position from the positions after it.
+            carry = grad_last[bs] if grad_last is not None else None
+            for index in reversed(range(len(chunks))):
+                sl = chunks[index]
+                n = sl.stop - sl.start
+                dA, xs, h = dA_buf[:n, :nb], xs_buf[:n, :nb], h_buf[:n, :nb]
+                x0 = starts[index - 1, bs] if index > 0 else None
+                _chunk_forward(dt[sl, bs], dtu[sl, bs], A_log2, Bs[sl, bs], x0, dA, xs)
+                if y is not None:
+                    y[sl, bs] = _contract_state(xs, Cs[sl, bs])
 
-            # Adjoint recurrence h_t = g_y_t * C_t + exp(dt_{t+1} A) h_{t+1}.
-            torch.mul(g_y[sl].unsqueeze(-1), Cs[sl].unsqueeze(-2), out=h)  # (T, B, G, Dg, N)
-            if carry is not None:
-                h[n - 1] += carry
-            for t in range(n - 2, -1, -1):
-                h[t].addcmul_(dA[t + 1], h[t + 1])
-            carry = dA[0] * h[0]
+                # Adjoint recurrence h_t = g_y_t * C_t + exp(dt_{t+1} A) h_{t+1}.
+                torch.mul(g_y[sl, bs].unsqueeze(-1), Cs[sl, bs].unsqueeze(-2), out=h)  # (T, b, G, Dg, N)
+                if carry is not None:
+                    h[n - 1] += carry
+                with _loop_threads(h[0].numel()):
+                    for t in range(n - 2, -1, -1):
+                        h[t].addcmul_(dA[t + 1], h[t + 1])
+                carry = dA[0] * h[0]
 
-            g_C[sl] = _contract_channels(g_y[sl], xs)
-            g_B[sl] = _contract_channels(dtu[sl], h)
-            hB = _contract_state(h, Bs[sl])  # (T, B, G, Dg): sum_n h * B
-            # Gradient of the decays times the decays: h_t * x_{t-1} * exp(dt_t A), written over dA.
-            p = dA.mul_(h)
-            p[1:].mul_(xs[:-1])
-            p[0].mul_(x0)
-            g_A += torch.einsum("tbgdn,tbgd->gdn", p, dt[sl])
-            g_dt[sl] = torch.einsum("tbgdn,gdn->tbgd", p, A_g) + hB * us[sl]
-            g_u[sl] = hB * dt[sl]
+                g_C[sl, bs] = _contract_channels(g_y[sl, bs], xs)
+                g_B[sl, bs] = _contract_channels(dtu[sl, bs], h)
+                hB = _contract_state(h, Bs[sl, bs])  # (T, b, G, Dg): sum_n h * B
+                # Gradient of the decays times the decays: h_t * x_{t-1} * exp(dt_t A), written over dA.
+                p = dA.mul_(h)
+                p[1:].mul_(xs[:-1])
+                if x0 is not None:
+                    p[0].mul_(x0)
+                else:
+                    p[0].zero_()
+                g_dt[sl, bs] = torch.linalg.vecdot(p, A_g) + hB * us[sl, bs]
+                g_A += p.mul_(dt[sl, bs].unsqueeze(-1)).sum((0, 1))
+                g_u[sl, bs] = hB * dt[sl, bs]
         del dA_buf, xs_buf, h_buf
 
         if D_g is not None:
             g_u.addcmul_(g_y, D_g)
-        g_D = (g_y * us).sum((0, 1)).reshape(dim).to(D.dtype) if ctx.has[0] and ctx.needs_input_grad[5] else None
+        g_D = (g_y * us).sum((0, 1)).reshape(dim).to(D.dtype) if ctx.has_D and ctx.needs_input_grad[5] else None
         g_z = None
         if zs is not None and ctx.needs_input_grad[6]:
             pre_gate = y + us * D_g if D_g is not None else y
             g_z = _channels_from_scan(g_out * pre_gate * _silu_grad(zs)).to(z.dtype)
         if ctx.delta_softplus:
             g_dt = g_dt * torch.sigmoid(dt_raw)
-        g_bias = g_dt.sum((0, 1)).reshape(dim).to(delta_bias.dtype) if ctx.has[2] and ctx.needs_input_grad[7] else None
+        g_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[7]:
+            g_bias = g_dt.sum((0, 1)).reshape(dim).to(delta_bias.dtype)
         return (_channels_from_scan(g_u).to(u.dtype), _channels_from_scan(g_dt).to(delta.dtype),
                 g_A.reshape(dim, d_state).to(A.dtype), _bc_from_scan(g_B, B), _bc_from_scan(g_C, C),
                 g_D, g_z, g_bias, None, None)
@@ -383,7 +453,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         delta_softplus: apply softplus to delta (after the bias).
         return_last_state: also return the final state (B, D, N) (fp32, or fp64 for fp64 inputs).
         chunk_size: positions per chunk T; by default chosen so that a (T, B, D, N) buffer has about
-            ``DEFAULT_CHUNK_ELEMENTS`` elements.
+            ``DEFAULT_CHUNK_ELEMENTS`` elements, with at least ``MIN_AUTO_CHUNK`` positions (then the batch is
+            processed in blocks).
 
     Returns:
         (B, D, L) output in u's dtype, and the last state when asked.

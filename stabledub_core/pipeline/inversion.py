@@ -101,7 +101,7 @@ def invert_clip(
                          f"{tuple(conditions.masked.shape)}")
     conditional = GuidancePlan.from_scales(1.0, 1.0)  # only eps(a, h)
     denoiser = WindowedDenoiser(model_fn, conditions, conditional, config.window, config.overlap,
-                                config.window_batch_size, device, dtype)
+                                config.window_batch_size, device, dtype, should_stop)
     scheduler = make_scheduler(config.scheduler, **config.scheduler_overrides)
     scheduler.set_timesteps(config.num_inference_steps)
     levels = noise_levels(scheduler, config.scheduler)

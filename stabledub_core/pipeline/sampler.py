@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 import torch
 
+from stabledub_core.models.unet import build_unet_input
 from stabledub_core.pipeline import Interrupted
 from stabledub_core.pipeline.guidance import Branch, GuidancePlan
 from stabledub_core.pipeline.schedulers import (
@@ -60,24 +61,6 @@ class Denoiser(Protocol):
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor,
                  encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, F, 13, h, w)``, ``(B,)``, ``(B, F, T, C)`` -> ``(B, F, 4, h, w)``."""
-
-
-def build_unet_input(noisy: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,
-                     appearance: torch.Tensor) -> torch.Tensor:
-    """Per-frame U-Net input ``[noisy | masked | mask | appearance]`` (contract of ``models.unet.build_unet_input``).
-
-    Args:
-        noisy: ``(B, F, 4, h, w)`` noisy latents.
-        masked: ``(B, F, 4, h, w)`` latents of the masked crops (exposed patches kept).
-        mask: ``(B, F, 1, h, w)`` inpainting mask at latent size (1 = inpaint).
-        appearance: ``(B, 4, h, w)`` or ``(B, F, 4, h, w)`` appearance latent.
-
-    Returns:
-        ``(B, F, 13, h, w)``.
-    """
-    if appearance.dim() == 4:
-        appearance = appearance.unsqueeze(1).expand(-1, noisy.shape[1], -1, -1, -1)
-    return torch.cat([noisy, masked, mask, appearance], dim=2)
 
 
 @dataclass(frozen=True)
@@ -158,10 +141,14 @@ class ClipConditions:
         if missing:
             raise SamplerError(f"guidance needs tokens for branches {missing}; compute them with "
                                "conditions.branch_tokens(..., branches=plan.branches)")
+        shapes = {tuple(self.tokens[b].shape) for b in branches}
         for b in branches:
             tok = self.tokens[b]
             if tok.dim() != 3 or tok.shape[0] != f:
                 raise SamplerError(f"tokens of branch {b.name} must be (F={f}, T, C), got {tuple(tok.shape)}")
+        if len(shapes) > 1:
+            raise SamplerError(f"the branches' tokens differ in shape {sorted(shapes)}; compute them together with "
+                               "conditions.branch_tokens")
 
     def slice(self, start: int, stop: int) -> "ClipConditions":
         """The conditions of frames ``[start, stop)``."""
@@ -210,6 +197,10 @@ class SamplerConfig:
         return ClipNoise(self.seed, latent_shape, self.shared_noise)
 
 
+StepCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+
 class WindowedDenoiser:
     """Guided noise prediction for a whole chunk: windows in batched forwards, ramp-weighted per-frame average.
 
@@ -219,10 +210,13 @@ class WindowedDenoiser:
         plan: the branches of eq. 7 to evaluate and their coefficients.
         window, overlap, window_batch_size: see :class:`SamplerConfig`.
         device, dtype: where and in which precision the model runs.
+        should_stop: polled before every window batch (a step of a large model takes long on a CPU); True raises
+            :class:`Interrupted`.
     """
 
     def __init__(self, model_fn: Denoiser, conditions: ClipConditions, plan: GuidancePlan, window: int,
-                 overlap: int, window_batch_size: int, device: torch.device | str, dtype: torch.dtype):
+                 overlap: int, window_batch_size: int, device: torch.device | str, dtype: torch.dtype,
+                 should_stop: StopCheck | None = None):
         conditions.validate(plan.branches)
         self.model_fn = model_fn
         self.conditions = conditions
@@ -232,6 +226,7 @@ class WindowedDenoiser:
         self.window_batch_size = window_batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        self.should_stop = should_stop
         norm = torch.zeros(conditions.num_frames)
         for w, wt in zip(self.windows, self.weights):
             norm[w.slice] += wt
@@ -270,16 +265,14 @@ class WindowedDenoiser:
         acc = torch.zeros(sample.shape, dtype=torch.float32, device=self.device)
         t = torch.as_tensor(t).reshape(1)
         for indices in iter_window_batches(self.windows, self.window_batch_size):
+            if self.should_stop is not None and self.should_stop():
+                raise Interrupted("sampling interrupted")
             batch = [self.windows[i] for i in indices]
             eps = self._forward(sample, t, batch)
             for i, e in zip(indices, eps):
                 weight = self.weights[i].to(self.device).view(-1, 1, 1, 1)
                 acc[self.windows[i].slice] += e * weight
         return acc / self._norm
-
-
-StepCallback = Callable[[int, int], None]
-StopCheck = Callable[[], bool]
 
 
 def denoise_chunk(
@@ -316,7 +309,7 @@ def denoise_chunk(
     if tuple(start.shape) != shape:
         raise SamplerError(f"initial latents must be {shape}, got {tuple(start.shape)}")
     denoiser = WindowedDenoiser(model_fn, conditions, config.guidance, config.window, config.overlap,
-                                config.window_batch_size, device, dtype)
+                                config.window_batch_size, device, dtype, should_stop)
     scheduler = make_scheduler(config.scheduler, **config.scheduler_overrides)
     scheduler.set_timesteps(config.num_inference_steps, device=device)
     x = start.to(device, torch.float32)

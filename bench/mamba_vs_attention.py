@@ -1,0 +1,146 @@
+"""Memory and time of one spatial + temporal Mamba transformer vs the same transformer with self-attention.
+
+The block is the U-Net's ``MambaTransformer2D`` (GroupNorm, proj_in, spatial mixer, audio cross-attention,
+GEGLU feed-forward, temporal mixer, proj_out) at width 320 on 16 frames of 64x64 latents (the sd15 preset's first
+level at 512 px). The attention case is the same module with both mixers swapped for diffusers ``Attention``
+self-attention (8 heads of 40, SDPA through ``AttnProcessor2_0``); everything else is shared, so the difference is
+the mixers only. Each case runs forward + backward (a training step without the optimiser).
+
+How memory is measured: every case runs in a fresh Python subprocess. After the block and its inputs exist, the
+subprocess reads its resident set size (``/proc/self/statm``); after the forward/backward steps it reads the peak
+resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). The reported figure is peak - baseline: the extra memory
+the step needed (activations kept for backward, temporaries, gradients). glibc returns large blocks to the OS with
+``munmap``, and ru_maxrss is the kernel's high-water mark, so it catches short-lived peaks that sampling would miss.
+A subprocess is capped with ``RLIMIT_AS`` so an oversized case fails with an out-of-memory error instead of taking
+the machine down; the cap is reported.
+
+On CPU, PyTorch's SDPA picks its flash-attention kernel, which never materialises the (L x L) score matrix; that is
+the attention baseline here (the strongest one). Times are medians over ``--repeats`` steps after one warm-up step;
+ratios are Mamba over attention, measured side by side in one run.
+
+Usage:
+    python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "mamba_vs_attention.json"
+CASES = ("mamba", "attention")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _build_block(case: str, width: int, heads: int, cross_dim: int):
+    """The U-Net transformer with Mamba mixers, or with both mixers swapped for self-attention."""
+    from diffusers.models.attention_processor import Attention
+
+    from stabledub_core.models.blocks import MambaSettings, MambaTransformer2D
+
+    block = MambaTransformer2D(width, heads, cross_dim, 32, MambaSettings())
+    if case == "attention":
+        def self_attention():
+            return Attention(query_dim=width, heads=heads, dim_head=width // heads, bias=False, out_bias=True)
+
+        block.transformer_blocks[0].mamba = self_attention()  # spatial: h*w tokens of a frame
+        block.temporal.mamba = self_attention()  # temporal: F frames at a position
+    return block
+
+
+def run_case(args) -> dict:
+    """Runs in the subprocess: one case, prints its figures as JSON."""
+    import torch
+
+    torch.manual_seed(0)
+    block = _build_block(args.case, args.width, args.heads, args.cross_dim)
+    x = torch.randn(args.frames, args.width, args.size, args.size, requires_grad=True)  # (B*F, C, h, w), B=1
+    audio = torch.randn(args.frames, args.tokens, args.cross_dim)  # (B*F, T, C_cross)
+    baseline = _rss_bytes()
+    times = []
+    for _ in range(args.repeats + 1):  # the first step is a warm-up
+        start = time.perf_counter()
+        block(x, audio, args.frames).square().mean().backward()
+        times.append(time.perf_counter() - start)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"case": args.case, "params": sum(p.numel() for p in block.parameters()),
+            "peak_extra_bytes": peak - baseline, "baseline_bytes": baseline,
+            "step_seconds": times[1:], "median_seconds": statistics.median(times[1:])}
+
+
+def _spawn(case: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--case", case, "--frames", str(args.frames), "--size", str(args.size),
+           "--width", str(args.width), "--heads", str(args.heads), "--tokens", str(args.tokens),
+           "--cross-dim", str(args.cross_dim), "--repeats", str(args.repeats), "--mem-cap-gb", str(args.mem_cap_gb)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"case {case!r} failed (memory cap {args.mem_cap_gb} GB): {' | '.join(tail)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64, help="latent height = width")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=10, help="audio tokens per frame")
+    parser.add_argument("--cross-dim", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--mem-cap-gb", type=float, default=16.0, help="address-space cap of each subprocess")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    if args.case:
+        cap = int(args.mem_cap_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        print(json.dumps(run_case(args)))
+        return
+
+    results = {case: _spawn(case, args) for case in CASES}
+    mamba, attention = results["mamba"], results["attention"]
+    import torch
+
+    from stabledub_core.ops import selective_scan
+
+    report = {
+        "memory_ratio": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"],
+        "time_ratio": mamba["median_seconds"] / attention["median_seconds"],
+        "setting": {"frames": args.frames, "latent_size": args.size, "width": args.width, "heads": args.heads,
+                    "audio_tokens": args.tokens, "cross_attention_dim": args.cross_dim, "repeats": args.repeats,
+                    "step": "forward + backward of one transformer (spatial + temporal mixers)"},
+        "cases": results,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                        "selective_scan": f"{selective_scan.__module__}.{selective_scan.__name__}",
+                        "attention_kernel": "torch SDPA, CPU flash-attention kernel (no L x L scores)",
+                        "memory_cap_gb": args.mem_cap_gb},
+    }
+    print(f"{'case':<10} {'params':>10} {'peak extra (MB)':>16} {'median step (s)':>16}")
+    for case, r in results.items():
+        print(f"{case:<10} {r['params']:>10} {r['peak_extra_bytes'] / 2**20:>16.0f} {r['median_seconds']:>16.2f}")
+    print(f"memory ratio (Mamba / attention): {report['memory_ratio']:.3f}")
+    print(f"time ratio   (Mamba / attention): {report['time_ratio']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Preview images of the masks: landmarks, detailed and coarse masks, union mask, crop box and exposed patches.
+
+Each frame is shown around its window's crop box (with a margin, so the box itself is visible) at ``tile`` pixels:
+
+* Mu: blue tint, proportional to the feathered union mask,
+* exposed patches: yellow (as in the paper's Fig. 4),
+* Mc: green outline; detailed mask: cyan outline; the landmarks these are built from: red dots,
+* crop box: magenta square; the label gives the frame index and window.
+
+Command line (writes a strip of N frames spread over the video)::
+
+    python -m stabledub_core.masks.preview VIDEO --out strip.png [--frames N] [--face-model face_landmarker.task]
+        [--exposure-rate R --seed S] [--occluder MASK.png] [--patches PATCHES.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from . import exposure as exposure_lib
+from . import masks, regions
+from .boxes import box_scale, clamp_box
+from .union import Window, plan_windows
+
+
+@dataclass
+class PreviewStyle:
+    """Colours (RGB) and sizes of the preview overlays."""
+
+    tile: int = 256
+    margin: float = 0.2  # view = crop box grown by this fraction of its side on each side
+    union: tuple[int, int, int] = (40, 110, 255)
+    union_alpha: float = 0.35
+    patches: tuple[int, int, int] = (255, 220, 0)
+    patches_alpha: float = 0.6
+    coarse: tuple[int, int, int] = (0, 230, 0)
+    detailed: tuple[int, int, int] = (0, 230, 230)
+    landmarks: tuple[int, int, int] = (255, 40, 40)
+    box: tuple[int, int, int] = (255, 0, 255)
+    text: tuple[int, int, int] = (255, 255, 255)
+
+
+def window_of(windows: Sequence[Window], index: int) -> Window:
+    """The window that owns clip frame ``index``."""
+    for window in windows:
+        if window.own_start <= index < window.own_stop:
+            return window
+    raise IndexError(f"frame {index} is outside the planned windows (0..{windows[-1].own_stop - 1})")
+
+
+def _tint(image: np.ndarray, weight: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
+    """Blends ``colour`` into ``image`` in place with per-pixel weight ``alpha * weight``."""
+    w = (alpha * weight)[..., None]  # (h, w, 1)
+    image[...] = np.rint(image * (1 - w) + np.asarray(colour, np.float32) * w).astype(np.uint8)
+
+
+def render_frame(
+    frame: np.ndarray,
+    index: int,
+    window: Window,
+    patches: exposure_lib.ExposedPatches | None = None,
+    style: PreviewStyle | None = None,
+) -> np.ndarray:
+    """Draws one frame's masks, box and patches around its crop box.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB source frame.
+        index: the frame's clip index (within ``window``).
+        window: the window owning the frame.
+        patches: exposed patches to show, or None.
+        style: colours and sizes.
+
+    Returns:
+        (tile, tile, 3) uint8 RGB.
+    """
+    style = style or PreviewStyle()
+    tile = style.tile
+    x0, y0, x1, y1 = window.box
+    side = x1 - x0
+    view = clamp_box((x0 + x1) / 2, (y0 + y1) / 2, side * (1 + 2 * style.margin), frame.shape[:2])
+    t = tile / (view[2] - view[0])  # tile pixels per source pixel
+    image = cv2.resize(frame[view[1]:view[3], view[0]:view[2]], (tile, tile), interpolation=cv2.INTER_AREA)
+    image = np.ascontiguousarray(image)
+    # Crop coordinates -> tile coordinates: p * a + b.
+    a = t / box_scale(window.box, window.crop_size)
+    b = np.array([(x0 - view[0]) * t, (y0 - view[1]) * t], np.float32)
+    to_tile = np.array([[a, 0, b[0]], [0, a, b[1]]], np.float32)
+
+    def warp(crop_raster: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(crop_raster.astype(np.float32), to_tile, (tile, tile), flags=cv2.INTER_LINEAR)
+
+    _tint(image, warp(window.union_mask), style.union, style.union_alpha)
+    if patches is not None and patches.cells:
+        _tint(image, warp(patches.raster(window.crop_size)), style.patches, style.patches_alpha)
+    local = index - window.start
+    landmarks = window.landmarks[local] * a + b if window.active[local] else None  # (478, 2) tile coordinates
+    if landmarks is not None:
+        coarse = masks.rasterize(landmarks, (tile, tile), dilation=window.coarse_dilation)
+        contours, _ = cv2.findContours(coarse, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, contours, -1, style.coarse, 1, cv2.LINE_AA)
+        for indices in (regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER):
+            cv2.polylines(image, [np.round(landmarks[list(indices)] * 16).astype(np.int32)], True, style.detailed,
+                          1, cv2.LINE_AA, shift=4)
+        used = np.unique(np.concatenate([regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER, regions.LIPS_INNER]))
+        for x, y in np.round(landmarks[used] * 16).astype(int):
+            cv2.circle(image, (int(x), int(y)), 24, style.landmarks, -1, cv2.LINE_AA, shift=4)
+    bx0, by0 = np.round(b).astype(int)
+    bside = int(round(side * t))
+    cv2.rectangle(image, (bx0, by0), (bx0 + bside - 1, by0 + bside - 1), style.box, 1)
+    label = f"f{index} w{window.start}-{window.stop - 1}" + ("" if window.active[local] else " no face")
+    cv2.putText(image, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, style.text, 1, cv2.LINE_AA)
+    return image
+
+
+def preview_strip(
+    frames: np.ndarray,
+    windows: Sequence[Window],
+    indices: Sequence[int],
+    patches: Mapping[int, exposure_lib.ExposedPatches] | None = None,
+    style: PreviewStyle | None = None,
+) -> np.ndarray:
+    """A horizontal strip of :func:`render_frame` tiles.
+
+    Args:
+        frames: (F, H, W, 3) uint8 clip frames (indexed by clip frame).
+        windows: the clip's windows.
+        indices: clip frames to show.
+        patches: exposed patches per clip frame (missing keys: none).
+        style: colours and sizes.
+
+    Returns:
+        (tile, len(indices) * tile, 3) uint8 RGB.
+    """
+    patches = patches or {}
+    tiles = [render_frame(frames[i], i, window_of(windows, i), patches.get(i), style) for i in indices]
+    return np.concatenate(tiles, axis=1)
+
+
+def _read_video(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_frames`` frames (F, H, W, 3) uint8 and their times in seconds."""
+    from ..pipeline.video_io import VideoReader
+
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    images, times = [], []
+    with VideoReader(path) as reader:
+        for frame in reader.frames():
+            if len(images) >= max_frames:
+                break
+            images.append(frame.image)
+            times.append(frame.time)
+    if not images:
+        raise ValueError(f"no video frames could be decoded from {path}")
+    return np.stack(images), np.asarray(times)
+
+
+def _exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Sequence[Window],
+                     grid: int) -> dict[int, exposure_lib.ExposedPatches]:
+    """Exposed patches per clip frame from the command-line sources (at most one)."""
+    out: dict[int, exposure_lib.ExposedPatches] = {}
+    if args.patches is not None:
+        fixed = exposure_lib.ExposedPatches.from_json(Path(args.patches).read_text())
+        return {i: fixed for i in range(len(frames))}
+    if args.occluder is not None:
+        occluder = cv2.imread(str(args.occluder), cv2.IMREAD_GRAYSCALE)
+        if occluder is None:
+            raise FileNotFoundError(f"cannot read the occluder mask image {args.occluder}")
+        if occluder.shape != frames.shape[1:3]:
+            raise ValueError(f"occluder mask is {occluder.shape[1]}x{occluder.shape[0]}, the video is "
+                             f"{frames.shape[2]}x{frames.shape[1]}: give it at the video's size")
+        for window in windows:
+            for i, found in zip(range(window.start, window.stop), exposure_lib.from_occluder(occluder, window, grid)):
+                out[i] = found
+        return out
+    if args.exposure_rate > 0:
+        rng = np.random.default_rng(args.seed)
+        for window in windows:
+            for i in range(window.start, window.stop):
+                out[i] = exposure_lib.from_schedule(window.union_mask, grid, args.exposure_rate, rng)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stabledub_core.masks.preview",
+                                     description="Write a PNG strip previewing StableDub's masks for a video.")
+    parser.add_argument("video", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--frames", type=int, default=6, help="frames in the strip, spread over the video")
+    parser.add_argument("--face-model", type=Path, default=os.environ.get("STABLEDUB_FACE_MODEL"),
+                        help="MediaPipe face_landmarker.task (default: $STABLEDUB_FACE_MODEL)")
+    parser.add_argument("--window", type=int, default=16, help="frames per window")
+    parser.add_argument("--crop-size", type=int, default=512)
+    parser.add_argument("--grid", type=int, default=16, help="exposure patches per crop side")
+    parser.add_argument("--tile", type=int, default=256, help="pixels per preview tile")
+    parser.add_argument("--max-frames", type=int, default=1000, help="read at most this many frames")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--patches", type=Path, help="JSON exposed patches {grid, cells} for every frame")
+    source.add_argument("--occluder", type=Path, help="grayscale image, non-zero where an occluder is")
+    source.add_argument("--exposure-rate", type=float, default=0.0, help="random training-style exposure rate")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.face_model is None:
+        parser.error("give --face-model PATH (MediaPipe face_landmarker.task) or set STABLEDUB_FACE_MODEL")
+    if args.frames < 1:
+        parser.error("--frames must be >= 1")
+
+    from ..face.track import FaceTracker  # MediaPipe is loaded only when the command runs
+
+    frames, times = _read_video(args.video, args.max_frames)
+    with FaceTracker(args.face_model) as tracker:
+        track = tracker.track(frames, times=times)
+    windows = plan_windows(track, window=args.window, crop_size=args.crop_size)
+    patches = _exposed_patches(args, frames, windows, args.grid)
+    indices = np.unique(np.linspace(0, len(frames) - 1, args.frames).round().astype(int))
+    strip = preview_strip(frames, windows, indices.tolist(), patches, PreviewStyle(tile=args.tile))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.out), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {args.out}")
+    print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]}, frames {indices.tolist()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

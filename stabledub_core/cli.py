@@ -7,8 +7,11 @@ the exit status is 2; an interruption (Ctrl-C, SIGTERM) exits with 130. No parti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -224,9 +227,39 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(f"stopped by signal {signum}")
 
 
+@contextlib.contextmanager
+def _native_logs_hidden(enabled: bool):
+    """Send what native libraries (MediaPipe/TFLite) print on file descriptor 2 to a scratch file.
+
+    Python's ``sys.stderr`` keeps writing to the real stderr, so our progress bar and error line are all the user
+    sees. With ``--debug`` nothing is hidden.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 2)
+        previous = sys.stderr
+        sys.stderr = open(real, "w", buffering=1, closefd=False)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr = previous
+            os.dup2(real, 2)
+            os.close(real)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    with _native_logs_hidden(not args.debug):
+        return _main(args)
+
+
+def _main(args) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return {"dub": _run_dub, "demo": _run_demo}[args.command](args)

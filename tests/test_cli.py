@@ -6,7 +6,6 @@ import sys
 import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from media_factory import tone, write_video, write_wav
@@ -117,3 +116,34 @@ def test_default_face_model_location_is_explained(files, tmp_path):
 def test_bad_output_extension(files):
     out = files["out"].with_suffix(".avi")
     assert_clean_error(dub(files, out=out), out, "unsupported extension")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.config import get_preset
+    from stabledub_core.models.stabledub import StableDub
+
+    torch.manual_seed(0)
+    return save_checkpoint(StableDub.from_config(get_preset("tiny")),
+                           tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+def test_wrong_preset_checkpoint(files, tiny_checkpoint):
+    result = run_cli("dub", "--video", files["video"], "--audio", files["speech"], "--checkpoint", tiny_checkpoint,
+                     "--preset", "sd15", "--out", files["out"], "--face-model", files["face"])
+    assert_clean_error(result, files["out"], "tiny", "sd15")
+
+
+def test_pickle_named_safetensors(files):
+    import torch
+
+    ckpt = files["tmp"] / "evil.safetensors"
+    torch.save({"unet.conv_in.weight": torch.zeros(1)}, ckpt)
+    assert_clean_error(dub(files, checkpoint=ckpt), files["out"], "pickle")
+
+
+def test_video_without_any_face(files, tiny_checkpoint):
+    assert_clean_error(dub(files, checkpoint=tiny_checkpoint), files["out"], "no face found")

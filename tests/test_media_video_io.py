@@ -129,3 +129,14 @@ def test_changed_track_is_padded_and_cut(tmp_path, media_dir):
     assert not got[:, info.num_samples:].any()
     out = _write(tmp_path / "cut.mp4", 10, audio=info, audio_samples=1000)
     np.testing.assert_array_equal(decode_native(out), src[:, :1000])
+
+
+def test_writer_keeps_variable_frame_times(tmp_path):
+    times = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4]
+    out = tmp_path / "vfr.mp4"
+    with VideoWriter(out, Fraction(25), (64, 96), time_base=Fraction(1, 1000)) as writer:
+        for i, t in enumerate(times):
+            writer.write(pattern(i, (64, 96)), time=t)
+    with VideoReader(out) as reader:
+        got = [f.time for f in reader.frames()]
+    np.testing.assert_allclose(got, times, atol=2e-3)

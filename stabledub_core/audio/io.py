@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -183,45 +184,26 @@ def probe_audio(path, what: str = "audio") -> AudioInfo:
 
 def _decode(path, what: str, want_encoder_input: bool) -> tuple[AudioInfo, np.ndarray | None]:
     """One streaming pass: exact sample count, and optionally the 16 kHz mono encoder input."""
-    import av
-
     num = 0
     meta = None
-    resampler = None
+    mono = None
     pieces = []
-    with open_media(path, what) as container:
-        stream = _audio_stream(container, path, what)
-        try:
-            for frame in container.decode(stream):
-                if meta is None:
-                    meta = (stream.index, stream.codec_context.name, frame.sample_rate, frame.layout.nb_channels,
-                            frame.format.name)
-                num += frame.samples
-                if want_encoder_input:
-                    if resampler is None:
-                        resampler = _MonoResampler(frame.sample_rate, ENCODER_SAMPLE_RATE)
-                    pieces.extend(resampler.push(_frame_to_float(frame)))
-        except av.FFmpegError as exc:
-            raise NotAMediaFileError(f"{what} file {str(path)!r} has an audio track FFmpeg cannot decode "
-                                     f"({exc.strerror or 'invalid data'})") from exc
+    for stream, chunk in _native_chunks(path, what, "fltp" if want_encoder_input else None):
+        if meta is None:
+            cc = stream.codec_context
+            native = cc.format.name if cc.format is not None else "fltp"
+            meta = (stream.index, cc.name, cc.sample_rate, chunk.shape[0], native)
+        num += chunk.shape[1]
+        if want_encoder_input:
+            mono = mono or _MonoResampler(meta[2], ENCODER_SAMPLE_RATE)
+            pieces.extend(mono.push(chunk))
     if meta is None or num == 0:
         raise EmptyMediaError(f"{what} file {str(path)!r} has an empty audio track: give a file with sound")
     info = AudioInfo(Path(path), meta[0], meta[1], meta[2], meta[3], meta[4], num)
     if not want_encoder_input:
         return info, None
-    pieces.extend(resampler.push(None))
+    pieces.extend(mono.push(None))
     return info, _fit_length(np.concatenate(pieces), _encoder_length(num, info.sample_rate))
-
-
-def _frame_to_float(frame) -> np.ndarray:
-    """A decoded frame as ``(C, n)`` float32 (integer formats scaled to [-1, 1))."""
-    import av
-
-    channels = frame.layout.nb_channels
-    frame.pts = None
-    converter = av.AudioResampler(format="fltp", layout=_channel_layout(channels), rate=frame.sample_rate)
-    out = [f.to_ndarray() for f in converter.resample(frame)] + [f.to_ndarray() for f in converter.resample(None)]
-    return np.concatenate(out, axis=1) if out else np.zeros((channels, 0), np.float32)
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -418,13 +400,8 @@ class AudioMuxer:
                                            layout=_channel_layout(self.info.channels))
         frame.sample_rate = self.info.sample_rate
         frame.pts = self._written
-        frame.time_base = _fraction(1, self.info.sample_rate)
+        frame.time_base = Fraction(1, self.info.sample_rate)
         self._written += chunk.shape[1]
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
-
-def _fraction(num: int, den: int):
-    from fractions import Fraction
-
-    return Fraction(num, den)

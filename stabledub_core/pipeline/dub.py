@@ -8,6 +8,9 @@ Two passes over the video:
    windows jointly (the sampler), cross-fade with the previous chunk over the shared frames, paste-back into the
    original frames, and H.264 encoding. At any time only one chunk of frames (plus its overlap) is in memory.
 
+What still grows with the length is small: the landmarks (3.8 KB a frame), the 16 kHz mono speech for the audio
+encoder (64 KB a second) and the output-to-source index (8 bytes a frame): about 95 MB for 10 minutes at 25 fps.
+
 Frames without a face (``TrackStatus.MISSING``) are written unchanged. ``should_stop()`` is polled between frames,
 chunks and sampler steps; it raises :class:`~stabledub_core.pipeline.Interrupted`, and the atomic writer then
 leaves no file behind.
@@ -24,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -358,9 +361,11 @@ class _MaskWindows:
             from stabledub_core.face import FaceTrack
             from stabledub_core.masks.union import plan_windows
 
+            previous = self._plan(g - 1)[-1].box if g > 0 else None  # boxes continue smoothly across groups
             frames = self.index[g * self.group:(g + 1) * self.group]
             sub = FaceTrack(self.track.landmarks[frames], self.track.status[frames], self.track.frame_size)
-            windows = plan_windows(sub, window=MASK_WINDOW, overlap=0, crop_size=self.crop_size, config=self.config)
+            windows = plan_windows(sub, window=MASK_WINDOW, overlap=0, crop_size=self.crop_size, config=self.config,
+                                   previous_box=previous)
             self._cache = {k: v for k, v in self._cache.items() if k == g - 1}
             self._cache[g] = windows
         return self._cache[g]
@@ -470,7 +475,7 @@ class StableDubChunkModel:
         self.times = np.asarray(frame_times, np.float64)
         with torch.no_grad():
             crops = torch.from_numpy(lip_crops).permute(0, 3, 1, 2).float().div(255)[None]  # (1, K, 3, s, s)
-            self._v = self.model.habit.encode_habit(crops.to(self.device, self.dtype))  # (1, C)
+            self._v = self.model.habit.encode_habit(crops.to(self.device, self.dtype))[0]  # (C,)
         latent = self.crop_size // 2 ** (len(self.config.vae.block_out_channels) - 1)
         self._noise = self.sampler.clip_noise((self.config.vae.latent_channels, latent, latent))
 
@@ -498,6 +503,7 @@ class StableDubChunkModel:
 
         from stabledub_core.masks.exposure import to_latent
         from stabledub_core.models.vae import decode_latents, encode_frames
+        from stabledub_core.pipeline.conditions import branch_tokens
         from stabledub_core.pipeline.sampler import ClipConditions, denoise_chunk
 
         n = len(crops)
@@ -505,12 +511,9 @@ class StableDubChunkModel:
         vae = self.model.vae
         with torch.no_grad():
             with clock.stage("audio"):
-                audio = self._audio_windows(start, start + n)[None].to(self.device, self.dtype)  # (1, n, T, C_a)
-                tokens = {}
-                for branch in self.sampler.guidance.branches:
-                    flags = dict(drop_audio=torch.tensor([branch.drop_audio], device=self.device),
-                                 drop_habit=torch.tensor([branch.drop_habit], device=self.device))
-                    tokens[branch] = self.model.habit(audio, self._v, **flags)[0].float().cpu()  # (n, T', C)
+                audio = self._audio_windows(start, start + n)  # (n, T, C_a)
+                tokens = branch_tokens(self.model.habit, audio, self._v, self.sampler.guidance.branches,
+                                       self.device, self.dtype)  # branch -> (n, T', C_cross)
             with clock.stage("vae_encode"):
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = torch.from_numpy(np.where(hide, 0, crops)).permute(0, 3, 1, 2).float().div(255)

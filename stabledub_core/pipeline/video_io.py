@@ -105,6 +105,7 @@ class VideoReader:
         self._next = 0  # index of the next frame the decoder yields
         self._last: tuple[int, np.ndarray] | None = None
         self._pending = None  # a frame decoded by _seek but not consumed yet
+        self._position: dict | None = None  # pts -> index, built on the first seek
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -138,6 +139,7 @@ class VideoReader:
             :class:`VideoFrame` per frame, timestamps relative to the first frame.
         """
         self.pts = []
+        self._position = None
         first = None
         for index, frame in enumerate(self._decode_from_start()):
             pts = frame.pts
@@ -170,7 +172,9 @@ class VideoReader:
             return
         self.container.seek(int(pts), stream=self.stream, backward=True, any_frame=False)
         self._decoder = iter(self.container.decode(self.stream))
-        position = {p: i for i, p in enumerate(self.pts)}
+        if self._position is None or len(self._position) != len(self.pts):
+            self._position = {p: i for i, p in enumerate(self.pts)}
+        position = self._position
         # Decode up to the keyframe's successor to learn where the decoder stands.
         frame = next(self._decoder)
         self._pending = frame

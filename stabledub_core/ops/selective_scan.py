@@ -140,6 +140,8 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> int:
     if u.dim() != 3:
         raise SelectiveScanInputError(f"u must be (batch, dim, length), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
+    if min(batch, dim, length) == 0:
+        raise SelectiveScanInputError(f"u must have a non-empty batch, dim and length, got shape {tuple(u.shape)}")
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and t.shape != u.shape:
             raise SelectiveScanInputError(f"{name} must have u's shape {tuple(u.shape)}, got {tuple(t.shape)}")

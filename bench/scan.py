@@ -14,9 +14,10 @@ temporal: batch*h*w sequences of 16 frames):
   elements (chunk by chunk into a reused buffer, so it fits in memory). "floor gap" = our time / floor time.
 * Forward+backward peak memory, at the oracle's batch and, for the spatial shape, L = 512: the oracle's backward
   costs O(L^2) (autograd turns each of its L per-position slices of a (B, D, L, N) tensor into a zero-filled
-  full-size gradient), which makes L = 4096 take many minutes (L = 1024: 3 minutes here). The chunked scan is also measured alone at the full
-  shape and compared with the size of one (B, D, L, N) fp32 tensor. CPU tensors have no allocator statistics, so each case runs in a fresh subprocess:
-  a tiny forward+backward warms up the code paths, the inputs are built, the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``), forward and
+  full-size gradient), which makes L = 4096 take many minutes (L = 1024: 3 minutes here). The chunked scan is also
+  measured alone at the full shape and compared with the size of one (B, D, L, N) fp32 tensor. CPU tensors have no
+  allocator statistics, so each case runs in a fresh subprocess: a tiny forward+backward warms up the code paths,
+  the inputs are built, the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``), forward and
   backward run, and the peak is read back (VmHWM in /proc/self/status). Peak minus the resident size just before
   the call is the memory the scan needed. glibc is told to serve every allocation above 64 KiB with mmap
   (MALLOC_MMAP_THRESHOLD_), so freed blocks are returned to the OS and cannot hide allocations.

@@ -169,6 +169,7 @@ def test_gradcheck_double():
     (dict(C=torch.zeros(2, 2, 4, 37)), "same number of groups"),
     (dict(D=torch.zeros(3)), "D must be"),
     (dict(z=torch.zeros(2, 8, 36)), "z must have"),
+    (dict(u=torch.zeros(2, 8, 0), delta=torch.zeros(2, 8, 0)), "non-empty"),
 ])
 def test_bad_shapes_raise_clear_errors(bad, message):
     inputs = make_inputs()

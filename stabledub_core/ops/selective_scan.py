@@ -140,6 +140,8 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> int:
     if u.dim() != 3:
         raise SelectiveScanInputError(f"u must be (batch, dim, length), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
+    if min(batch, dim, length) == 0:
+        raise SelectiveScanInputError(f"u must have a non-empty batch, dim and length, got shape {tuple(u.shape)}")
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and t.shape != u.shape:
             raise SelectiveScanInputError(f"{name} must have u's shape {tuple(u.shape)}, got {tuple(t.shape)}")
@@ -237,6 +239,15 @@ class _ChunkPlan:
     def chunk_slices(self, length: int) -> list[slice]:
         return [slice(l0, min(l0 + self.chunk, length)) for l0 in range(0, length, self.chunk)]
 
+    def new_buffer(self, like: torch.Tensor, dim: int, d_state: int) -> torch.Tensor:
+        """A flat buffer for the largest tile; ``_tile`` views it as any smaller tile."""
+        return like.new_empty(self.chunk * self.batch_block * dim * d_state)
+
+
+def _tile(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A contiguous (T, b, G, Dg, N) view of the start of a flat buffer (partial tiles stay contiguous too)."""
+    return buffer[:math.prod(shape)].view(shape)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Chunked pure-PyTorch scan
@@ -320,9 +331,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         A_log2 = A.to(dtype).reshape(groups, dim_g, d_state) * math.log2(math.e)  # (G, Dg, N)
         Bs, Cs = _bc_to_scan(B, dtype), _bc_to_scan(C, dtype)  # (L, B, G, N)
 
-        buf_shape = (plan.chunk, plan.batch_block, groups, dim_g, d_state)
-        dA_buf = us.new_empty(buf_shape)
-        xs_bufs = (us.new_empty(buf_shape), us.new_empty(buf_shape))  # alternate, so a chunk's x0 is not overwritten
+        dA_buf = plan.new_buffer(us, dim, d_state)
+        xs_bufs = (plan.new_buffer(us, dim, d_state), plan.new_buffer(us, dim, d_state))  # alternate: keeps x0 intact
         # State at the start of every chunk but the first (which starts from zeros), for the backward pass.
         starts = us.new_empty((len(chunks) - 1, batch, groups, dim_g, d_state)) if keep_starts else None
         last_state = us.new_empty((batch, groups, dim_g, d_state))
@@ -334,8 +344,9 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                 n = sl.stop - sl.start
                 if x is not None and starts is not None:
                     starts[index - 1, bs] = x
-                xs = xs_bufs[index % 2][:n, :nb]
-                _chunk_forward(dt[sl, bs], dt[sl, bs] * us[sl, bs], A_log2, Bs[sl, bs], x, dA_buf[:n, :nb], xs)
+                tile_shape = (n, nb, groups, dim_g, d_state)
+                xs, dA = _tile(xs_bufs[index % 2], tile_shape), _tile(dA_buf, tile_shape)
+                _chunk_forward(dt[sl, bs], dt[sl, bs] * us[sl, bs], A_log2, Bs[sl, bs], x, dA, xs)
                 x = xs[n - 1]
                 y[sl, bs] = _contract_state(xs, Cs[sl, bs])
             last_state[bs] = x
@@ -388,8 +399,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         g_B, g_C = torch.empty_like(Bs), torch.empty_like(Cs)
         g_A = torch.zeros_like(A_g)
 
-        buf_shape = (plan.chunk, plan.batch_block, groups, dim_g, d_state)
-        dA_buf, xs_buf, h_buf = (us.new_empty(buf_shape) for _ in range(3))
+        dA_buf, xs_buf, h_buf = (plan.new_buffer(us, dim, d_state) for _ in range(3))
         chunks = plan.chunk_slices(length)
         for bs in plan.batch_slices(batch):
             nb = bs.stop - bs.start
@@ -398,7 +408,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             for index in reversed(range(len(chunks))):
                 tile = (chunks[index], bs)
                 n = tile[0].stop - tile[0].start
-                dA, xs, h = dA_buf[:n, :nb], xs_buf[:n, :nb], h_buf[:n, :nb]
+                dA, xs, h = (_tile(buf, (n, nb, groups, dim_g, d_state)) for buf in (dA_buf, xs_buf, h_buf))
                 x0 = starts[index - 1, bs] if index > 0 else None
                 dtu = dt[tile] * us[tile]  # (T, b, G, Dg)
                 _chunk_forward(dt[tile], dtu, A_log2, Bs[tile], x0, dA, xs)

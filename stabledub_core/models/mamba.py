@@ -14,7 +14,7 @@ Choices (documented deviations from Vim):
 
 Memory: with ``recompute_inner=True`` (default) only the input projection ``xz`` is kept for the backward pass and
 everything between ``in_proj`` and ``out_proj`` (convolutions, projections, the scans of both directions) is
-recomputed, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``); it trades one extra forward of
+recomputed direction by direction, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``); it trades one extra forward of
 the inner part for not storing about five ``(B, d_inner, L)`` activations per direction.
 
 The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
@@ -164,18 +164,24 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 * d_inner, L)
-        if self.recompute_inner and torch.is_grad_enabled():
-            y = checkpoint(self._mix, xz, use_reentrant=False)
-        else:
-            y = self._mix(xz)
+        directions = (self._forward_direction, self._backward_direction) if self.bidirectional else (
+            self._forward_direction,)
+        outputs = [self._run(direction, xz) for direction in directions]  # (B, d_inner, L) each
+        y = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+        if len(outputs) == 2 and self.divide_out:
+            y = y / 2
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
-    def _mix(self, xz: torch.Tensor) -> torch.Tensor:
-        """Both directions from the input projection: (B, 2 * d_inner, L) -> (B, d_inner, L)."""
-        y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)  # (B, d_inner, L)
-        if self.bidirectional:
-            y_b = self._scan(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-            y = y + y_b.flip(-1)
-            if self.divide_out:
-                y = y / 2
-        return y
+    def _run(self, direction, xz: torch.Tensor) -> torch.Tensor:
+        """One direction, recomputed in the backward pass when ``recompute_inner`` (one direction live at a time)."""
+        if self.recompute_inner and torch.is_grad_enabled():
+            return checkpoint(direction, xz, use_reentrant=False)
+        return direction(xz)
+
+    def _forward_direction(self, xz: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * d_inner, L) -> (B, d_inner, L) scanned left to right."""
+        return self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+
+    def _backward_direction(self, xz: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * d_inner, L) -> (B, d_inner, L) scanned right to left (flipped in, flipped back out)."""
+        return self._scan(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b).flip(-1)

@@ -22,7 +22,11 @@ such. Times are medians over ``--repeats`` steps after ``--warmup`` steps; ratio
 measured side by side in one run.
 
 Usage:
-    python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2]
+    python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2] [--warmup 1]
+
+The committed results come from ``--repeats 1 --warmup 0`` at full size (one forward + backward per case: several
+minutes for the Mamba case on 2 shared CPU cores with the pure-PyTorch scan); ``load_average_1min`` records how
+busy the machine was.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ def _spawn(case: str, args) -> dict:
     """Runs one case in a fresh subprocess; a failure (e.g. out of memory under the cap) is returned as an error."""
     cmd = [sys.executable, __file__, "--case", case, "--frames", str(args.frames), "--size", str(args.size),
            "--width", str(args.width), "--heads", str(args.heads), "--tokens", str(args.tokens),
-           "--cross-dim", str(args.cross_dim), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-cap-gb", str(args.mem_cap_gb)]
+           "--cross-dim", str(args.cross_dim), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--mem-cap-gb", str(args.mem_cap_gb)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

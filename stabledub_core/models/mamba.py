@@ -12,10 +12,10 @@ Choices (documented deviations from Vim):
     * ``dt_proj_b`` gets the same dt initialisation as ``dt_proj`` (Vim leaves it at ``nn.Linear``'s default), so
       both directions start with step sizes in ``[dt_min, dt_max]``.
 
-Memory: with ``recompute_inner=True`` (default) only the input projection ``xz`` is kept for the backward pass and
-everything between ``in_proj`` and ``out_proj`` (convolutions, projections, the scans of both directions) is
-recomputed direction by direction, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``); it trades one extra forward of
-the inner part for not storing about five ``(B, d_inner, L)`` activations per direction.
+Memory: with ``recompute_inner=True`` (default) only the input projection ``xz`` is kept for the backward pass;
+everything between ``in_proj`` and ``out_proj`` (convolutions, projections, scans) is recomputed direction by
+direction, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``). It trades one extra forward of the
+inner part for not storing about five ``(B, d_inner, L)`` activations per direction.
 
 The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
 implementation for the device; the module has no decoding ``step`` (the U-Net never decodes token by token).

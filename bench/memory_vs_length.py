@@ -111,14 +111,55 @@ def run_cli(video: Path, checkpoint: Path, steps: int) -> dict:
             "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
 
 
+PROBE = """
+import sys
+from stabledub_core.pipeline.dub import dub_video, DubOptions
+class InvertCrops:  # no model: measures streaming I/O, tracking, masks, compositing and x264 only
+    crop_size, lip_size = 128, 32
+    def begin(self, *args): pass
+    def generate(self, start, crops, masks, appearance, clock, should_stop): return 255 - crops
+dub_video(sys.argv[1], None, InvertCrops(), sys.argv[2], DubOptions(face_model=sys.argv[3], length_policy="pad"))
+"""
+
+
+def run_orchestration(video: Path) -> dict:
+    """Peak RSS and speed of the streaming pipeline without the model (generated crops = inverted source)."""
+    out = video.with_name(video.stem + "_probe.mp4")
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", PROBE, str(video), str(out), str(FACE_MODEL)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the orchestration probe failed on {video}")
+    wall = time.perf_counter() - start
+    frames = int(round(float(video.stem.split("_")[1][:-1]) * FPS))
+    return {"video_seconds": frames / FPS, "frames": frames, "wall_s": round(wall, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "fps": round(frames / wall, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=float, default=10.0, help="short video, seconds")
     parser.add_argument("--long", type=float, default=600.0, help="long video, seconds")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (few, to keep the long run feasible)")
+    parser.add_argument("--probe", type=float, nargs="*", default=[],
+                        help="also run the pipeline WITHOUT the model on videos of these lengths (seconds)")
+    parser.add_argument("--skip-model", action="store_true", help="only the model-free probe runs")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(WORK / "tiny_random.safetensors")
+    probes = []
+    for seconds in args.probe:
+        probes.append(run_orchestration(make_video(WORK / f"face720_{int(seconds)}s.mp4", seconds)))
+        print(f"no model {seconds:7.0f} s video: peak RSS {probes[-1]['peak_rss_mb']:8.1f} MB, "
+              f"{probes[-1]['fps']:.2f} frames/s", flush=True)
+    if args.skip_model:
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        previous["no_model_probe"] = probes
+        if len(probes) >= 2:
+            previous["no_model_rss_ratio_long_vs_short"] = round(probes[-1]["peak_rss_mb"] / probes[0]["peak_rss_mb"], 3)
+        RESULTS.write_text(json.dumps(previous, indent=1) + "\n")
+        return
     runs = []
     for seconds in (args.short, args.long):
         video = make_video(WORK / f"face720_{int(seconds)}s.mp4", seconds)
@@ -134,7 +175,7 @@ def main() -> None:
         "short_seconds": args.short, "long_seconds": args.long,
         "tiny_fps": long["fps"],
         "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
-        "cpu_count": os.cpu_count(), "runs": runs,
+        "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes,
         "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
                 "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",
     }

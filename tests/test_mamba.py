@@ -136,12 +136,16 @@ def test_bad_input_shape_is_a_clear_error():
         Mamba(16)(torch.zeros(2, 16))
 
 
-def test_recomputing_the_inner_part_gives_the_same_gradients():
+@pytest.mark.parametrize("block_tokens", [16384, 14])  # one block; blocks of 2 sequences of 7 (and a last of 1)
+def test_recomputing_the_mixer_gives_the_same_gradients(monkeypatch, block_tokens):
+    import stabledub_core.models.mamba as mamba_module
+
+    monkeypatch.setattr(mamba_module, "RECOMPUTE_TOKENS", block_tokens)
     torch.manual_seed(3)
     stored = Mamba(16, d_state=4, recompute_inner=False)
     recomputed = Mamba(16, d_state=4, recompute_inner=True)
     recomputed.load_state_dict(stored.state_dict())
-    x = torch.randn(2, 7, 16)
+    x = torch.randn(5, 7, 16)
     grads = []
     for m in (stored, recomputed):
         x_in = x.clone().requires_grad_()

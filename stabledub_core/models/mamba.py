@@ -12,10 +12,12 @@ Choices (documented deviations from Vim):
     * ``dt_proj_b`` gets the same dt initialisation as ``dt_proj`` (Vim leaves it at ``nn.Linear``'s default), so
       both directions start with step sizes in ``[dt_min, dt_max]``.
 
-Memory: with ``recompute_inner=True`` (default) only the input projection ``xz`` is kept for the backward pass;
-everything between ``in_proj`` and ``out_proj`` (convolutions, projections, scans) is recomputed direction by
-direction, as mamba_ssm's fused ``mamba_inner_fn`` does (``checkpoint_lvl=1``). It trades one extra forward of the
-inner part for not storing about five ``(B, d_inner, L)`` activations per direction.
+Memory: with ``recompute_inner=True`` (default) only the mixer's input ``(B, L, D)`` is kept for the backward pass;
+the whole mixer (``in_proj``, both directions' convolutions, projections and scans, ``out_proj``) is recomputed in
+the backward pass, in blocks of sequences of at most :data:`RECOMPUTE_TOKENS` tokens. Blocks are recomputed and
+freed one after the other, so the backward pass's working memory is that of one block, not of the whole batch.
+It trades one extra forward of the mixer for storing one ``(B, L, D)`` tensor instead of about twelve
+``(B, d_inner, L)`` activations (mamba_ssm's fused ``mamba_inner_fn`` with ``checkpoint_lvl=1`` keeps more).
 
 The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
 implementation for the device; the module has no decoding ``step`` (the U-Net never decodes token by token).
@@ -31,6 +33,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import selective_scan
+
+RECOMPUTE_TOKENS = 4096  # tokens (sequences x length) recomputed together in the backward pass
 
 
 def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float, dt_min: float, dt_max: float,
@@ -90,7 +94,7 @@ class Mamba(nn.Module):
         bias: whether ``in_proj`` and ``out_proj`` have a bias.
         bidirectional: add the backward branch (Vim v2).
         divide_out: average rather than sum the two directions (only with ``bidirectional``).
-        recompute_inner: recompute the inner activations in the backward pass instead of storing them.
+        recompute_inner: recompute the mixer in the backward pass (block by block) instead of storing its activations.
         device, dtype: factory arguments; ``A_log`` and ``D`` are fp32 whatever ``dtype`` is.
     """
 
@@ -163,20 +167,22 @@ class Mamba(nn.Module):
         """
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
+        if self.recompute_inner and torch.is_grad_enabled():
+            rows = max(1, RECOMPUTE_TOKENS // hidden_states.shape[1])
+            blocks = hidden_states.split(rows, dim=0)
+            return torch.cat([checkpoint(self._mix, block, use_reentrant=False) for block in blocks])
+        return self._mix(hidden_states)
+
+    def _mix(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D): projections and both scans."""
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 * d_inner, L)
         directions = (self._forward_direction, self._backward_direction) if self.bidirectional else (
             self._forward_direction,)
-        outputs = [self._run(direction, xz) for direction in directions]  # (B, d_inner, L) each
+        outputs = [direction(xz) for direction in directions]  # (B, d_inner, L) each
         y = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
         if len(outputs) == 2 and self.divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
-
-    def _run(self, direction, xz: torch.Tensor) -> torch.Tensor:
-        """One direction, recomputed in the backward pass when ``recompute_inner`` (one direction live at a time)."""
-        if self.recompute_inner and torch.is_grad_enabled():
-            return checkpoint(direction, xz, use_reentrant=False)
-        return direction(xz)
 
     def _forward_direction(self, xz: torch.Tensor) -> torch.Tensor:
         """(B, 2 * d_inner, L) -> (B, d_inner, L) scanned left to right."""

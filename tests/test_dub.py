@@ -143,3 +143,21 @@ def test_interruption_leaves_no_file(tmp_path, short_video, face_model_path, aft
         dub_video(short_video, None, InvertCrops(), out, options(face_model_path),
                   should_stop=lambda: next(calls) >= after)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_per_frame_occluder_follows_the_source_frames(face_frames, face_model_path):
+    """An (F_src, H, W) occluder is looked up by each output frame's source frame (here through a ping-pong)."""
+    from stabledub_core.pipeline.frame_source import FrameSource, dub_clip, fit_length
+
+    frames = np.stack(face_frames[:24])
+    speech = tone(40 / 25, 16000)
+    occluder = np.zeros((24, SIZE, SIZE), np.float32)
+    occluder[:6] = 1  # source frames 0-5 are fully occluded: every patch is exposed, nothing is generated
+    result = dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path), occluder)
+    index = fit_length(24, 25, speech, 16000, "pingpong").index
+    assert len(result.frames) == len(index) == 40
+    for i, src in enumerate(index):
+        kept = np.array_equal(result.frames[i], frames[src])
+        assert kept == (src < 6), (i, src)
+    with pytest.raises(ValueError, match="one per frame"):
+        dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path), occluder[:5])

@@ -444,14 +444,25 @@ def _load_occluder(path, size: tuple[int, int]) -> np.ndarray | None:
 
 
 def _check_occluder(occluder, num_frames: int, size: tuple[int, int]) -> np.ndarray | None:
-    """An occluder mask as float32 ``(H, W)``, or None; a clear error for any other shape."""
+    """An occluder mask as float32 ``(F_src, H, W)`` (one for every source frame), or None.
+
+    Args:
+        occluder: ``(H, W)`` (the same for every frame), ``(1, H, W)`` or ``(F_src, H, W)``, or None.
+        num_frames: F_src, frames of the source clip.
+        size: ``(H, W)`` of the frames.
+
+    Raises:
+        OptionError: For any other shape.
+    """
     if occluder is None:
         return None
     occluder = np.asarray(occluder, np.float32)
-    if occluder.shape != size:
-        raise OptionError(f"the occluder mask has shape {occluder.shape} but the frames are {size[1]}x{size[0]}: "
-                          "give one (H, W) mask at the frames' size")
-    return occluder
+    if occluder.ndim == 2:
+        occluder = occluder[None]
+    if occluder.ndim != 3 or occluder.shape[1:] != size or occluder.shape[0] not in (1, num_frames):
+        raise OptionError(f"the occluder mask has shape {occluder.shape} but the clip has {num_frames} frames of "
+                          f"{size[1]}x{size[0]}: give one (H, W) mask for all frames or one per frame (F, H, W)")
+    return np.broadcast_to(occluder, (num_frames, *size))
 
 
 class _MaskWindows:
@@ -525,7 +536,8 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                 appearance[k] = crop_frames(reference[None], window.box, size)[0]
                 mask = window.union_mask
                 if occluder is not None and not window.passthrough:
-                    mask = apply(mask, from_occluder(occluder[None], _single(window, offset), grid)[0])
+                    frame_occluder = occluder[index[i]][None]  # (1, H, W): the output frame's source frame
+                    mask = apply(mask, from_occluder(frame_occluder, _single(window, offset), grid)[0])
                 masks[k] = mask
         generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop)
         start, final = stitcher.push(torch.from_numpy(generated).float())

@@ -472,7 +472,8 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
         model: A ``StableDub`` model, a checkpoint path, or any ``ChunkModel``.
         options: :class:`~stabledub_core.pipeline.dub.DubOptions` (its file-only fields are ignored:
             ``occluder_mask``, ``crf``, ``x264_preset``).
-        occluder: ``(H, W)`` float occluder mask in frame coordinates (white = keep those pixels), or None.
+        occluder: ``(H, W)`` (all frames) or ``(F, H, W)`` (per frame) float occluder mask in frame coordinates
+            (white = keep those pixels), or None.
         on_progress: Called as ``on_progress(stage, done, total)`` (stages: see ``dub.dub_stream``).
         should_stop: Polled often; True raises ``Interrupted``.
 

@@ -117,7 +117,8 @@ class StableDubDub:
                                   habit_frames=habit_frames, mask_margin=mask_margin,
                                   face_model=comfy_env.model_path("mediapipe", face_model))
             result = frame_source.dub_clip(source, waveform, rate, model.model, options, occluder,
-                                           comfy_env.Progress(len(images)), comfy_env.should_stop)
+                                           comfy_env.Progress(len(images), stages=("track", "sample")),
+                                           comfy_env.should_stop)
         return (convert.image_out(result.frames), convert.audio_out(result.waveform, result.sample_rate),
                 float(result.fps))
 

@@ -52,6 +52,9 @@ When both already match (to within half a frame) the speech goes into the output
 """
 
 
+STAGE_UNITS = {"sample": "steps"}  # what a progress stage counts (default: frames)
+
+
 class _Progress:
     """A single self-overwriting status line on stderr (only when stderr is a terminal)."""
 
@@ -69,7 +72,8 @@ class _Progress:
         self._last, self._stage = now, stage
         width = 30
         filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r{stage:>5} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} frames ")
+        unit = STAGE_UNITS.get(stage, "frames")
+        sys.stderr.write(f"\r{stage:>6} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit} ")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()

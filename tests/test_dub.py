@@ -26,6 +26,7 @@ class InvertCrops:
 
     crop_size = 64
     lip_size = 32
+    steps = 2  # sampler steps reported per chunk
 
     def __init__(self):
         self.calls = []
@@ -34,8 +35,10 @@ class InvertCrops:
         self.times = frame_times
         self.lips = lip_crops
 
-    def generate(self, start, crops, masks, appearance, clock, should_stop):
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
         self.calls.append((start, len(crops)))
+        for step in range(self.steps if on_step is not None else 0):
+            on_step(step + 1, self.steps)
         return 255 - crops
 
 
@@ -108,8 +111,14 @@ def test_follow_audio_loop_keeps_speech_bit_exact(tmp_path, face_video, media_di
 
 def test_own_aac_track_is_copied(tmp_path, short_video, face_model_path):
     out = tmp_path / "own.mp4"
-    result = dub_video(short_video, None, InvertCrops(), out, options(face_model_path, length_policy="freeze"))
+    model, events = InvertCrops(), []
+    result = dub_video(short_video, None, model, out, options(face_model_path, length_policy="freeze"),
+                       on_progress=lambda *event: events.append(event))
     assert result.audio_bit_exact and result.audio_codec == "aac"
+    steps = [(done, total) for stage, done, total in events if stage == "sample"]  # per sampler step
+    total = InvertCrops.steps * len(model.calls)
+    assert steps == [(done, total) for done in range(1, total + 1)]
+    assert events[-1] == ("dub", 24, 24)
     np.testing.assert_array_equal(decode_native(out), decode_native(short_video))
 
 

@@ -141,7 +141,8 @@ class ChunkModel(Protocol):
         """Start a clip: its 16 kHz mono speech, output frame times (s) and K lip crops ``(K, s, s, 3)`` uint8."""
 
     def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
-                 clock: StageClock, should_stop: StopCheck | None) -> np.ndarray:
+                 clock: StageClock, should_stop: StopCheck | None,
+                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Dub output frames ``[start, start + n)``.
 
         Args:
@@ -151,6 +152,7 @@ class ChunkModel(Protocol):
             appearance: ``(n, S, S, 3)`` uint8 crops of the appearance reference frame.
             clock: Stage timer to account the model's stages in.
             should_stop: Interruption check.
+            on_step: Called as ``on_step(done, total)`` after every sampler step of the chunk.
 
         Returns:
             ``(n, S, S, 3)`` uint8 generated crops.
@@ -519,7 +521,7 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
     read = 0
     faceless = 0
     grid = grid_size(size, grid=EXPOSURE_GRID)
-    for chunk in chunks:
+    for number, chunk in enumerate(chunks):
         check_interrupt(should_stop)
         with clock.stage("decode"):
             while read < chunk.stop:
@@ -539,7 +541,8 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                     frame_occluder = occluder[index[i]][None]  # (1, H, W): the output frame's source frame
                     mask = apply(mask, from_occluder(frame_occluder, _single(window, offset), grid)[0])
                 masks[k] = mask
-        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop)
+        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop,
+                                   on_step=_chunk_steps(on_progress, number, len(chunks)))
         start, final = stitcher.push(torch.from_numpy(generated).float())
         final = final.round().clamp(0, 255).to(torch.uint8).numpy()
         for k, i in enumerate(range(start, start + len(final))):
@@ -557,6 +560,13 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                 check_interrupt(should_stop)
     stitcher.finish()
     return faceless
+
+
+def _chunk_steps(on_progress: ProgressCallback | None, number: int, chunks: int):
+    """The ``on_step(done, total)`` of chunk ``number``: reports ``("sample", steps done, steps of all chunks)``."""
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress("sample", number * total + done, chunks * total)
 
 
 def _single(window, offset: int):
@@ -623,7 +633,7 @@ class StableDubChunkModel:
                              audio_cfg.tokens_per_frame, audio_cfg.window_seconds,
                              feature_offset=getattr(encoder, "time_offset", 0.0))
 
-    def generate(self, start, crops, masks, appearance, clock, should_stop):
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
         import torch
 
         from stabledub_core.masks.exposure import to_latent
@@ -650,7 +660,7 @@ class StableDubChunkModel:
                 conditions = ClipConditions(masked, mask, app, tokens)
                 latents = denoise_chunk(self.model.unet, conditions, self.sampler,
                                         noise=self._noise.frames(start, start + n), device=self.device,
-                                        dtype=self.dtype, should_stop=should_stop)
+                                        dtype=self.dtype, on_step=on_step, should_stop=should_stop)
             with clock.stage("vae_decode"):
                 images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)

@@ -89,7 +89,7 @@ def _add_dub_options(parser: argparse.ArgumentParser) -> None:
     from stabledub_core.pipeline.length_policy import LengthPolicy
 
     model = parser.add_argument_group("sampling")
-    model.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    model.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
     model.add_argument("--scheduler", choices=["ddim", "dpmpp2m", "euler", "unipc"], default="ddim",
                        help="diffusion solver (default: ddim)")
     model.add_argument("--audio-scale", type=float, default=2.0,
@@ -109,7 +109,7 @@ def _add_dub_options(parser: argparse.ArgumentParser) -> None:
                        help="which frame gives the face's appearance (default: closed-lips)")
     video = parser.add_argument_group("video")
     video.add_argument("--length-policy", choices=[p.value for p in LengthPolicy], default="pingpong",
-                       help="what to do when speech and video lengths differ (default: pingpong, see below)")
+                       help="what to do when speech and video lengths differ (default: %(default)s, see below)")
     video.add_argument("--face-model", type=Path, default=None, metavar="PATH",
                        help="MediaPipe face_landmarker.task (default: ./models/mediapipe/face_landmarker.task, "
                             "else the bundled assets/face_landmarker.task)")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DUB_EPILOG)
     demo.add_argument("--out", type=Path, default=Path("out") / "demo.mp4", help="default: out/demo.mp4")
     _add_dub_options(demo)
-    demo.set_defaults(steps=4)
+    demo.set_defaults(steps=4, length_policy="trim")  # quick: the 75 frames of the bundled clip, speech cut
     preview = sub.add_parser("preview", help="write a PNG strip of the masks of a few frames",
                              description="Write a PNG strip previewing StableDub's masks (mouth mask, crop box, "
                              "exposed patches) for a video.", epilog=FACE_MODEL_HELP,

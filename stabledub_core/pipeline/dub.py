@@ -653,8 +653,10 @@ class StableDubChunkModel:
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = torch.from_numpy(np.where(hide, 0, crops)).permute(0, 3, 1, 2).float().div(255)
                 masked = encode_frames(vae, masked).float().cpu()  # (n, 4, h, w)
-                app = torch.from_numpy(appearance).permute(0, 3, 1, 2).float().div(255)
-                app = encode_frames(vae, app).float().cpu()
+                # The reference crop is the same for all frames of a mask window: encode each distinct one once
+                unique, inverse = np.unique(appearance.reshape(n, -1), axis=0, return_inverse=True)
+                app = torch.from_numpy(unique.reshape(-1, *appearance.shape[1:])).permute(0, 3, 1, 2).float()
+                app = encode_frames(vae, app.div(255)).float().cpu()[torch.from_numpy(inverse.reshape(-1))]
                 mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
             with clock.stage("sample"):
                 conditions = ClipConditions(masked, mask, app, tokens)

@@ -15,6 +15,10 @@ Frames without a face (``TrackStatus.MISSING``) are written unchanged. ``should_
 chunks and sampler steps; it raises :class:`~stabledub_core.pipeline.Interrupted`, and the atomic writer then
 leaves no file behind.
 
+:func:`dub_video` opens the files and calls :func:`dub_stream`, which runs both passes on any reader with the
+``VideoReader`` interface and writes to any sink with ``write(image, time)``; ``frame_source.dub_clip`` calls it with
+in-memory frames (ComfyUI).
+
 The model side is behind a small seam, :class:`ChunkModel`: :class:`StableDubChunkModel` adapts a ``StableDub``
 model (VAE, audio encoder, lip-habit module, U-Net, sampler with dual CFG).
 """

@@ -124,15 +124,22 @@ class Progress:
     """A ComfyUI progress bar fed by the core's ``on_progress(stage, done, total)`` callbacks.
 
     Each stage restarts the bar with its own total (tracking, then dubbing...).
+
+    Args:
+        total: Initial total of the bar.
+        stages: Show only these stages (None: all), e.g. per-step ``"sample"`` progress without the interleaved
+            per-frame ``"dub"`` updates.
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, stages: tuple[str, ...] | None = None):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(max(int(total), 1))
+        self.stages = stages
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        self.bar.update_absolute(int(done), max(int(total), 1))
+        if self.stages is None or stage in self.stages:
+            self.bar.update_absolute(int(done), max(int(total), 1))
 
 
 def torch_dtype(name: str, device):

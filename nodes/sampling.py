@@ -101,28 +101,24 @@ class StableDubDub:
             "reference": (reference_strategies(),),
             "habit_frames": ("INT", {"default": 8, "min": 1, "max": 64}),
             "mask_margin": ("FLOAT", {"default": MaskConfig.coarse_dilation, "min": 0.0, "max": 1.0, "step": 0.01}),
-        }, "optional": {"occluder": ("MASK", {"tooltip": "one mask at the frames' size, white = keep (occluder)"})}}
+        }, "optional": {"occluder": ("MASK", {"tooltip": "one mask for all frames or one per frame, at the frames' "
+                                                    "size; white = keep (an occluder)"})}}
 
     @interruptible
     def dub(self, model, images, audio, fps, face_model, length_policy, steps, scheduler, audio_scale, habit_scale,
             seed, reference, habit_frames, mask_margin, occluder=None):
-        from stabledub_core.errors import OptionError
-
         waveform, rate = convert.audio_in(audio)
         source = frame_source.FrameSource(convert.image_in(images), fps)
         if occluder is not None:
-            occluder = convert.mask_in(occluder, "occluder")
-            if len(occluder) != 1:
-                raise OptionError(f"StableDub Dub takes one occluder mask for all frames, got {len(occluder)}: "
-                                  "use the modular nodes (Occluder Exposure) for per-frame masks")
-            occluder = occluder[0]
+            occluder = convert.mask_in(occluder, "occluder")  # (1, H, W) or (F, H, W)
         with comfy_env.model_on_device(model) as device:
             options = dub_options(device, model.dtype, length_policy=length_policy, steps=steps, scheduler=scheduler,
                                   audio_scale=audio_scale, habit_scale=habit_scale, seed=seed, reference=reference,
                                   habit_frames=habit_frames, mask_margin=mask_margin,
                                   face_model=comfy_env.model_path("mediapipe", face_model))
             result = frame_source.dub_clip(source, waveform, rate, model.model, options, occluder,
-                                           comfy_env.Progress(len(images)), comfy_env.should_stop)
+                                           comfy_env.Progress(len(images), stages=("track", "sample")),
+                                           comfy_env.should_stop)
         return (convert.image_out(result.frames), convert.audio_out(result.waveform, result.sample_rate),
                 float(result.fps))
 

@@ -106,11 +106,33 @@ def test_missing_face_model(files):
     assert_clean_error(dub(files, **{"face-model": files["tmp"] / "nope.task"}), files["out"], "face model")
 
 
-def test_default_face_model_location_is_explained(files, tmp_path):
+def test_default_face_model_is_the_bundled_one(files, tmp_path):
     args = ["dub", "--video", files["video"], "--audio", files["speech"], "--checkpoint", files["ckpt"],
             "--out", files["out"]]
-    result = run_cli(*args, cwd=tmp_path)
-    assert_clean_error(result, files["out"], "models/mediapipe/face_landmarker.task", "https://")
+    result = run_cli(*args, cwd=tmp_path)  # no ./models here: assets/face_landmarker.task is found
+    assert_clean_error(result, files["out"], "model.safetensors")  # the next check (the empty checkpoint) fails
+
+
+def test_face_model_search_order_and_its_error(tmp_path, monkeypatch):
+    from stabledub_core import cli
+
+    first, second = tmp_path / "models" / "face_landmarker.task", tmp_path / "assets" / "face_landmarker.task"
+    monkeypatch.setattr(cli, "FACE_MODEL_SEARCH", (first, second))
+    with pytest.raises(FileNotFoundError, match=f"{first}.*{second}.*https://"):
+        cli.find_face_model()
+    for path in (second, first):
+        path.parent.mkdir()
+        path.write_bytes(b"model")
+        assert cli.find_face_model() == path
+    assert cli.find_face_model(second) == second
+
+
+def test_preview_strip_with_the_default_face_model(tmp_path, media_dir):
+    out = tmp_path / "strip.png"
+    result = run_cli("preview", media_dir / "face_pan.mp4", "--out", out, "--frames", "2", "--max-frames", "6",
+                     "--tile", "64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "wrote" in result.stdout
 
 
 def test_bad_output_extension(files):

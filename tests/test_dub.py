@@ -26,6 +26,7 @@ class InvertCrops:
 
     crop_size = 64
     lip_size = 32
+    steps = 2  # sampler steps reported per chunk
 
     def __init__(self):
         self.calls = []
@@ -34,8 +35,10 @@ class InvertCrops:
         self.times = frame_times
         self.lips = lip_crops
 
-    def generate(self, start, crops, masks, appearance, clock, should_stop):
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
         self.calls.append((start, len(crops)))
+        for step in range(self.steps if on_step is not None else 0):
+            on_step(step + 1, self.steps)
         return 255 - crops
 
 
@@ -108,8 +111,14 @@ def test_follow_audio_loop_keeps_speech_bit_exact(tmp_path, face_video, media_di
 
 def test_own_aac_track_is_copied(tmp_path, short_video, face_model_path):
     out = tmp_path / "own.mp4"
-    result = dub_video(short_video, None, InvertCrops(), out, options(face_model_path, length_policy="freeze"))
+    model, events = InvertCrops(), []
+    result = dub_video(short_video, None, model, out, options(face_model_path, length_policy="freeze"),
+                       on_progress=lambda *event: events.append(event))
     assert result.audio_bit_exact and result.audio_codec == "aac"
+    steps = [(done, total) for stage, done, total in events if stage == "sample"]  # per sampler step
+    total = InvertCrops.steps * len(model.calls)
+    assert steps == [(done, total) for done in range(1, total + 1)]
+    assert events[-1] == ("dub", 24, 24)
     np.testing.assert_array_equal(decode_native(out), decode_native(short_video))
 
 
@@ -143,3 +152,21 @@ def test_interruption_leaves_no_file(tmp_path, short_video, face_model_path, aft
         dub_video(short_video, None, InvertCrops(), out, options(face_model_path),
                   should_stop=lambda: next(calls) >= after)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_per_frame_occluder_follows_the_source_frames(face_frames, face_model_path):
+    """An (F_src, H, W) occluder is looked up by each output frame's source frame (here through a ping-pong)."""
+    from stabledub_core.pipeline.frame_source import FrameSource, dub_clip, fit_length
+
+    frames = np.stack(face_frames[:24])
+    speech = tone(40 / 25, 16000)
+    occluder = np.zeros((24, SIZE, SIZE), np.float32)
+    occluder[:6] = 1  # source frames 0-5 are fully occluded: every patch is exposed, nothing is generated
+    result = dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path), occluder)
+    index = fit_length(24, 25, speech, 16000, "pingpong").index
+    assert len(result.frames) == len(index) == 40
+    for i, src in enumerate(index):
+        kept = np.array_equal(result.frames[i], frames[src])
+        assert kept == (src < 6), (i, src)
+    with pytest.raises(ValueError, match="one per frame"):
+        dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path), occluder[:5])

@@ -189,9 +189,12 @@ def _exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Sequ
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stabledub_core.masks.preview",
-                                     description="Write a PNG strip previewing StableDub's masks for a video.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The preview command's arguments (also used by ``python -m stabledub_core preview``).
+
+    Args:
+        parser: The parser to add them to.
+    """
     parser.add_argument("video", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--frames", type=int, default=6, help="frames in the strip, spread over the video")
@@ -207,11 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--occluder", type=Path, help="grayscale image, non-zero where an occluder is")
     source.add_argument("--exposure-rate", type=float, default=0.0, help="random training-style exposure rate")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.face_model is None:
-        parser.error("give --face-model PATH (MediaPipe face_landmarker.task) or set STABLEDUB_FACE_MODEL")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the preview strip of parsed :func:`add_arguments` arguments (``args.face_model`` must be set).
+
+    Args:
+        args: The parsed arguments.
+
+    Returns:
+        The exit status (0).
+    """
     if args.frames < 1:
-        parser.error("--frames must be >= 1")
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
 
     from ..face.track import FaceTracker  # MediaPipe is loaded only when the command runs
 
@@ -227,6 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise OSError(f"could not write {args.out}")
     print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]}, frames {indices.tolist()})")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stabledub_core.masks.preview",
+                                     description="Write a PNG strip previewing StableDub's masks for a video.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.face_model is None:
+        parser.error("give --face-model PATH (MediaPipe face_landmarker.task) or set STABLEDUB_FACE_MODEL")
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Frames without a face (``TrackStatus.MISSING``) are written unchanged. ``should_
 chunks and sampler steps; it raises :class:`~stabledub_core.pipeline.Interrupted`, and the atomic writer then
 leaves no file behind.
 
+:func:`dub_video` opens the files and calls :func:`dub_stream`, which runs both passes on any reader with the
+``VideoReader`` interface and writes to any sink with ``write(image, time)``; ``frame_source.dub_clip`` calls it with
+in-memory frames (ComfyUI).
+
 The model side is behind a small seam, :class:`ChunkModel`: :class:`StableDubChunkModel` adapts a ``StableDub``
 model (VAE, audio encoder, lip-habit module, U-Net, sampler with dual CFG).
 """
@@ -27,12 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
 from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, load_encoder_input, probe_audio
-from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, check_interrupt
+from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, OptionError, check_interrupt
 from stabledub_core.pipeline.length_policy import LengthPlan, LengthPolicy, plan_length
 from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter, output_format
 
@@ -49,7 +53,7 @@ StopCheck = Callable[[], bool]
 
 @dataclass
 class DubOptions:
-    """Settings of :func:`dub_video`.
+    """Settings of :func:`dub_video` and :func:`dub_stream`.
 
     Attributes:
         length_policy: What to do when speech and video durations differ (see ``length_policy.py``).
@@ -141,7 +145,8 @@ class ChunkModel(Protocol):
         """Start a clip: its 16 kHz mono speech, output frame times (s) and K lip crops ``(K, s, s, 3)`` uint8."""
 
     def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
-                 clock: StageClock, should_stop: StopCheck | None) -> np.ndarray:
+                 clock: StageClock, should_stop: StopCheck | None,
+                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Dub output frames ``[start, start + n)``.
 
         Args:
@@ -151,6 +156,7 @@ class ChunkModel(Protocol):
             appearance: ``(n, S, S, 3)`` uint8 crops of the appearance reference frame.
             clock: Stage timer to account the model's stages in.
             should_stop: Interruption check.
+            on_step: Called as ``on_step(done, total)`` after every sampler step of the chunk.
 
         Returns:
             ``(n, S, S, 3)`` uint8 generated crops.
@@ -195,14 +201,13 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None,
         model: A ``StableDub`` model, a checkpoint path (``.safetensors``), or any :class:`ChunkModel`.
         out: Output path (.mp4, .m4v, .mov or .mkv); written atomically.
         options: :class:`DubOptions`.
-        on_progress: Called as ``on_progress(stage, done, total)`` with stages ``"track"`` and ``"dub"``.
+        on_progress: Called as ``on_progress(stage, done, total)``; see :func:`dub_stream`.
         should_stop: Polled often; returning True aborts with ``Interrupted`` and leaves no output file.
 
     Returns:
         A :class:`DubResult`.
     """
     options = options or DubOptions()
-    policy = LengthPolicy.parse(options.length_policy)
     clock = StageClock()
     with clock.stage("audio_decode"):
         check_inputs(video, audio, out)
@@ -210,25 +215,84 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None,
         with clock.stage("audio_decode"):
             wave16, info = load_encoder_input(video if audio is None else audio,
                                               "video" if audio is None else "audio")
-        chunk_model = _as_chunk_model(model, options)
-        track = _track(reader, options, clock, on_progress, should_stop)
-        plan = plan_length(policy, reader.num_frames, reader.fps, info.num_samples, info.sample_rate)
-        variable = plan.is_identity and reader.is_variable_rate()
-        index = plan.index_array()  # (F_out,) source frame of each output frame
-        times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
-        wave16 = _fit(wave16, int(round(plan.audio_samples * ENCODER_SAMPLE_RATE / info.sample_rate)))
-        with clock.stage("prepare"):
-            chunk_model.begin(wave16, times, _habit_crops(reader, track, chunk_model.lip_size, options))
-            reference = _reference_frame(reader, track, options)
-            occluder = _load_occluder(options.occluder_mask, reader.size)
-        with VideoWriter(out, plan.fps, reader.size, audio=info, audio_samples=plan.audio_samples,
-                         crf=options.crf, preset=options.x264_preset,
-                         time_base=reader.time_base if variable else None) as writer:
-            faceless = _dub_frames(reader, writer, plan, index, times if variable else None, track, reference,
-                                   occluder, chunk_model, options, clock, on_progress, should_stop)
-            audio_codec = writer.audio.codec
-        return DubResult(Path(out), plan.num_frames, plan.fps, audio_codec, not plan.audio_changed, faceless,
-                         dict(clock.seconds))
+        occluder = _load_occluder(options.occluder_mask, reader.size)
+
+        def open_writer(plan: LengthPlan, time_base: Fraction | None) -> VideoWriter:
+            return VideoWriter(out, plan.fps, reader.size, audio=info, audio_samples=plan.audio_samples,
+                               crf=options.crf, preset=options.x264_preset, time_base=time_base)
+
+        stream = dub_stream(reader, wave16, info.num_samples, info.sample_rate, model, options, open_writer,
+                            occluder, on_progress, should_stop, clock)
+    plan = stream.plan
+    return DubResult(Path(out), plan.num_frames, plan.fps, stream.sink.audio.codec, not plan.audio_changed,
+                     stream.faceless_frames, stream.seconds)
+
+
+@dataclass
+class StreamResult:
+    """What :func:`dub_stream` produced.
+
+    Attributes:
+        sink: The (closed) sink the output frames were written to.
+        plan: The length plan: output frames, frame rate, speech samples.
+        faceless_frames: Output frames written unchanged because no face was tracked in them.
+        seconds: Wall time per stage.
+    """
+
+    sink: object
+    plan: LengthPlan
+    faceless_frames: int
+    seconds: dict[str, float]
+
+
+SinkOpener = Callable[[LengthPlan, "Fraction | None"], ContextManager]  # (plan, time base or None) -> sink
+
+
+def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, model, options: DubOptions,
+               open_sink: SinkOpener, occluder: np.ndarray | None = None,
+               on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
+               clock: StageClock | None = None) -> StreamResult:
+    """Dub the frames of any reader into any sink: tracking, length policy, masks, sampling, paste-back.
+
+    Args:
+        reader: A :class:`VideoReader`, or anything with its ``frames()``, ``frames_at(runs)``, ``num_frames``,
+            ``fps``, ``size``, ``time_base``, ``times()``, ``is_variable_rate()``, ``stream.frames`` and ``path``
+            (e.g. ``frame_source.FrameSource``).
+        wave16: ``(S16,)`` float32 16 kHz mono speech (the audio encoder's input).
+        num_samples: Length of the speech at its own rate (the length policy works on it).
+        sample_rate: That rate.
+        model: A ``StableDub`` model, a checkpoint path, or any :class:`ChunkModel`.
+        options: :class:`DubOptions` (``occluder_mask``, ``crf`` and ``x264_preset`` are the caller's business).
+        open_sink: Called once as ``open_sink(plan, time_base)`` (``time_base``: the reader's, for a variable-rate
+            output, else None); returns a context manager whose value has ``write(image, time)``.
+        occluder: ``(H, W)`` or ``(F_src, H, W)`` float occluder mask in [0, 1] in frame coordinates (white = an
+            occluder in front of the mouth whose pixels are kept), or None.
+        on_progress: Called as ``on_progress(stage, done, total)``: ``"track"`` (source frames), ``"sample"``
+            (sampler steps over all chunks) and ``"dub"`` (output frames written).
+        should_stop: Polled often; returning True aborts with ``Interrupted``.
+        clock: Stage timer to add to (default: a new one).
+
+    Returns:
+        The :class:`StreamResult`.
+    """
+    policy = LengthPolicy.parse(options.length_policy)
+    clock = clock or StageClock()
+    chunk_model = as_chunk_model(model, options)
+    track = track_faces(reader, options.face_model, clock, on_progress, should_stop)
+    occluder = _check_occluder(occluder, reader.num_frames, reader.size)
+    plan = plan_length(policy, reader.num_frames, reader.fps, num_samples, sample_rate)
+    variable = plan.is_identity and reader.is_variable_rate()
+    index = plan.index_array()  # (F_out,) source frame of each output frame
+    times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
+    wave16 = _fit(wave16, int(round(plan.audio_samples * ENCODER_SAMPLE_RATE / sample_rate)))
+    with clock.stage("prepare"):
+        chunk_model.begin(wave16, times, habit_crops(reader, track, chunk_model.lip_size, options.habit_frames,
+                                                     options.seed))
+        reference = reference_image(reader, track, options.reference, options.seed)
+    with open_sink(plan, reader.time_base if variable else None) as sink:
+        faceless = _dub_frames(reader, sink, plan, index, times if variable else None, track, reference,
+                               occluder, chunk_model, options, clock, on_progress, should_stop)
+    return StreamResult(sink, plan, faceless, dict(clock.seconds))
 
 
 def _fit(wave: np.ndarray, length: int) -> np.ndarray:
@@ -236,7 +300,17 @@ def _fit(wave: np.ndarray, length: int) -> np.ndarray:
     return wave[:length] if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
 
 
-def _as_chunk_model(model, options: DubOptions) -> ChunkModel:
+def as_chunk_model(model, options: DubOptions) -> ChunkModel:
+    """The :class:`ChunkModel` of a model.
+
+    Args:
+        model: A :class:`ChunkModel` (returned as it is), a ``StableDub`` model, or a checkpoint path (loaded on
+            ``options.device`` in ``options.dtype``).
+        options: :class:`DubOptions` (device, dtype and sampler settings).
+
+    Returns:
+        The :class:`ChunkModel`.
+    """
     if hasattr(model, "generate") and hasattr(model, "begin"):
         return model
     if isinstance(model, (str, Path)):
@@ -251,19 +325,34 @@ def _torch_dtype(name: str):
 
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in dtypes:
-        from stabledub_core.errors import OptionError
-
         raise OptionError(f"unknown dtype {name!r}; choose one of {', '.join(dtypes)}")
     return dtypes[name]
 
 
-def _track(reader: VideoReader, options: DubOptions, clock: StageClock, on_progress, should_stop):
-    """Pass 1: landmarks of every source frame, streaming."""
+def track_faces(reader, face_model, clock: StageClock | None = None, on_progress: ProgressCallback | None = None,
+                should_stop: StopCheck | None = None):
+    """Pass 1: landmarks of every source frame, streaming.
+
+    Args:
+        reader: A :class:`VideoReader` or a reader with its interface (see :func:`dub_stream`).
+        face_model: MediaPipe ``face_landmarker.task``.
+        clock: Stage timer to add to (``decode``, ``track``).
+        on_progress: Called as ``on_progress("track", done, total)``.
+        should_stop: Polled per frame.
+
+    Returns:
+        The clip's :class:`~stabledub_core.face.track.FaceTrack`.
+
+    Raises:
+        EmptyMediaError: If the video has fewer than 2 frames.
+        NoFaceError: If no frame has a face.
+    """
     from stabledub_core.face import FaceTrack, FaceTracker
 
+    clock = clock or StageClock()
     chunks = []
     total = reader.stream.frames or 0
-    with FaceTracker(options.face_model) as tracker:
+    with FaceTracker(face_model) as tracker:
         frames = reader.frames()
         while True:
             check_interrupt(should_stop)
@@ -295,13 +384,23 @@ def _read(reader: VideoReader, indices: list[int]) -> np.ndarray:
     return np.stack(list(reader.frames_at([Run(int(i), 1, 1) for i in indices])))
 
 
-def _habit_crops(reader: VideoReader, track, size: int, options: DubOptions) -> np.ndarray:
-    """K lip crops ``(K, size, size, 3)`` of a segment of consecutive tracked frames (the lip-habit segment)."""
-    from stabledub_core.masks.lips import choose_lip_segment, lip_crops
+def habit_crops(reader, track, size: int, frames: int = 8, seed: int = 0) -> np.ndarray:
+    """Lip crops of the lip-habit segment: a run of tracked frames, shuffled (``conditions.habit_segment``).
 
-    k = min(options.habit_frames, len(track))
-    start = choose_lip_segment(track.status, k, seed=options.seed)
-    picks = list(range(start, start + k))
+    Args:
+        reader: A :class:`VideoReader` or a reader with its interface (see :func:`dub_stream`).
+        track: The clip's ``FaceTrack``.
+        size: Side of the lip crops.
+        frames: K, frames in the segment (at most the clip's length).
+        seed: Seed of the segment's choice and shuffle.
+
+    Returns:
+        ``(K, size, size, 3)`` uint8 lip crops.
+    """
+    from stabledub_core.masks.lips import lip_crops
+    from stabledub_core.pipeline.conditions import habit_segment
+
+    picks = [int(i) for i in habit_segment(track.status, min(frames, len(track)), seed)]
     return lip_crops(_read(reader, picks), track.landmarks[picks], size)
 
 
@@ -309,18 +408,27 @@ def _habit_crops(reader: VideoReader, track, size: int, options: DubOptions) -> 
 REFERENCE_STRATEGIES = {"closed-lips": "closed_lips", "pose": "nearest_pose", "random": "random"}
 
 
-def _reference_frame(reader: VideoReader, track, options: DubOptions) -> np.ndarray:
-    """The appearance reference frame ``(H, W, 3)``."""
-    from stabledub_core.errors import OptionError
+def reference_image(reader, track, strategy: str = "closed-lips", seed: int = 0) -> np.ndarray:
+    """The appearance reference frame.
+
+    Args:
+        reader: A :class:`VideoReader` or a reader with its interface (see :func:`dub_stream`).
+        track: The clip's ``FaceTrack``.
+        strategy: ``closed-lips``, ``pose`` or ``random`` (or a ``ReferenceStrategy`` value).
+        seed: Seed of the ``random`` strategy.
+
+    Returns:
+        ``(H, W, 3)`` uint8 image.
+    """
     from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 
-    name = REFERENCE_STRATEGIES.get(options.reference, options.reference)
+    name = REFERENCE_STRATEGIES.get(strategy, strategy)
     try:
-        strategy = ReferenceStrategy(name)
+        kind = ReferenceStrategy(name)
     except ValueError:
-        raise OptionError(f"unknown reference strategy {options.reference!r}; choose one of "
+        raise OptionError(f"unknown reference strategy {strategy!r}; choose one of "
                           f"{', '.join(REFERENCE_STRATEGIES)}") from None
-    index = choose_reference(track.landmarks, track.status, strategy, options.seed)
+    index = choose_reference(track.landmarks, track.status, kind, seed)
     return _read(reader, [index])[0]
 
 
@@ -330,7 +438,7 @@ def _load_occluder(path, size: tuple[int, int]) -> np.ndarray | None:
         return None
     import cv2
 
-    from stabledub_core.errors import OptionError, require_file
+    from stabledub_core.errors import require_file
 
     image = cv2.imread(str(require_file(path, "occluder mask")), cv2.IMREAD_GRAYSCALE)
     if image is None:
@@ -339,6 +447,28 @@ def _load_occluder(path, size: tuple[int, int]) -> np.ndarray | None:
         raise OptionError(f"occluder mask {str(path)!r} is {image.shape[1]}x{image.shape[0]} but the video is "
                           f"{size[1]}x{size[0]}: give it at the video's size")
     return image.astype(np.float32) / 255
+
+
+def _check_occluder(occluder, num_frames: int, size: tuple[int, int]) -> np.ndarray | None:
+    """An occluder mask as float32 ``(F_src, H, W)`` (one for every source frame), or None.
+
+    Args:
+        occluder: ``(H, W)`` (the same for every frame), ``(1, H, W)`` or ``(F_src, H, W)``, or None.
+        num_frames: F_src, frames of the source clip.
+        size: ``(H, W)`` of the frames.
+
+    Raises:
+        OptionError: For any other shape.
+    """
+    if occluder is None:
+        return None
+    occluder = np.asarray(occluder, np.float32)
+    if occluder.ndim == 2:
+        occluder = occluder[None]
+    if occluder.ndim != 3 or occluder.shape[1:] != size or occluder.shape[0] not in (1, num_frames):
+        raise OptionError(f"the occluder mask has shape {occluder.shape} but the clip has {num_frames} frames of "
+                          f"{size[1]}x{size[0]}: give one (H, W) mask for all frames or one per frame (F, H, W)")
+    return np.broadcast_to(occluder, (num_frames, *size))
 
 
 class _MaskWindows:
@@ -395,7 +525,7 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
     read = 0
     faceless = 0
     grid = grid_size(size, grid=EXPOSURE_GRID)
-    for chunk in chunks:
+    for number, chunk in enumerate(chunks):
         check_interrupt(should_stop)
         with clock.stage("decode"):
             while read < chunk.stop:
@@ -412,9 +542,11 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                 appearance[k] = crop_frames(reference[None], window.box, size)[0]
                 mask = window.union_mask
                 if occluder is not None and not window.passthrough:
-                    mask = apply(mask, from_occluder(occluder[None], _single(window, offset), grid)[0])
+                    frame_occluder = occluder[index[i]][None]  # (1, H, W): the output frame's source frame
+                    mask = apply(mask, from_occluder(frame_occluder, _single(window, offset), grid)[0])
                 masks[k] = mask
-        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop)
+        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop,
+                                   on_step=_chunk_steps(on_progress, number, len(chunks)))
         start, final = stitcher.push(torch.from_numpy(generated).float())
         final = final.round().clamp(0, 255).to(torch.uint8).numpy()
         for k, i in enumerate(range(start, start + len(final))):
@@ -432,6 +564,13 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                 check_interrupt(should_stop)
     stitcher.finish()
     return faceless
+
+
+def _chunk_steps(on_progress: ProgressCallback | None, number: int, chunks: int):
+    """The ``on_step(done, total)`` of chunk ``number``: reports ``("sample", steps done, steps of all chunks)``."""
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress("sample", number * total + done, chunks * total)
 
 
 def _single(window, offset: int):
@@ -498,7 +637,7 @@ class StableDubChunkModel:
                              audio_cfg.tokens_per_frame, audio_cfg.window_seconds,
                              feature_offset=getattr(encoder, "time_offset", 0.0))
 
-    def generate(self, start, crops, masks, appearance, clock, should_stop):
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
         import torch
 
         from stabledub_core.masks.exposure import to_latent
@@ -518,14 +657,16 @@ class StableDubChunkModel:
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = torch.from_numpy(np.where(hide, 0, crops)).permute(0, 3, 1, 2).float().div(255)
                 masked = encode_frames(vae, masked).float().cpu()  # (n, 4, h, w)
-                app = torch.from_numpy(appearance).permute(0, 3, 1, 2).float().div(255)
-                app = encode_frames(vae, app).float().cpu()
+                # The reference crop is the same for all frames of a mask window: encode each distinct one once
+                unique, inverse = np.unique(appearance.reshape(n, -1), axis=0, return_inverse=True)
+                app = torch.from_numpy(unique.reshape(-1, *appearance.shape[1:])).permute(0, 3, 1, 2).float()
+                app = encode_frames(vae, app.div(255)).float().cpu()[torch.from_numpy(inverse.reshape(-1))]
                 mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
             with clock.stage("sample"):
                 conditions = ClipConditions(masked, mask, app, tokens)
                 latents = denoise_chunk(self.model.unet, conditions, self.sampler,
                                         noise=self._noise.frames(start, start + n), device=self.device,
-                                        dtype=self.dtype, should_stop=should_stop)
+                                        dtype=self.dtype, on_step=on_step, should_stop=should_stop)
             with clock.stage("vae_decode"):
                 images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)

@@ -151,6 +151,12 @@ class FrameSink:
         self.times = np.zeros(num_frames, np.float64)
         self.count = 0
 
+    def __enter__(self) -> "FrameSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Nothing to release (the frames stay in :attr:`images`)."""
+
     def write(self, image: np.ndarray, time: float | None = None) -> None:
         """Store the next frame (``time`` in seconds; None: ``index / fps``, not recorded)."""
         if self.count >= len(self.images):
@@ -222,15 +228,9 @@ def fit_length(num_frames: int, fps, waveform: np.ndarray, sample_rate: int, pol
     return FittedClip(plan.index_array(), fit_waveform(waveform, plan.audio_samples), plan.audio_changed)
 
 
-def _dub_options(**fields):
-    from stabledub_core.pipeline.dub import DubOptions
-
-    return DubOptions(**fields)
-
-
 def track_clip(source: FrameSource, face_model, on_progress: ProgressCallback | None = None,
                should_stop: StopCheck | None = None):
-    """Landmarks of every frame (the tracking pass of ``dub.py``).
+    """Landmarks of every frame (``dub.track_faces`` on an in-memory clip).
 
     Returns:
         The clip's :class:`~stabledub_core.face.track.FaceTrack`.
@@ -238,23 +238,23 @@ def track_clip(source: FrameSource, face_model, on_progress: ProgressCallback | 
     Raises:
         NoFaceError: If no frame has a face.
     """
-    from stabledub_core.pipeline.dub import StageClock, _track
+    from stabledub_core.pipeline.dub import track_faces
 
-    return _track(source, _dub_options(face_model=face_model), StageClock(), on_progress, should_stop)
+    return track_faces(source, face_model, on_progress=on_progress, should_stop=should_stop)
 
 
 def habit_lip_crops(source: FrameSource, track, size: int, frames: int = 8, seed: int = 0) -> np.ndarray:
-    """``(K, size, size, 3)`` uint8 lip crops of a segment of tracked frames (the lip-habit input)."""
-    from stabledub_core.pipeline.dub import _habit_crops
+    """``(K, size, size, 3)`` uint8 lip crops of the lip-habit segment (``dub.habit_crops``)."""
+    from stabledub_core.pipeline.dub import habit_crops
 
-    return _habit_crops(source, track, size, _dub_options(habit_frames=frames, seed=seed))
+    return habit_crops(source, track, size, frames, seed)
 
 
 def reference_frame(source: FrameSource, track, strategy: str = "closed-lips", seed: int = 0) -> np.ndarray:
-    """The appearance reference frame ``(H, W, 3)`` uint8 chosen by ``strategy`` (see ``dub.py``)."""
-    from stabledub_core.pipeline.dub import _reference_frame
+    """The appearance reference frame ``(H, W, 3)`` uint8 chosen by ``strategy`` (``dub.reference_image``)."""
+    from stabledub_core.pipeline.dub import reference_image
 
-    return _reference_frame(source, track, _dub_options(reference=strategy, seed=seed))
+    return reference_image(source, track, strategy, seed)
 
 
 def frame_windows(windows: Sequence, num_frames: int) -> list:
@@ -374,11 +374,11 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
     import torch
 
     from stabledub_core.pipeline.composite import resize_square
-    from stabledub_core.pipeline.dub import DubOptions, StageClock, _as_chunk_model
+    from stabledub_core.pipeline.dub import DubOptions, StageClock, as_chunk_model
     from stabledub_core.pipeline.windows import ChunkStitcher, plan_chunks
 
     options = options or DubOptions()
-    chunk_model = _as_chunk_model(model, options)
+    chunk_model = as_chunk_model(model, options)
     n, size = len(crops), chunk_model.crop_size
     for name, value, shape in (("crops", crops, (n, size, size, 3)), ("masks", masks, (n, size, size)),
                                ("appearance", appearance, (n, size, size, 3))):
@@ -463,7 +463,7 @@ class DubbedClip:
 def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model, options=None,
              occluder: np.ndarray | None = None, on_progress: ProgressCallback | None = None,
              should_stop: StopCheck | None = None) -> DubbedClip:
-    """Dub an in-memory clip with a speech waveform: ``dub_video`` without files.
+    """Dub an in-memory clip with a speech waveform: ``dub_video`` without files (``dub.dub_stream``).
 
     Args:
         source: The clip (constant frame rate).
@@ -472,39 +472,24 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
         model: A ``StableDub`` model, a checkpoint path, or any ``ChunkModel``.
         options: :class:`~stabledub_core.pipeline.dub.DubOptions` (its file-only fields are ignored:
             ``occluder_mask``, ``crf``, ``x264_preset``).
-        occluder: ``(H, W)`` float occluder mask in frame coordinates (white = keep those pixels), or None.
-        on_progress: Called as ``on_progress(stage, done, total)`` with stages ``"track"`` and ``"dub"``.
+        occluder: ``(H, W)`` (all frames) or ``(F, H, W)`` (per frame) float occluder mask in frame coordinates
+            (white = keep those pixels), or None.
+        on_progress: Called as ``on_progress(stage, done, total)`` (stages: see ``dub.dub_stream``).
         should_stop: Polled often; True raises ``Interrupted``.
 
     Returns:
         The :class:`DubbedClip`.
     """
-    from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, to_encoder_input
-    from stabledub_core.pipeline.dub import (DubOptions, StageClock, _as_chunk_model, _dub_frames, _fit,
-                                             _habit_crops, _reference_frame, _track)
-    from stabledub_core.pipeline.length_policy import plan_length
+    from stabledub_core.audio.io import to_encoder_input
+    from stabledub_core.pipeline.dub import DubOptions, dub_stream
 
-    options = options or DubOptions()
     waveform = _check_waveform(waveform, sample_rate)
-    if source.num_frames < 2:
-        raise EmptyMediaError(f"{source.path} hold {source.num_frames} frame; dubbing needs at least 2")
-    if occluder is not None and np.asarray(occluder).shape != source.size:
-        raise OptionError(f"the occluder mask is {np.asarray(occluder).shape[::-1]} (W, H) but the frames are "
-                          f"{source.size[::-1]}: give one mask at the frames' size")
-    clock = StageClock()
-    chunk_model = _as_chunk_model(model, options)
-    track = _track(source, options, clock, on_progress, should_stop)
-    plan = plan_length(options.length_policy, source.num_frames, source.fps, waveform.shape[1], sample_rate)
-    times = np.arange(plan.num_frames) / float(plan.fps)
-    wave16 = _fit(to_encoder_input(waveform, sample_rate),
-                  int(round(plan.audio_samples * ENCODER_SAMPLE_RATE / sample_rate)))
-    chunk_model.begin(wave16, times, _habit_crops(source, track, chunk_model.lip_size, options))
-    reference = _reference_frame(source, track, options)
-    sink = FrameSink(plan.num_frames, source.size)
-    occluder = None if occluder is None else np.asarray(occluder, np.float32)
-    faceless = _dub_frames(source, sink, plan, plan.index_array(), None, track, reference, occluder, chunk_model,
-                           options, clock, on_progress, should_stop)
-    return DubbedClip(sink.result(), fit_waveform(waveform, plan.audio_samples), sample_rate, plan.fps, faceless)
+    stream = dub_stream(source, to_encoder_input(waveform, sample_rate), waveform.shape[1], sample_rate, model,
+                        options or DubOptions(), lambda plan, _time_base: FrameSink(plan.num_frames, source.size),
+                        occluder, on_progress, should_stop)
+    plan = stream.plan
+    return DubbedClip(stream.sink.result(), fit_waveform(waveform, plan.audio_samples), sample_rate, plan.fps,
+                      stream.faceless_frames)
 
 
 @dataclass

@@ -14,11 +14,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/preprocess.py`
 
 from stabledub_core.face.track import FaceTracker
 from stabledub_core.masks.union import plan_windows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stabledub_core.pipeline import frame_source
+from stabledub_core.pipeline import dub, frame_source
 
 from . import comfy_env, convert
 from .base import SEED, TRACK, WINDOWS, interruptible
@@ -39,7 +39,7 @@ class StableDubCropFaces:
         source = frame_source.FrameSource(convert.image_in(images), 25)  # crops do not depend on the rate
         size = windows[0].crop_size
         crops = frame_source.window_crops(source, windows, size, should_stop=comfy_env.should_stop)
-        image = frame_source.reference_frame(source, track, reference, seed)
+        image = dub.reference_image(source, track, reference, seed)
         appearance = frame_source.window_crops(source, windows, size, image=image, should_stop=comfy_env.should_stop)
         return convert.image_out(crops), convert.image_out(appearance)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stabledub_core.pipeline import frame_source
+from stabledub_core.pipeline import dub, frame_source
 
 from . import comfy_env, convert
 from .base import FPS, MODEL, SEED, TRACK, interruptible
@@ -53,7 +53,7 @@ class StableDubLipCrops:
 
     def crop(self, model, images, track, frames, seed):
         source = frame_source.FrameSource(convert.image_in(images), 25)  # the crops do not depend on the rate
-        return (convert.image_out(frame_source.habit_lip_crops(source, track, model.lip_size, frames, seed)),)
+        return (convert.image_out(dub.habit_crops(source, track, model.lip_size, frames, seed)),)
 
 
 NODES = {

@@ -87,10 +87,11 @@ class _Progress:
 
 def _add_dub_options(parser: argparse.ArgumentParser) -> None:
     from stabledub_core.pipeline.length_policy import LengthPolicy
+    from stabledub_core.pipeline.schedulers import SchedulerKind
 
     model = parser.add_argument_group("sampling")
     model.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
-    model.add_argument("--scheduler", choices=["ddim", "dpmpp2m", "euler", "unipc"], default="ddim",
+    model.add_argument("--scheduler", choices=[kind.value for kind in SchedulerKind], default="ddim",
                        help="diffusion solver (default: ddim)")
     model.add_argument("--audio-scale", type=float, default=2.0,
                        help="how strongly the lips follow the audio (guidance scale, default: 2.0)")

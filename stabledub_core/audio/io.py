@@ -203,7 +203,7 @@ def _decode(path, what: str, want_encoder_input: bool) -> tuple[AudioInfo, np.nd
     if not want_encoder_input:
         return info, None
     pieces.extend(mono.push(None))
-    return info, _fit_length(np.concatenate(pieces), _encoder_length(num, info.sample_rate))
+    return info, fit_samples(np.concatenate(pieces), encoder_length(num, info.sample_rate))
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -247,14 +247,17 @@ class _MonoResampler:
         return [f.to_ndarray()[0] for f in frames]
 
 
-def _encoder_length(num_samples: int, rate: int) -> int:
+def encoder_length(num_samples: int, rate: int) -> int:
+    """Samples at 16 kHz that ``num_samples`` samples at ``rate`` Hz last."""
     return int(round(num_samples * ENCODER_SAMPLE_RATE / rate))
 
 
-def _fit_length(wave: np.ndarray, length: int) -> np.ndarray:
-    if wave.shape[0] >= length:
-        return np.ascontiguousarray(wave[:length], dtype=np.float32)
-    return np.pad(wave, (0, length - wave.shape[0])).astype(np.float32)
+def fit_samples(wave: np.ndarray, length: int) -> np.ndarray:
+    """Cut a wave (``(S,)`` or ``(C, S)``) to ``length`` samples, or append silence up to it; float32, contiguous."""
+    wave = np.asarray(wave, np.float32)
+    if wave.shape[-1] >= length:
+        return np.ascontiguousarray(wave[..., :length])
+    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, length - wave.shape[-1])])
 
 
 def to_encoder_input(waveform: np.ndarray, rate: int) -> np.ndarray:
@@ -272,12 +275,12 @@ def to_encoder_input(waveform: np.ndarray, rate: int) -> np.ndarray:
         wave = wave[None]
     if wave.ndim != 2 or wave.shape[1] == 0:
         raise EmptyMediaError(f"expected a non-empty (C, S) waveform, got shape {tuple(np.shape(waveform))}")
-    length = _encoder_length(wave.shape[1], rate)
+    length = encoder_length(wave.shape[1], rate)
     if rate == ENCODER_SAMPLE_RATE:
-        return _fit_length(wave.mean(axis=0), length)
+        return fit_samples(wave.mean(axis=0), length)
     resampler = _MonoResampler(rate, ENCODER_SAMPLE_RATE)
     pieces = resampler.push(wave) + resampler.push(None)
-    return _fit_length(np.concatenate(pieces), length)
+    return fit_samples(np.concatenate(pieces), length)
 
 
 def load_encoder_input(path, what: str = "audio") -> tuple[np.ndarray, AudioInfo]:

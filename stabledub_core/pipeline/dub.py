@@ -35,7 +35,7 @@ from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, load_encoder_input, probe_audio
+from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, encoder_length, fit_samples, load_encoder_input, probe_audio
 from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, OptionError, check_interrupt
 from stabledub_core.pipeline.length_policy import LengthPlan, LengthPolicy, plan_length
 from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter, output_format
@@ -58,7 +58,7 @@ class DubOptions:
     Attributes:
         length_policy: What to do when speech and video durations differ (see ``length_policy.py``).
         steps: Denoising steps.
-        scheduler: Solver name: ``ddim``, ``dpm++2m`` (``dpmpp2m``), ``euler`` or ``unipc``.
+        scheduler: Solver name: ``ddim``, ``dpm++2m``, ``euler`` or ``unipc``.
         audio_scale: Audio guidance scale (``la`` of eq. 7).
         habit_scale: Lip-habit guidance scale (``lh`` of eq. 7).
         seed: Seed of the shared initial noise.
@@ -284,7 +284,7 @@ def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, m
     variable = plan.is_identity and reader.is_variable_rate()
     index = plan.index_array()  # (F_out,) source frame of each output frame
     times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
-    wave16 = _fit(wave16, int(round(plan.audio_samples * ENCODER_SAMPLE_RATE / sample_rate)))
+    wave16 = fit_samples(wave16, encoder_length(plan.audio_samples, sample_rate))
     with clock.stage("prepare"):
         chunk_model.begin(wave16, times, habit_crops(reader, track, chunk_model.lip_size, options.habit_frames,
                                                      options.seed))
@@ -293,11 +293,6 @@ def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, m
         faceless = _dub_frames(reader, sink, plan, index, times if variable else None, track, reference,
                                occluder, chunk_model, options, clock, on_progress, should_stop)
     return StreamResult(sink, plan, faceless, dict(clock.seconds))
-
-
-def _fit(wave: np.ndarray, length: int) -> np.ndarray:
-    """Cut or zero-pad a 1-D wave to ``length`` samples."""
-    return wave[:length] if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
 
 
 def as_chunk_model(model, options: DubOptions) -> ChunkModel:
@@ -600,8 +595,7 @@ class StableDubChunkModel:
         self.lip_size = int(self.config.habit.lip_size)
         self.device = torch.device(options.device)
         self.dtype = _torch_dtype(options.dtype)
-        scheduler = {"dpmpp2m": "dpm++2m"}.get(options.scheduler, options.scheduler)
-        self.sampler = SamplerConfig(scheduler=scheduler, num_inference_steps=options.steps,
+        self.sampler = SamplerConfig(scheduler=options.scheduler, num_inference_steps=options.steps,
                                      scale_audio=options.audio_scale, scale_habit=options.habit_scale,
                                      window=options.window, overlap=options.overlap, seed=options.seed)
         self._noise = None

@@ -8,7 +8,8 @@ such frames the subset of :class:`~stabledub_core.pipeline.video_io.VideoReader`
 in-memory clips:
 
 * :func:`dub_clip`: the whole dubbing (tracking, length policy, masks, sampling, paste-back) of a clip in memory;
-* :func:`track_clip`, :func:`habit_lip_crops`, :func:`reference_frame`: single stages for modular graphs;
+* :func:`track_clip`: tracking for modular graphs (``dub.habit_crops`` and ``dub.reference_image`` take a
+  :class:`FrameSource` as they are);
 * :func:`window_crops`, :func:`occluder_patches`, :func:`exposure_masks`: crops and inpainting masks per frame;
 * :func:`generate_crops`: the sampler over model-resolution crops with chunking and cross-fading;
 * :func:`paste_clip`: composite generated crops (any size) into the frames, window by window;
@@ -28,6 +29,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from stabledub_core.audio.io import fit_samples
 from stabledub_core.errors import EmptyMediaError, OptionError, check_interrupt
 from stabledub_core.pipeline.video_io import Run, VideoFrame
 
@@ -175,14 +177,6 @@ class FrameSink:
         return self.images
 
 
-def fit_waveform(waveform: np.ndarray, samples: int) -> np.ndarray:
-    """Cut a ``(C, S)`` waveform to ``samples`` samples, or append silence up to it."""
-    waveform = np.asarray(waveform, np.float32)
-    if waveform.shape[1] >= samples:
-        return waveform[:, :samples]
-    return np.pad(waveform, ((0, 0), (0, samples - waveform.shape[1])))
-
-
 def _check_waveform(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     waveform = np.asarray(waveform, np.float32)
     if waveform.ndim != 2 or waveform.shape[1] == 0:
@@ -225,7 +219,7 @@ def fit_length(num_frames: int, fps, waveform: np.ndarray, sample_rate: int, pol
 
     waveform = _check_waveform(waveform, sample_rate)
     plan = plan_length(policy, num_frames, frame_rate(fps), waveform.shape[1], sample_rate)
-    return FittedClip(plan.index_array(), fit_waveform(waveform, plan.audio_samples), plan.audio_changed)
+    return FittedClip(plan.index_array(), fit_samples(waveform, plan.audio_samples), plan.audio_changed)
 
 
 def track_clip(source: FrameSource, face_model, on_progress: ProgressCallback | None = None,
@@ -241,20 +235,6 @@ def track_clip(source: FrameSource, face_model, on_progress: ProgressCallback | 
     from stabledub_core.pipeline.dub import track_faces
 
     return track_faces(source, face_model, on_progress=on_progress, should_stop=should_stop)
-
-
-def habit_lip_crops(source: FrameSource, track, size: int, frames: int = 8, seed: int = 0) -> np.ndarray:
-    """``(K, size, size, 3)`` uint8 lip crops of the lip-habit segment (``dub.habit_crops``)."""
-    from stabledub_core.pipeline.dub import habit_crops
-
-    return habit_crops(source, track, size, frames, seed)
-
-
-def reference_frame(source: FrameSource, track, strategy: str = "closed-lips", seed: int = 0) -> np.ndarray:
-    """The appearance reference frame ``(H, W, 3)`` uint8 chosen by ``strategy`` (``dub.reference_image``)."""
-    from stabledub_core.pipeline.dub import reference_image
-
-    return reference_image(source, track, strategy, seed)
 
 
 def frame_windows(windows: Sequence, num_frames: int) -> list:
@@ -488,7 +468,7 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
                         options or DubOptions(), lambda plan, _time_base: FrameSink(plan.num_frames, source.size),
                         occluder, on_progress, should_stop)
     plan = stream.plan
-    return DubbedClip(stream.sink.result(), fit_waveform(waveform, plan.audio_samples), sample_rate, plan.fps,
+    return DubbedClip(stream.sink.result(), fit_samples(waveform, plan.audio_samples), sample_rate, plan.fps,
                       stream.faceless_frames)
 
 

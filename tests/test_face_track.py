@@ -10,6 +10,7 @@ import pytest
 from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrack, FaceTracker, FineSearchConfig,
                                  FrameFormatError, TrackStatus)
 from stabledub_core.face.indices import LIPS_INNER, mouth_centre
+from stabledub_core.face.track import TrackBuilder
 
 ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # from the media README
 ASTRONAUT_CORNERS = np.array([[202.0, 139.0], [244.0, 141.0]])
@@ -269,3 +270,26 @@ def test_variable_frame_times(tracker, pan):
     assert (track.status == TrackStatus.DETECTED).all() and np.allclose(track.times, times)
     with pytest.raises(ValueError, match="more frames than times"):
         tracker.track(pan[:3], times=[0.0, 0.1])
+
+
+@pytest.mark.parametrize("expected", [0, 3, 40, 1000])
+def test_track_builder_joins_chunks_like_concatenate(expected):
+    rng = np.random.default_rng(0)
+    chunks, start = [], 7
+    for n in [1, 1, 4, 1, 9, 2, 1, 1, 5]:
+        chunks.append(FaceTrack(rng.random((n, 478, 2), np.float32), rng.integers(0, 3, n), (64, 48), start,
+                                np.arange(start, start + n) / 25.0))
+        start += n
+    builder = TrackBuilder(expected)
+    for chunk in chunks:
+        builder.append(chunk)
+    track = builder.build()
+    assert (track.start, len(track), track.frame_size) == (7, 25, (64, 48))
+    assert np.array_equal(track.landmarks, np.concatenate([c.landmarks for c in chunks]))
+    assert np.array_equal(track.status, np.concatenate([c.status for c in chunks]))
+    assert np.array_equal(track.times, np.arange(7, 32) / 25.0)
+    assert track.landmarks.base is None or track.landmarks.base.shape[0] * 3 <= 4 * 25  # no large slack kept
+    with pytest.raises(ValueError, match="not consecutive"):
+        builder.append(chunks[0])
+    with pytest.raises(ValueError, match="no track chunks"):
+        TrackBuilder().build()

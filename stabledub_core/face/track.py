@@ -18,7 +18,7 @@ from .selection import FaceSelection, FaceSelector, is_continuation
 from .smoothing import OneEuroConfig, OneEuroFilter
 from .timing import StageTimer
 
-__all__ = ["FaceTrack", "FaceTracker", "TrackerConfig", "TrackStatus"]
+__all__ = ["FaceTrack", "FaceTracker", "TrackBuilder", "TrackerConfig", "TrackStatus"]
 
 
 @dataclass
@@ -78,15 +78,10 @@ class FaceTrack:
         Returns:
             One track starting at the first chunk's start.
         """
-        if not chunks:
-            raise ValueError("no track chunks to concatenate")
-        for a, b in zip(chunks, chunks[1:]):
-            if b.start != a.start + len(a) or b.frame_size != a.frame_size:
-                raise ValueError(f"track chunks are not consecutive: frames {a.start}..{a.start + len(a)} "
-                                 f"{a.frame_size} then {b.start} {b.frame_size}")
-        times = None if any(c.times is None for c in chunks) else np.concatenate([c.times for c in chunks])
-        return cls(np.concatenate([c.landmarks for c in chunks]), np.concatenate([c.status for c in chunks]),
-                   chunks[0].frame_size, chunks[0].start, times)
+        builder = TrackBuilder(sum(len(c) for c in chunks))
+        for chunk in chunks:
+            builder.append(chunk)
+        return builder.build()
 
     @classmethod
     def from_entries(cls, entries: Sequence[TrackEntry], frame_size: tuple[int, int]) -> "FaceTrack":
@@ -106,6 +101,71 @@ class FaceTrack:
         with np.load(path) as data:
             return cls(data["landmarks"], data["status"], tuple(data["frame_size"]), int(data["start"]),
                        data["times"] if "times" in data else None)
+
+
+class TrackBuilder:
+    """Joins streamed ``FaceTrack`` chunks into one track without keeping the chunks.
+
+    The arrays grow in place (capacity doubles, or starts at ``expected_frames``), so a two-hour video costs its
+    landmarks once, not a list of per-frame chunks plus their concatenated copy.
+
+    Args:
+        expected_frames: frame count to reserve up front (e.g. the container's estimate); 0 if unknown.
+    """
+
+    def __init__(self, expected_frames: int = 0):
+        self._capacity = max(int(expected_frames), 1)
+        self._landmarks: np.ndarray | None = None  # (capacity, 478, 2)
+        self._status: np.ndarray | None = None  # (capacity,)
+        self._times: np.ndarray | None = None  # (capacity,) or None when a chunk had no times
+        self._has_times = True
+        self._first: FaceTrack | None = None
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _reserve(self, frames: int) -> None:
+        if self._landmarks is not None and frames <= len(self._status):
+            return
+        capacity = max(frames, self._capacity if self._landmarks is None else 2 * len(self._status))
+        landmarks = np.empty((capacity, NUM_LANDMARKS, 2), np.float32)
+        status = np.empty(capacity, np.uint8)
+        times = np.empty(capacity, np.float64)
+        if self._landmarks is not None:
+            landmarks[:self._count] = self._landmarks[:self._count]
+            status[:self._count] = self._status[:self._count]
+            times[:self._count] = self._times[:self._count]
+        self._landmarks, self._status, self._times = landmarks, status, times
+
+    def append(self, chunk: FaceTrack) -> None:
+        """Add the next chunk; it must start where the previous one stopped and have the same frame size."""
+        if self._first is None:
+            self._first = chunk
+        elif chunk.start != self._first.start + self._count or chunk.frame_size != self._first.frame_size:
+            raise ValueError(f"track chunks are not consecutive: frames {self._first.start}.."
+                             f"{self._first.start + self._count} {self._first.frame_size} then {chunk.start} "
+                             f"{chunk.frame_size}")
+        n = len(chunk)
+        self._reserve(self._count + n)
+        self._landmarks[self._count:self._count + n] = chunk.landmarks
+        self._status[self._count:self._count + n] = chunk.status
+        if chunk.times is None:
+            self._has_times = False
+        else:
+            self._times[self._count:self._count + n] = chunk.times
+        self._count += n
+
+    def build(self) -> FaceTrack:
+        """The joined track (views of the buffers when they are nearly full, else trimmed copies)."""
+        if self._first is None:
+            raise ValueError("no track chunks to concatenate")
+        n = self._count
+        if 4 * n < 3 * len(self._status):  # more than a quarter unused: do not keep the slack alive
+            self._landmarks, self._status, self._times = (a[:n].copy() for a in
+                                                          (self._landmarks, self._status, self._times))
+        return FaceTrack(self._landmarks[:n], self._status[:n], self._first.frame_size, self._first.start,
+                         self._times[:n] if self._has_times else None)
 
 
 @dataclass
@@ -407,4 +467,7 @@ class FaceTracker:
                     raise ValueError(f"more frames than times ({len(times)})")
                 yield frame, (i / fps if fps is not None else float(times[i]))
 
-        return FaceTrack.concatenate(list(self.stream(timed())))
+        builder = TrackBuilder()
+        for chunk in self.stream(timed()):
+            builder.append(chunk)
+        return builder.build()

@@ -342,11 +342,12 @@ def track_faces(reader, face_model, clock: StageClock | None = None, on_progress
         EmptyMediaError: If the video has fewer than 2 frames.
         NoFaceError: If no frame has a face.
     """
-    from stabledub_core.face import FaceTrack, FaceTracker
+    from stabledub_core.face import FaceTracker
+    from stabledub_core.face.track import TrackBuilder
 
     clock = clock or StageClock()
-    chunks = []
     total = reader.stream.frames or 0
+    builder = TrackBuilder(total)
     with FaceTracker(face_model) as tracker:
         frames = reader.frames()
         while True:
@@ -358,16 +359,16 @@ def track_faces(reader, face_model, clock: StageClock | None = None, on_progress
             with clock.stage("track"):
                 chunk = tracker.feed(frame.image, frame.time)
             if chunk is not None:
-                chunks.append(chunk)
+                builder.append(chunk)
             if on_progress is not None:
                 on_progress("track", frame.index + 1, max(total, frame.index + 1))
         last = tracker.flush()
     if last is not None:
-        chunks.append(last)
+        builder.append(last)
     if reader.num_frames < 2:
         raise EmptyMediaError(f"video {str(reader.path)!r} has {reader.num_frames} frame(s); dubbing needs at "
                               "least 2: give a real video, not a still image")
-    track = FaceTrack.concatenate(chunks)
+    track = builder.build()
     if not track.valid.any():
         raise NoFaceError(f"no face found in any of the {len(track)} frames of {str(reader.path)!r}: give a video "
                           "where a face is visible (frontal, not too small)")

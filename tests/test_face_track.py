@@ -58,13 +58,17 @@ def test_tracks_every_frame_of_the_test_videos(tracker, media_dir, name):
 
 
 def test_smoothing_halves_landmark_jitter_on_the_real_video(face_model_path, pan):
-    with FaceTracker(face_model_path, smoothing=None) as tracker:
+    # Asked for several faces, MediaPipe re-detects the face every frame and its raw landmarks jitter most.
+    with FaceTracker(face_model_path, smoothing=None, face_count_interval=0) as tracker:
         raw = tracker.track(pan[:30], fps=25).landmarks
-    with FaceTracker(face_model_path) as tracker:
+    with FaceTracker(face_model_path, face_count_interval=0) as tracker:
         smooth = tracker.track(pan[:30], fps=25).landmarks
     accel = lambda x: np.sqrt((np.diff(x, 2, axis=0) ** 2).mean())  # noqa: E731  jitter shows as acceleration
     assert accel(smooth) < 0.7 * accel(raw)
     assert np.abs(smooth - raw).mean() < 1.0  # pixels: no visible lag on the panning head
+    with FaceTracker(face_model_path) as tracker:  # the default: one face, followed from its last landmarks
+        default = tracker.track(pan[:30], fps=25).landmarks
+    assert accel(default) < accel(smooth)
 
 
 def test_astronaut_lip_centre_and_corners(tracker, astronaut):
@@ -260,7 +264,7 @@ def test_the_full_frame_pass_is_retried_while_the_zoom_carries_the_track(face_mo
         calls = dict(tracker.timer.calls)
     assert (track.status == TrackStatus.DETECTED).all()
     # Frame 0: full frame, tiles. Frames 1-6: zoom first; the full-frame pass again at frames 3 and 6.
-    assert calls == {"detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}
+    assert calls == {"count": 1, "detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}  # faces counted at frame 0
 
 
 def test_variable_frame_times(tracker, pan):
@@ -293,3 +297,33 @@ def test_track_builder_joins_chunks_like_concatenate(expected):
         builder.append(chunks[0])
     with pytest.raises(ValueError, match="no track chunks"):
         TrackBuilder().build()
+
+
+def test_one_face_is_tracked_alone_until_a_second_face_is_counted(face_model_path, pan, astronaut):
+    # A one-face video: MediaPipe is asked for one face only (no detector pass per frame), with the same landmarks.
+    with FaceTracker(face_model_path) as tracker:
+        single = tracker.track(pan[:16], fps=25)
+        assert tracker.tracked_faces == 1 and tracker.timer.calls["count"] == 2  # frames 0 and 8
+    with FaceTracker(face_model_path, face_count_interval=0) as tracker:
+        always = tracker.track(pan[:16], fps=25)
+        assert tracker.tracked_faces == 4 and "count" not in tracker.timer.calls
+    assert (single.status == TrackStatus.DETECTED).all()
+    distance = np.linalg.norm(single.landmarks - always.landmarks, axis=-1)  # (F, 478): only MediaPipe's ROI differs
+    assert distance.mean() < 1.0 and distance[:, LIPS_INNER].max() < 2.0
+    # A second face appears at frame 3: it is counted at frame 8, from which MediaPipe follows several faces.
+    face = cv2.resize(astronaut[20:320, 75:375], (512, 512))  # the face ~160 px: the detector sees it in 512x1024
+    first = np.full((512, 1024, 3), 90, np.uint8)
+    first[:, 512:] = face
+    later = first.copy()
+    later[:, :512] = face
+    with FaceTracker(face_model_path) as tracker:
+        followed = []
+        for i, frame in enumerate([first] * 3 + [later] * 9):
+            tracker.feed(frame, i / 25)
+            followed.append(tracker.tracked_faces)
+    assert followed == [1] * 8 + [4] * 4
+    # Two faces from the first frame: counted at once, so INDEX 1 gets the right face from frame 0 on.
+    with FaceTracker(face_model_path, selection=FaceSelection.INDEX, face_index=1) as tracker:
+        track = tracker.track([later] * 4, fps=25)
+        assert tracker.tracked_faces == 4 and "zoom" not in tracker.timer.calls
+    assert (track.status == TrackStatus.DETECTED).all() and (lip_centre(track.landmarks)[:, 0] > 512).all()

@@ -12,7 +12,7 @@ import numpy as np
 
 from .gaps import GapFiller, TrackEntry, TrackStatus
 from .indices import NUM_LANDMARKS
-from .landmarker import LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
+from .landmarker import FaceCounter, LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
 from .search import FineSearch, FineSearchConfig
 from .selection import FaceSelection, FaceSelector, is_continuation
 from .smoothing import OneEuroConfig, OneEuroFilter
@@ -182,6 +182,11 @@ class TrackerConfig:
             as having no face. With ``max_gap = 0`` every pick is accepted at once.
         max_scale_change: largest per-frame size ratio of the tracked face (same handling as ``max_jump``).
         num_faces: most faces MediaPipe returns per frame (> 1 so that selection can choose).
+        face_count_interval: MediaPipe's VIDEO mode re-runs its face detector on every frame where it tracks fewer
+            faces than it was asked for, which in a one-face video costs about a third more per frame. So the
+            full-frame pass starts by tracking one face, the bundled face detector counts the faces every this many
+            frames (from the first), and the pass follows up to ``num_faces`` faces from the first count that finds
+            more than one. 0 = always ask MediaPipe for ``num_faces`` faces.
         min_detection_confidence: MediaPipe face detector threshold.
         min_presence_confidence: MediaPipe face presence threshold.
         min_tracking_confidence: MediaPipe tracking threshold.
@@ -196,6 +201,7 @@ class TrackerConfig:
     max_jump: float = 1.0
     max_scale_change: float = 1.5
     num_faces: int = 4
+    face_count_interval: int = 8
     min_detection_confidence: float = 0.5
     min_presence_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
@@ -213,7 +219,8 @@ class FaceTracker:
     around it can be judged); keep that many frames buffered to pair them with their chunk.
 
     Per-stage wall time for benchmarks: ``tracker.timer.summary(num_frames)`` with the stages ``detect`` (full-frame
-    VIDEO-mode pass), ``zoom`` (crops around recent faces), ``tiles`` (tile pyramid) and ``smooth``.
+    VIDEO-mode pass), ``count`` (face counts, see ``TrackerConfig.face_count_interval``), ``zoom`` (crops around
+    recent faces), ``tiles`` (tile pyramid) and ``smooth``.
 
     Args:
         model_path: path of MediaPipe's ``face_landmarker.task``, or a folder holding it.
@@ -226,6 +233,8 @@ class FaceTracker:
         self.config = dataclasses.replace(config or TrackerConfig(), **overrides)
         if self.config.num_faces < 1:
             raise ValueError(f"num_faces must be >= 1, got {self.config.num_faces}")
+        if self.config.face_count_interval < 0:
+            raise ValueError(f"face_count_interval must be >= 0, got {self.config.face_count_interval}")
         for name in ("full_frame_interval", "tile_interval"):
             if getattr(self.config.search, name) < 1:
                 raise ValueError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
@@ -233,14 +242,35 @@ class FaceTracker:
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
+        self._counter: FaceCounter | None = None
         self._smoother = OneEuroFilter(self.config.smoothing) if self.config.smoothing is not None else None
         self.reset()
 
     # -- MediaPipe objects -------------------------------------------------------------------------------------
-    def _landmarker(self, mode: LandmarkerMode) -> MediaPipeLandmarker:
+    def _landmarker(self, mode: LandmarkerMode, num_faces: int | None = None) -> MediaPipeLandmarker:
         cfg = self.config
-        return MediaPipeLandmarker(self.model_path, mode, cfg.num_faces, cfg.min_detection_confidence,
+        return MediaPipeLandmarker(self.model_path, mode, num_faces or cfg.num_faces, cfg.min_detection_confidence,
                                    cfg.min_presence_confidence, cfg.min_tracking_confidence)
+
+    @property
+    def tracked_faces(self) -> int:
+        """How many faces the full-frame pass currently asks MediaPipe for (see ``face_count_interval``)."""
+        cfg = self.config
+        return cfg.num_faces if self._multi or cfg.face_count_interval == 0 else 1
+
+    def _count_faces(self, frame: np.ndarray) -> None:
+        """Every ``face_count_interval`` frames while one face is tracked: switch to several if there are more."""
+        cfg = self.config
+        if self.tracked_faces == cfg.num_faces or self._index % cfg.face_count_interval:
+            return
+        with self.timer.stage("count"):
+            if self._counter is None:
+                self._counter = FaceCounter(self.model_path, cfg.min_detection_confidence)
+            if self._counter.count(frame) > 1:
+                self._multi = True
+                if self._video is not None:  # a new VIDEO-mode landmarker asked for num_faces faces
+                    self._video.close()
+                    self._video = None
 
     def _search(self) -> FineSearch:
         """The fine search (its IMAGE-mode landmarker is created on first use)."""
@@ -250,10 +280,10 @@ class FaceTracker:
 
     def close(self) -> None:
         """Close the MediaPipe landmarkers (idempotent; a later ``track`` or ``feed`` opens new ones)."""
-        for landmarker in (self._video, self._image):
+        for landmarker in (self._video, self._image, self._counter):
             if landmarker is not None:
                 landmarker.close()
-        self._video = self._image = None
+        self._video = self._image = self._counter = None
 
     def __enter__(self) -> "FaceTracker":
         return self
@@ -275,6 +305,7 @@ class FaceTracker:
         if self._smoother is not None:
             self._smoother.reset()
         self._gaps = GapFiller(self.config.max_gap)
+        self._multi = False  # the face count found several faces: the full-frame pass follows num_faces
         self._index = 0
         self._last_time: float | None = None
         self._frame_size: tuple[int, int] | None = None
@@ -289,7 +320,7 @@ class FaceTracker:
     def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
         """Stage 1: the VIDEO-mode landmarker on the whole frame. Returns (N, 478, 2)."""
         if self._video is None:
-            self._video = self._landmarker(LandmarkerMode.VIDEO)
+            self._video = self._landmarker(LandmarkerMode.VIDEO, self.tracked_faces)
         return self._video.detect(frame, timestamp_ms)
 
     def _zoom(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
@@ -328,6 +359,7 @@ class FaceTracker:
         """
         accepted, jumped, found_by = None, None, None
         candidates = np.empty((0, NUM_LANDMARKS, 2), np.float32)
+        self._count_faces(frame)
         self._tiles_wait = max(self._tiles_wait - 1, 0)
         for name, stage in self._stages():
             with self.timer.stage(name):

@@ -98,6 +98,10 @@ def _add_dub_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--habit-scale", type=float, default=1.5,
                        help="how strongly the speaker's own lip habits are kept (guidance scale, default: 1.5)")
     model.add_argument("--seed", type=int, default=0, help="random seed of the initial noise (default: 0)")
+    model.add_argument("--invert", action="store_true",
+                       help="start from the source frames inverted with the video's own speech instead of random "
+                            "noise: keeps beards, blur and objects near the mouth; needs the video's audio track "
+                            "and takes twice as long")
     model.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     model.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                        help="model precision (default: float32; float16 needs a GPU)")
@@ -187,7 +191,7 @@ def _options(args):
                       audio_scale=args.audio_scale, habit_scale=args.habit_scale, seed=args.seed,
                       device=args.device, dtype=args.dtype, mask_margin=args.mask_margin,
                       occluder_mask=args.occluder_mask, reference=args.reference,
-                      face_model=find_face_model(args.face_model), crf=args.crf)
+                      face_model=find_face_model(args.face_model), crf=args.crf, invert=args.invert)
 
 
 def _load_model(path: Path, preset: str | None, options, vae: Path | None = None, wav2vec2: Path | None = None):

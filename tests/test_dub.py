@@ -31,7 +31,7 @@ class InvertCrops:
     def __init__(self):
         self.calls = []
 
-    def begin(self, wave16, frame_times, lip_crops):
+    def begin(self, wave16, frame_times, lip_crops, source=None):
         self.times = frame_times
         self.lips = lip_crops
 

@@ -73,6 +73,9 @@ class DubOptions:
         window: Frames per sampler window.
         overlap: Frames shared by consecutive sampler windows and chunks.
         windows_per_chunk: Sampler windows denoised jointly per chunk (bounds memory).
+        invert: Start from the DDIM inversion of the source crops under the video's own speech instead of fresh
+            noise (EdiDub's content-aware editing: keeps fine detail such as stubble, blur and occluders); needs
+            the video's audio track and runs the model ``steps`` more times per chunk.
         crf: x264 quality of the output.
         x264_preset: x264 speed preset.
     """
@@ -93,6 +96,7 @@ class DubOptions:
     window: int = 16
     overlap: int = 4
     windows_per_chunk: int = 4
+    invert: bool = False
     crf: int = 18
     x264_preset: str = "medium"
 
@@ -135,14 +139,29 @@ class StageClock:
             self.seconds[name] += time.perf_counter() - start
 
 
+@dataclass
+class SourceSpeech:
+    """The speech the source frames were filmed with, for DDIM inversion (:attr:`DubOptions.invert`).
+
+    Attributes:
+        wave16: ``(S16,)`` float32 16 kHz mono source speech.
+        frame_times: ``(F_out,)`` time (s) in it of the source frame shown at each output frame.
+    """
+
+    wave16: np.ndarray
+    frame_times: np.ndarray
+
+
 class ChunkModel(Protocol):
     """What the orchestration needs from a model (see :class:`StableDubChunkModel`)."""
 
     crop_size: int  # side S of the model's crops
     lip_size: int  # side of the lip crops of the habit vector
 
-    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray) -> None:
-        """Start a clip: its 16 kHz mono speech, output frame times (s) and K lip crops ``(K, s, s, 3)`` uint8."""
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray,
+              source: SourceSpeech | None = None) -> None:
+        """Start a clip: its 16 kHz mono speech, output frame times (s) and K lip crops ``(K, s, s, 3)`` uint8;
+        with ``source``, start every chunk from the DDIM inversion of its source crops under that speech."""
 
     def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
                  clock: StageClock, should_stop: StopCheck | None,
@@ -216,13 +235,17 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None,
             wave16, info = load_encoder_input(video if audio is None else audio,
                                               "video" if audio is None else "audio")
         occluder = _load_occluder(options.occluder_mask, reader.size)
+        source16 = None
+        if options.invert:
+            with clock.stage("audio_decode"):
+                source16 = wave16 if audio is None else _source_speech(video)
 
         def open_writer(plan: LengthPlan, time_base: Fraction | None) -> VideoWriter:
             return VideoWriter(out, plan.fps, reader.size, audio=info, audio_samples=plan.audio_samples,
                                crf=options.crf, preset=options.x264_preset, time_base=time_base)
 
         stream = dub_stream(reader, wave16, info.num_samples, info.sample_rate, model, options, open_writer,
-                            occluder, on_progress, should_stop, clock)
+                            occluder, on_progress, should_stop, clock, source16)
     plan = stream.plan
     return DubResult(Path(out), plan.num_frames, plan.fps, stream.sink.audio.codec, not plan.audio_changed,
                      stream.faceless_frames, stream.seconds)
@@ -248,10 +271,19 @@ class StreamResult:
 SinkOpener = Callable[[LengthPlan, "Fraction | None"], ContextManager]  # (plan, time base or None) -> sink
 
 
+def _source_speech(video) -> np.ndarray:
+    """The 16 kHz mono speech of the video itself (for :attr:`DubOptions.invert`)."""
+    try:
+        return load_encoder_input(video, "video")[0]
+    except NoAudioStreamError as error:
+        raise OptionError(f"inversion needs the speech the video was filmed with, but {str(video)!r} has no audio "
+                          "track: dub without inversion") from error
+
+
 def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, model, options: DubOptions,
                open_sink: SinkOpener, occluder: np.ndarray | None = None,
                on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
-               clock: StageClock | None = None) -> StreamResult:
+               clock: StageClock | None = None, source_wave16: np.ndarray | None = None) -> StreamResult:
     """Dub the frames of any reader into any sink: tracking, length policy, masks, sampling, paste-back.
 
     Args:
@@ -271,6 +303,8 @@ def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, m
             (sampler steps over all chunks) and ``"dub"`` (output frames written).
         should_stop: Polled often; returning True aborts with ``Interrupted``.
         clock: Stage timer to add to (default: a new one).
+        source_wave16: ``(S16,)`` float32 16 kHz mono speech the video was filmed with: with it, every chunk starts
+            from the DDIM inversion of its source crops (:attr:`DubOptions.invert`).
 
     Returns:
         The :class:`StreamResult`.
@@ -285,9 +319,10 @@ def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, m
     index = plan.index_array()  # (F_out,) source frame of each output frame
     times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
     wave16 = fit_samples(wave16, encoder_length(plan.audio_samples, sample_rate))
+    source = None if source_wave16 is None else SourceSpeech(source_wave16, reader.times()[index])
     with clock.stage("prepare"):
         chunk_model.begin(wave16, times, habit_crops(reader, track, chunk_model.lip_size, options.habit_frames,
-                                                     options.seed))
+                                                     options.seed), source=source)
         reference = reference_image(reader, track, options.reference, options.seed)
     with open_sink(plan, reader.time_base if variable else None) as sink:
         faceless = _dub_frames(reader, sink, plan, index, times if variable else None, track, reference,
@@ -602,30 +637,31 @@ class StableDubChunkModel:
         self._noise = None
         self._v = None
 
-    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray) -> None:
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, lip_crops: np.ndarray,
+              source: SourceSpeech | None = None) -> None:
         import torch
 
         self.wave16 = wave16
         self.times = np.asarray(frame_times, np.float64)
+        self.source = source
         with torch.no_grad():
             crops = torch.from_numpy(lip_crops).permute(0, 3, 1, 2).float().div(255)[None]  # (1, K, 3, s, s)
             self._v = self.model.habit.encode_habit(crops.to(self.device, self.dtype))[0]  # (C,)
         latent = self.crop_size // 2 ** (len(self.config.vae.block_out_channels) - 1)
         self._noise = self.sampler.clip_noise((self.config.vae.latent_channels, latent, latent))
 
-    def _audio_windows(self, start: int, stop: int):
-        """``(n, T, C_a)`` per-frame audio features of output frames ``[start, stop)``."""
+    def _audio_windows(self, wave16: np.ndarray, times: np.ndarray):
+        """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
         import torch
 
         from stabledub_core.audio.windows import frame_windows
 
         encoder = self.model.audio_encoder
         audio_cfg = self.config.audio
-        times = self.times[start:stop]
         margin = audio_cfg.window_seconds + 1.0  # seconds of context around the chunk
         a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
-        b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(self.wave16))
-        segment = torch.from_numpy(np.ascontiguousarray(self.wave16[a:max(b, a + 1)]))[None]
+        b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(wave16))
+        segment = torch.from_numpy(np.ascontiguousarray(wave16[a:max(b, a + 1)]))[None]
         with torch.no_grad():
             features = encoder(segment.to(self.device))[0].float().cpu()  # (T_feat, C_a)
         return frame_windows(features, encoder.frame_rate, times - a / ENCODER_SAMPLE_RATE,
@@ -638,6 +674,8 @@ class StableDubChunkModel:
         from stabledub_core.masks.exposure import to_latent
         from stabledub_core.models.vae import decode_latents, encode_frames
         from stabledub_core.pipeline.conditions import branch_tokens
+        from stabledub_core.pipeline.guidance import Branch
+        from stabledub_core.pipeline.inversion import invert_clip
         from stabledub_core.pipeline.sampler import ClipConditions, denoise_chunk
 
         n = len(crops)
@@ -645,7 +683,7 @@ class StableDubChunkModel:
         vae = self.model.vae
         with torch.no_grad():
             with clock.stage("audio"):
-                audio = self._audio_windows(start, start + n)  # (n, T, C_a)
+                audio = self._audio_windows(self.wave16, self.times[start:start + n])  # (n, T, C_a)
                 tokens = branch_tokens(self.model.habit, audio, self._v, self.sampler.guidance.branches,
                                        self.device, self.dtype)  # branch -> (n, T', C_cross)
             with clock.stage("vae_encode"):
@@ -657,11 +695,21 @@ class StableDubChunkModel:
                 app = torch.from_numpy(unique.reshape(-1, *appearance.shape[1:])).permute(0, 3, 1, 2).float()
                 app = encode_frames(vae, app.div(255)).float().cpu()[torch.from_numpy(inverse.reshape(-1))]
                 mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
+            start_latents = {"noise": self._noise.frames(start, start + n)}
+            if self.source is not None:
+                with clock.stage("invert"):  # EdiDub: the source crops' latents walked back to the first step
+                    source_audio = self._audio_windows(self.source.wave16, self.source.frame_times[start:start + n])
+                    source_tokens = branch_tokens(self.model.habit, source_audio, self._v, (Branch.FULL,),
+                                                  self.device, self.dtype)
+                    clean = encode_frames(vae, torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255))
+                    start_latents = {"init_latents": invert_clip(
+                        self.model.unet, ClipConditions(masked, mask, app, source_tokens), clean.float().cpu(),
+                        self.sampler, self.device, self.dtype, should_stop=should_stop)}
             with clock.stage("sample"):
                 conditions = ClipConditions(masked, mask, app, tokens)
-                latents = denoise_chunk(self.model.unet, conditions, self.sampler,
-                                        noise=self._noise.frames(start, start + n), device=self.device,
-                                        dtype=self.dtype, on_step=on_step, should_stop=should_stop)
+                latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
+                                        device=self.device, dtype=self.dtype, on_step=on_step,
+                                        should_stop=should_stop)
             with clock.stage("vae_decode"):
                 images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)

@@ -18,7 +18,9 @@ Attention baselines: ``attention`` is PyTorch's default SDPA, which on CPU picks
 materialises the (L x L) scores; it is the strongest baseline and the one behind the headline ``memory_ratio`` /
 ``time_ratio``. ``attention_math`` forces SDPA's math path (scores of shape (B*F*heads, L, L) materialised, as
 non-fused attention implementations do); at 64x64 latents it does not fit the memory cap, which is reported as
-such. Times are medians over ``--repeats`` steps after ``--warmup`` steps; ratios are Mamba over attention,
+such. ``no_mixer`` replaces both mixers with nothing (zeros added to the residual): what is left is shared by every
+variant, so ``memory_ratio_floor`` (no_mixer over attention) is the lowest memory ratio any mixer could reach in this
+block. Times are medians over ``--repeats`` steps after ``--warmup`` steps; ratios are Mamba over attention,
 measured side by side in one run.
 
 Usage:
@@ -45,7 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mamba_vs_attention.json"
-CASES = ("mamba", "attention", "attention_math")
+CASES = ("mamba", "attention", "attention_math", "no_mixer")
 
 
 def _rss_bytes() -> int:
@@ -53,13 +55,31 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _no_mixer():
+    """The ``no_mixer`` case's stand-in for both mixers: adds nothing to the residual and keeps nothing for backward.
+
+    That case measures the parts of the block every variant shares (norms, cross-attention, feed-forward, 1x1
+    projections): the lowest memory ratio against attention that any mixer could reach.
+    """
+    import torch
+
+    class NoMixer(torch.nn.Module):
+        def forward(self, hidden_states):
+            return torch.zeros_like(hidden_states)
+
+    return NoMixer()
+
+
 def _build_block(case: str, width: int, heads: int, cross_dim: int):
-    """The U-Net transformer with Mamba mixers, or with both mixers swapped for self-attention."""
+    """The U-Net transformer with Mamba mixers, or with both mixers swapped for self-attention (or for nothing)."""
     from diffusers.models.attention_processor import Attention
 
     from stabledub_core.models.blocks import MambaSettings, MambaTransformer2D
 
     block = MambaTransformer2D(width, heads, cross_dim, 32, MambaSettings())
+    if case == "no_mixer":
+        block.transformer_blocks[0].mamba = _no_mixer()
+        block.temporal.mamba = _no_mixer()
     if case.startswith("attention"):
         def self_attention():
             return Attention(query_dim=width, heads=heads, dim_head=width // heads, bias=False, out_bias=True)
@@ -133,6 +153,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(REPO))
     results = {case: _spawn(case, args) for case in CASES}
     mamba, attention, math = results["mamba"], results["attention"], results["attention_math"]
+    floor = results["no_mixer"]
     for case in ("mamba", "attention"):
         if "error" in results[case]:
             raise RuntimeError(f"case {case!r} {results[case]['error']}")
@@ -147,6 +168,9 @@ def main(argv=None) -> None:
                                            if "error" not in math else None),
         "time_ratio_vs_math_attention": (mamba["median_seconds"] / math["median_seconds"]
                                          if "error" not in math else None),
+        # A mixer that costs nothing: the shared rest of the block over attention's whole block.
+        "memory_ratio_floor": (floor["peak_extra_bytes"] / attention["peak_extra_bytes"]
+                               if "error" not in floor else None),
         "setting": {"frames": args.frames, "latent_size": args.size, "width": args.width, "heads": args.heads,
                     "audio_tokens": args.tokens, "cross_attention_dim": args.cross_dim, "repeats": args.repeats,
                     "warmup": args.warmup,
@@ -168,6 +192,8 @@ def main(argv=None) -> None:
         print(f"{case:<14} {r['params']:>10} {r['peak_extra_bytes'] / 2**20:>16.0f} {r['median_seconds']:>16.2f}")
     print(f"memory ratio (Mamba / attention): {report['memory_ratio']:.3f}")
     print(f"time ratio   (Mamba / attention): {report['time_ratio']:.3f}")
+    if report["memory_ratio_floor"] is not None:
+        print(f"memory ratio of a zero-cost mixer (floor): {report['memory_ratio_floor']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -28,6 +28,20 @@ def sampler_inputs() -> dict:
     }
 
 
+SOURCE_AUDIO = ("AUDIO", {"tooltip": "optional: the speech the video was filmed with. When connected, sampling "
+                                     "starts from the source frames inverted under it (DDIM inversion): keeps "
+                                     "beards, blur and objects near the mouth; twice the sampling time"})
+
+
+def source_speech(audio):
+    """The optional source-speech input as the encoder's 16 kHz mono wave, or None."""
+    if audio is None:
+        return None
+    from stabledub_core.audio.io import to_encoder_input
+
+    return to_encoder_input(*convert.audio_in(audio, "source_audio"))
+
+
 def dub_options(device: str, dtype: str, **fields):
     from stabledub_core.pipeline.dub import DubOptions
 
@@ -54,11 +68,11 @@ class StableDubSample:
             "audio": ("AUDIO", {"tooltip": "speech, starting with the first frame"}),
             "fps": FPS,
             **sampler_inputs(),
-        }}
+        }, "optional": {"source_audio": SOURCE_AUDIO}}
 
     @interruptible
     def sample(self, model, crops, masks, appearance, lip_crops, audio, fps, steps, scheduler, audio_scale,
-               habit_scale, seed):
+               habit_scale, seed, source_audio=None):
         from stabledub_core.audio.io import to_encoder_input
 
         waveform, rate = convert.audio_in(audio)
@@ -69,7 +83,7 @@ class StableDubSample:
                 model.model, convert.image_uint8(crops, "crops"), convert.mask_in(masks),
                 convert.image_uint8(appearance, "appearance"), to_encoder_input(waveform, rate), fps,
                 convert.image_uint8(lip_crops, "lip_crops"), options, comfy_env.Progress(len(crops)),
-                comfy_env.should_stop)
+                comfy_env.should_stop, source_speech(source_audio))
         return (convert.image_out(out),)
 
 
@@ -102,11 +116,12 @@ class StableDubDub:
             "habit_frames": ("INT", {"default": 8, "min": 1, "max": 64}),
             "mask_margin": ("FLOAT", {"default": MaskConfig.coarse_dilation, "min": 0.0, "max": 1.0, "step": 0.01}),
         }, "optional": {"occluder": ("MASK", {"tooltip": "one mask for all frames or one per frame, at the frames' "
-                                                    "size; white = keep (an occluder)"})}}
+                                                    "size; white = keep (an occluder)"}),
+                         "source_audio": SOURCE_AUDIO}}
 
     @interruptible
     def dub(self, model, images, audio, fps, face_model, length_policy, steps, scheduler, audio_scale, habit_scale,
-            seed, reference, habit_frames, mask_margin, occluder=None):
+            seed, reference, habit_frames, mask_margin, occluder=None, source_audio=None):
         waveform, rate = convert.audio_in(audio)
         source = frame_source.FrameSource(convert.image_in(images), fps)
         if occluder is not None:
@@ -118,7 +133,7 @@ class StableDubDub:
                                   face_model=comfy_env.model_path("mediapipe", face_model))
             result = frame_source.dub_clip(source, waveform, rate, model.model, options, occluder,
                                            comfy_env.Progress(len(images), stages=("track", "sample")),
-                                           comfy_env.should_stop)
+                                           comfy_env.should_stop, source_speech(source_audio))
         return (convert.image_out(result.frames), convert.audio_out(result.waveform, result.sample_rate),
                 float(result.fps))
 

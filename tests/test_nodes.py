@@ -289,6 +289,19 @@ def test_chain_types_and_shapes(chain, installed):
     assert installed.emptied >= 1  # the model went back to the offload device
 
 
+def test_sample_with_source_audio_starts_from_the_inverted_crops(chain, installed):
+    common = dict(model=chain["model"], crops=chain["crops"], masks=chain["masks"], appearance=chain["appearance"],
+                  lip_crops=chain["lips"], audio=chain["audio"], fps=chain["fps"], steps=2, scheduler="ddim",
+                  audio_scale=2.0, habit_scale=1.5, seed=0)
+    (inverted,) = run_node(installed, "StableDubSample", source_audio=chain["audio"], **common)
+    assert inverted.shape == chain["generated"].shape
+    assert not torch.equal(inverted, chain["generated"])  # another start than the seeded noise
+    (again,) = run_node(installed, "StableDubSample", **common)
+    assert torch.equal(again, chain["generated"])  # without source audio: the seeded noise, as before
+    with pytest.raises(Exception, match="source_audio"):
+        run_node(installed, "StableDubSample", source_audio={"waveform": None}, **common)
+
+
 def test_exposure_keeps_painted_and_occluded_patches(chain, installed):
     union, masks = chain["union"].numpy(), chain["masks"].numpy()
     assert (masks <= union).all()

@@ -333,7 +333,7 @@ def exposure_masks(windows: Sequence, num_frames: int, patches=None, occluded: d
 
 def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray, wave16: np.ndarray,
                    fps, lip_crops: np.ndarray, options=None, on_progress: ProgressCallback | None = None,
-                   should_stop: StopCheck | None = None) -> np.ndarray:
+                   should_stop: StopCheck | None = None, source_wave16: np.ndarray | None = None) -> np.ndarray:
     """Dub model-resolution crops with a model: chunked sampling, cross-faded chunks (as ``dub.py`` does).
 
     Args:
@@ -347,6 +347,8 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
         options: :class:`~stabledub_core.pipeline.dub.DubOptions` (sampler settings, device, dtype).
         on_progress: Called as ``on_progress("sample", frames_done, total)``.
         should_stop: Interruption check.
+        source_wave16: ``(S16,)`` float32 16 kHz mono speech the crops were filmed with (same timing as
+            ``wave16``): when given, every chunk starts from the DDIM inversion of its crops under it.
 
     Returns:
         ``(F, S, S, 3)`` uint8 generated crops.
@@ -354,7 +356,7 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
     import torch
 
     from stabledub_core.pipeline.composite import resize_square
-    from stabledub_core.pipeline.dub import DubOptions, StageClock, as_chunk_model
+    from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, StageClock, as_chunk_model
     from stabledub_core.pipeline.windows import ChunkStitcher, plan_chunks
 
     options = options or DubOptions()
@@ -366,7 +368,9 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
             raise OptionError(f"{name} must be {shape} for {n} frames at the model's {size}-pixel resolution, got "
                               f"{tuple(value.shape)}: crop them with the model's crop size")
     lips = np.stack([resize_square(crop, chunk_model.lip_size) for crop in lip_crops])
-    chunk_model.begin(np.asarray(wave16, np.float32), np.arange(n) / float(frame_rate(fps)), lips)
+    times = np.arange(n) / float(frame_rate(fps))
+    source = None if source_wave16 is None else SourceSpeech(np.asarray(source_wave16, np.float32), times)
+    chunk_model.begin(np.asarray(wave16, np.float32), times, lips, source=source)
     chunks = plan_chunks(n, options.windows_per_chunk, options.window, options.overlap)
     stitcher = ChunkStitcher(chunks)
     clock = StageClock()
@@ -442,7 +446,7 @@ class DubbedClip:
 
 def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model, options=None,
              occluder: np.ndarray | None = None, on_progress: ProgressCallback | None = None,
-             should_stop: StopCheck | None = None) -> DubbedClip:
+             should_stop: StopCheck | None = None, source_wave16: np.ndarray | None = None) -> DubbedClip:
     """Dub an in-memory clip with a speech waveform: ``dub_video`` without files (``dub.dub_stream``).
 
     Args:
@@ -456,6 +460,8 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
             (white = keep those pixels), or None.
         on_progress: Called as ``on_progress(stage, done, total)`` (stages: see ``dub.dub_stream``).
         should_stop: Polled often; True raises ``Interrupted``.
+        source_wave16: ``(S16,)`` float32 16 kHz mono speech the clip was filmed with: when given, sampling starts
+            from the DDIM inversion of the source crops under it.
 
     Returns:
         The :class:`DubbedClip`.
@@ -466,7 +472,7 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
     waveform = _check_waveform(waveform, sample_rate)
     stream = dub_stream(source, to_encoder_input(waveform, sample_rate), waveform.shape[1], sample_rate, model,
                         options or DubOptions(), lambda plan, _time_base: FrameSink(plan.num_frames, source.size),
-                        occluder, on_progress, should_stop)
+                        occluder, on_progress, should_stop, source_wave16=source_wave16)
     plan = stream.plan
     return DubbedClip(stream.sink.result(), fit_samples(waveform, plan.audio_samples), sample_rate, plan.fps,
                       stream.faceless_frames)

@@ -10,6 +10,7 @@ import pytest
 from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrack, FaceTracker, FineSearchConfig,
                                  FrameFormatError, TrackStatus)
 from stabledub_core.face.indices import LIPS_INNER, mouth_centre
+from stabledub_core.face.landmarker import FaceCounter
 from stabledub_core.face.track import TrackBuilder
 
 ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # from the media README
@@ -327,3 +328,14 @@ def test_one_face_is_tracked_alone_until_a_second_face_is_counted(face_model_pat
         track = tracker.track([later] * 4, fps=25)
         assert tracker.tracked_faces == 4 and "zoom" not in tracker.timer.calls
     assert (track.status == TrackStatus.DETECTED).all() and (lip_centre(track.landmarks)[:, 0] > 512).all()
+
+
+def test_face_counter_counts_and_checks_its_bundle(face_model_path, pan, tmp_path):
+    with FaceCounter(face_model_path) as counter:
+        assert counter.count(pan[0]) == 1 and counter.count(np.zeros_like(pan[0])) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        counter.count(pan[0])
+    fake = tmp_path / "face_landmarker.task"
+    fake.write_bytes(b"not a zip")
+    with pytest.raises(FaceModelNotFoundError, match="not a MediaPipe face landmarker bundle"):
+        FaceCounter(fake)

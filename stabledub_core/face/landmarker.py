@@ -66,11 +66,35 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-class MediaPipeLandmarker:
-    """One MediaPipe ``FaceLandmarker``; a context manager that closes it.
+class _MediaPipeTask:
+    """Owns one MediaPipe task (``self._task``); a context manager that closes it.
 
     Close it explicitly (``with`` or ``close()``): MediaPipe's own finaliser fails at interpreter exit, after its
     worker threads have stopped.
+    """
+
+    _task = None
+
+    def _require_open(self):
+        if self._task is None:
+            raise RuntimeError(f"this {type(self).__name__} was closed")
+        return self._task
+
+    def close(self) -> None:
+        """Release MediaPipe's graph (idempotent)."""
+        if self._task is not None:
+            self._task.close()
+            self._task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MediaPipeLandmarker(_MediaPipeTask):
+    """One MediaPipe ``FaceLandmarker``; a context manager that closes it (see :class:`_MediaPipeTask`).
 
     Args:
         model_path: path of ``face_landmarker.task``.
@@ -95,7 +119,7 @@ class MediaPipeLandmarker:
             min_face_presence_confidence=min_presence_confidence,
             min_tracking_confidence=min_tracking_confidence)
         self.mode = mode
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._task = vision.FaceLandmarker.create_from_options(options)
         self._last_timestamp_ms = -1
 
     def detect(self, frame: np.ndarray, timestamp_ms: int | None = None) -> np.ndarray:
@@ -110,8 +134,7 @@ class MediaPipeLandmarker:
         """
         import mediapipe as mp
 
-        if self._landmarker is None:
-            raise RuntimeError("this MediaPipe landmarker was closed")
+        landmarker = self._require_open()
         frame = check_frame(frame)
         height, width = frame.shape[:2]
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame)
@@ -120,9 +143,9 @@ class MediaPipeLandmarker:
                 raise ValueError("a VIDEO-mode landmarker needs a timestamp for every frame")
             timestamp_ms = max(int(timestamp_ms), self._last_timestamp_ms + 1)
             self._last_timestamp_ms = timestamp_ms
-            result = self._landmarker.detect_for_video(image, timestamp_ms)
+            result = landmarker.detect_for_video(image, timestamp_ms)
         else:
-            result = self._landmarker.detect(image)
+            result = landmarker.detect(image)
         faces = np.empty((len(result.face_landmarks), NUM_LANDMARKS, 2), np.float32)  # (N, 478, 2)
         for i, face in enumerate(result.face_landmarks):
             faces[i] = [(p.x, p.y) for p in face]
@@ -134,20 +157,8 @@ class MediaPipeLandmarker:
         """The last timestamp given to a VIDEO-mode landmarker (-1 before the first frame)."""
         return self._last_timestamp_ms
 
-    def close(self) -> None:
-        """Release MediaPipe's graph (idempotent)."""
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
 
-    def __enter__(self) -> "MediaPipeLandmarker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class FaceCounter:
+class FaceCounter(_MediaPipeTask):
     """Counts faces in a frame with the face detector bundled in ``face_landmarker.task`` (no landmarks).
 
     The detector is the one the landmarker runs internally, at about a third of a landmarker pass on one face, so it
@@ -171,25 +182,12 @@ class FaceCounter:
         options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=detector),
                                              running_mode=vision.RunningMode.IMAGE,
                                              min_detection_confidence=min_detection_confidence)
-        self._detector = vision.FaceDetector.create_from_options(options)
+        self._task = vision.FaceDetector.create_from_options(options)
 
     def count(self, frame: np.ndarray) -> int:
         """Number of faces the detector finds in one (H, W, 3) uint8 RGB frame."""
         import mediapipe as mp
 
-        if self._detector is None:
-            raise RuntimeError("this MediaPipe face counter was closed")
+        detector = self._require_open()
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=check_frame(frame))
-        return len(self._detector.detect(image).detections)
-
-    def close(self) -> None:
-        """Release MediaPipe's graph (idempotent)."""
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
-
-    def __enter__(self) -> "FaceCounter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return len(detector.detect(image).detections)

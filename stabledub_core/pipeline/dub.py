@@ -541,22 +541,22 @@ class _MaskWindows:
 def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, reference, occluder,
                 model: ChunkModel, options: DubOptions, clock: StageClock, on_progress, should_stop) -> int:
     """Pass 2: stream the output frames chunk by chunk. Returns the number of faceless frames written."""
-    import torch
-
     from stabledub_core.masks.exposure import apply, from_occluder, grid_size
     from stabledub_core.pipeline.composite import crop_frames, paste_back
-    from stabledub_core.pipeline.windows import ChunkStitcher, plan_chunks
+    from stabledub_core.pipeline.windows import plan_chunks, stitch_images
 
     size = model.crop_size
     windows = _MaskWindows(track, index, size, options)
     chunks = plan_chunks(plan.num_frames, options.windows_per_chunk, options.window, options.overlap)
-    stitcher = ChunkStitcher(chunks)
     source = reader.frames_at(plan.runs)
     buffer: dict[int, np.ndarray] = {}  # output index -> source image, for the current chunk and its overlap
-    read = 0
-    faceless = 0
+    masks: dict[int, np.ndarray] = {}  # output index -> inpainting mask, likewise
     grid = grid_size(size, grid=EXPOSURE_GRID)
-    for number, chunk in enumerate(chunks):
+    read = 0  # output frames read so far
+
+    def generate(number: int, chunk) -> np.ndarray:
+        """Read, crop and mask the chunk's frames and generate their crops."""
+        nonlocal read
         check_interrupt(should_stop)
         with clock.stage("decode"):
             while read < chunk.stop:
@@ -565,7 +565,6 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
         with clock.stage("crop"):
             n = chunk.stop - chunk.start
             crops = np.empty((n, size, size, 3), np.uint8)
-            masks = np.empty((n, size, size), np.float32)
             appearance = np.empty((n, size, size, 3), np.uint8)
             for k, i in enumerate(range(chunk.start, chunk.stop)):
                 window, offset = windows.window(i)
@@ -575,25 +574,25 @@ def _dub_frames(reader, writer, plan: LengthPlan, index, write_times, track, ref
                 if occluder is not None and not window.passthrough:
                     frame_occluder = occluder[index[i]][None]  # (1, H, W): the output frame's source frame
                     mask = apply(mask, from_occluder(frame_occluder, _single(window, offset), grid)[0])
-                masks[k] = mask
-        generated = model.generate(chunk.start, crops, masks, appearance, clock, should_stop,
-                                   on_step=_chunk_steps(on_progress, number, len(chunks)))
-        start, final = stitcher.push(torch.from_numpy(generated).float())
-        final = final.round().clamp(0, 255).to(torch.uint8).numpy()
+                masks[i] = mask
+        return model.generate(chunk.start, crops, np.stack([masks[i] for i in range(chunk.start, chunk.stop)]),
+                              appearance, clock, should_stop, on_step=_chunk_steps(on_progress, number, len(chunks)))
+
+    faceless = 0
+    for start, final in stitch_images(chunks, generate):
         for k, i in enumerate(range(start, start + len(final))):
             window, offset = windows.window(i)
             active = bool(window.active[offset])
             faceless += not active
-            image = buffer.pop(i)
+            image, mask = buffer.pop(i), masks.pop(i)
             if active:
                 with clock.stage("composite"):
-                    image = paste_back(image[None], final[k][None], window.box, masks[i - chunk.start])[0]
+                    image = paste_back(image[None], final[k][None], window.box, mask)[0]
             with clock.stage("encode"):
                 writer.write(image, None if write_times is None else float(write_times[i]))
                 if on_progress is not None:
                     on_progress("dub", i + 1, plan.num_frames)
                 check_interrupt(should_stop)
-    stitcher.finish()
     return faceless
 
 

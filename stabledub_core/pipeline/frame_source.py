@@ -353,11 +353,9 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
     Returns:
         ``(F, S, S, 3)`` uint8 generated crops.
     """
-    import torch
-
     from stabledub_core.pipeline.composite import resize_square
     from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, StageClock, as_chunk_model
-    from stabledub_core.pipeline.windows import ChunkStitcher, plan_chunks
+    from stabledub_core.pipeline.windows import plan_chunks, stitch_images
 
     options = options or DubOptions()
     chunk_model = as_chunk_model(model, options)
@@ -371,19 +369,19 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
     times = np.arange(n) / float(frame_rate(fps))
     source = None if source_wave16 is None else SourceSpeech(np.asarray(source_wave16, np.float32), times)
     chunk_model.begin(np.asarray(wave16, np.float32), times, lips, source=source)
-    chunks = plan_chunks(n, options.windows_per_chunk, options.window, options.overlap)
-    stitcher = ChunkStitcher(chunks)
     clock = StageClock()
-    out = np.empty((n, size, size, 3), np.uint8)
-    for chunk in chunks:
+
+    def generate(number, chunk):
         check_interrupt(should_stop)
         part = slice(chunk.start, chunk.stop)
-        generated = chunk_model.generate(chunk.start, crops[part], masks[part], appearance[part], clock, should_stop)
-        start, final = stitcher.push(torch.from_numpy(generated).float())
-        out[start:start + len(final)] = final.round().clamp(0, 255).to(torch.uint8).numpy()
+        return chunk_model.generate(chunk.start, crops[part], masks[part], appearance[part], clock, should_stop)
+
+    out = np.empty((n, size, size, 3), np.uint8)
+    for start, final in stitch_images(plan_chunks(n, options.windows_per_chunk, options.window, options.overlap),
+                                      generate):
+        out[start:start + len(final)] = final
         if on_progress is not None:
             on_progress("sample", start + len(final), n)
-    stitcher.finish()
     return out
 
 

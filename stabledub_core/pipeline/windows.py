@@ -19,8 +19,9 @@ neighbouring windows in ``tests/test_sampler.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 DEFAULT_WINDOW = 16
@@ -211,6 +212,23 @@ class ChunkStitcher:
         """Check that every chunk was pushed."""
         if self._index != len(self._chunks):
             raise WindowError(f"{len(self._chunks) - self._index} chunk(s) were never pushed")
+
+
+def stitch_images(chunks: list[Chunk], generate: Callable[[int, Chunk], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """Generate uint8 images chunk by chunk and yield them cross-faded, as soon as they are final.
+
+    Args:
+        chunks: The clip's chunks (:func:`plan_chunks`).
+        generate: ``generate(number, chunk) -> (chunk.length, ...)`` uint8 images of the chunk's frames.
+
+    Yields:
+        ``(start, images)``: frames ``[start, start + len(images))`` of the clip, uint8, in order.
+    """
+    stitcher = ChunkStitcher(chunks)
+    for number, chunk in enumerate(chunks):
+        start, final = stitcher.push(torch.from_numpy(generate(number, chunk)).float())
+        yield start, final.round().clamp(0, 255).to(torch.uint8).numpy()
+    stitcher.finish()
 
 
 def iter_window_batches(windows: list[FrameWindow], batch_size: int) -> Iterator[list[int]]:

@@ -70,6 +70,19 @@ def _kernels() -> _Kernels:
 
     # The loops over the state (n) are kept separate and simple, on local rows, so that LLVM vectorises them;
     # accumulators start from an fp32 zero so that fp32 kernels stay in fp32 (they widen for fp64 inputs).
+    @njit(cache=True, fastmath=True, inline="always")
+    def advance(step, dtu, a, b_t, c_t, x_prev, x_t, decay):
+        """One position: decay = exp(step * a), x_t = decay * x_prev + dtu * b_t; returns sum(x_t * c_t)."""
+        n_state = a.shape[0]
+        for n in range(n_state):
+            decay[n] = decay_exp(step * a[n])
+        for n in range(n_state):
+            x_t[n] = decay[n] * x_prev[n] + dtu * b_t[n]
+        acc = np.float32(0.0)
+        for n in range(n_state):
+            acc += x_t[n] * c_t[n]
+        return acc
+
     @njit(nogil=True, cache=True, fastmath=True)
     def forward(u, dt, A, Bt, Ct, d0, d1, y, last):
         # u, dt, y: (B, D, L); A: (D, N); Bt, Ct: (B, G, L, N); last: (B, D, N). Channels [d0, d1).
@@ -86,16 +99,7 @@ def _kernels() -> _Kernels:
                 x[:] = 0.0
                 for t in range(length):
                     step = dt[b, d, t]
-                    dtu = step * u[b, d, t]
-                    b_t, c_t = Bt[b, g, t], Ct[b, g, t]
-                    for n in range(n_state):
-                        decay[n] = decay_exp(step * a[n])
-                    for n in range(n_state):
-                        x[n] = decay[n] * x[n] + dtu * b_t[n]
-                    acc = np.float32(0.0)
-                    for n in range(n_state):
-                        acc += x[n] * c_t[n]
-                    y[b, d, t] = acc
+                    y[b, d, t] = advance(step, step * u[b, d, t], a, Bt[b, g, t], Ct[b, g, t], x, x, decay)
                 last[b, d, :] = x
 
     @njit(nogil=True, cache=True, fastmath=True)
@@ -120,16 +124,8 @@ def _kernels() -> _Kernels:
                 xs[0, :] = 0.0
                 for t in range(length):  # recompute the states
                     step = dt[b, d, t]
-                    dtu = step * u[b, d, t]
-                    decay_t, b_t, c_t, x_prev, x_t = decay[t], Bt[b, g, t], Ct[b, g, t], xs[t], xs[t + 1]
-                    for n in range(n_state):
-                        decay_t[n] = decay_exp(step * a[n])
-                    for n in range(n_state):
-                        x_t[n] = decay_t[n] * x_prev[n] + dtu * b_t[n]
-                    acc = np.float32(0.0)
-                    for n in range(n_state):
-                        acc += x_t[n] * c_t[n]
-                    y[b, d, t] = acc
+                    y[b, d, t] = advance(step, step * u[b, d, t], a, Bt[b, g, t], Ct[b, g, t], xs[t], xs[t + 1],
+                                         decay[t])
                 if has_glast:
                     h[:] = glast[b, d, :]
                 else:

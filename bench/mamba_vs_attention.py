@@ -26,9 +26,8 @@ measured side by side in one run.
 Usage:
     python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2] [--warmup 1]
 
-The committed results come from ``--repeats 1 --warmup 0`` at full size (one forward + backward per case: several
-minutes for the Mamba case on 2 shared CPU cores with the pure-PyTorch scan); ``load_average_1min`` records how
-busy the machine was.
+The committed results come from ``--repeats 1 --warmup 1`` at full size (the warm-up step also compiles the fused
+scan on a fresh machine); ``load_average_1min`` records how busy the machine was.
 """
 
 from __future__ import annotations
@@ -159,7 +158,7 @@ def main(argv=None) -> None:
             raise RuntimeError(f"case {case!r} {results[case]['error']}")
     import torch
 
-    from stabledub_core.ops import selective_scan
+    from stabledub_core.ops.selective_scan import select_backend
 
     report = {
         "memory_ratio": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"],
@@ -178,7 +177,7 @@ def main(argv=None) -> None:
         "cases": results,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                        "selective_scan": f"{selective_scan.__module__}.{selective_scan.__name__}",
+                        "selective_scan": select_backend(torch.device("cpu")).value,
                         "attention_kernels": {"attention": "torch SDPA default (CPU flash attention)",
                                               "attention_math": "torch SDPA math path (L x L scores)"},
                         "load_average_1min": os.getloadavg()[0],

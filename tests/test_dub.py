@@ -15,7 +15,7 @@ import pytest
 
 from media_factory import count_frames, decode_native, tone, write_video
 from stabledub_core.errors import Interrupted, NoFaceError
-from stabledub_core.pipeline.dub import DubOptions, dub_video
+from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, dub_video
 
 NTSC = Fraction(30000, 1001)
 SIZE = 192
@@ -170,3 +170,9 @@ def test_per_frame_occluder_follows_the_source_frames(face_frames, face_model_pa
         assert kept == (src < 6), (i, src)
     with pytest.raises(ValueError, match="one per frame"):
         dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path), occluder[:5])
+
+
+def test_source_speech_is_padded_with_silence_to_the_last_frame():
+    short = SourceSpeech.covering(np.ones(100, np.float32), np.arange(10) / 25, 25)
+    assert len(short.wave16) == 6400 and short.wave16[:100].min() == 1 and short.wave16[100:].max() == 0
+    assert len(SourceSpeech.covering(np.ones(20000, np.float32), np.arange(10) / 25, 25).wave16) == 20000

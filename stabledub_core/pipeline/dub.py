@@ -151,6 +151,12 @@ class SourceSpeech:
     wave16: np.ndarray
     frame_times: np.ndarray
 
+    @classmethod
+    def covering(cls, wave16: np.ndarray, frame_times: np.ndarray, fps) -> "SourceSpeech":
+        """The speech padded with silence to the last frame's end (a video may outlast its own audio track)."""
+        covered = int(np.ceil((float(np.max(frame_times)) + 1.0 / float(fps)) * ENCODER_SAMPLE_RATE))
+        return cls(fit_samples(wave16, max(len(wave16), covered)), np.asarray(frame_times, np.float64))
+
 
 class ChunkModel(Protocol):
     """What the orchestration needs from a model (see :class:`StableDubChunkModel`)."""
@@ -319,7 +325,8 @@ def dub_stream(reader, wave16: np.ndarray, num_samples: int, sample_rate: int, m
     index = plan.index_array()  # (F_out,) source frame of each output frame
     times = reader.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
     wave16 = fit_samples(wave16, encoder_length(plan.audio_samples, sample_rate))
-    source = None if source_wave16 is None else SourceSpeech(source_wave16, reader.times()[index])
+    source = None if source_wave16 is None else SourceSpeech.covering(source_wave16, reader.times()[index],
+                                                                       reader.fps)
     with clock.stage("prepare"):
         chunk_model.begin(wave16, times, habit_crops(reader, track, chunk_model.lip_size, options.habit_frames,
                                                      options.seed), source=source)

@@ -367,7 +367,7 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
                               f"{tuple(value.shape)}: crop them with the model's crop size")
     lips = np.stack([resize_square(crop, chunk_model.lip_size) for crop in lip_crops])
     times = np.arange(n) / float(frame_rate(fps))
-    source = None if source_wave16 is None else SourceSpeech(np.asarray(source_wave16, np.float32), times)
+    source = None if source_wave16 is None else SourceSpeech.covering(source_wave16, times, frame_rate(fps))
     chunk_model.begin(np.asarray(wave16, np.float32), times, lips, source=source)
     clock = StageClock()
 

@@ -137,6 +137,12 @@ def run_orchestration(video: Path) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "fps": round(frames / wall, 2)}
 
 
+def _commit() -> str | None:
+    """The checked-out commit (short hash), so that results name the code they measured."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=float, default=10.0, help="short video, seconds")
@@ -145,6 +151,7 @@ def main() -> None:
     parser.add_argument("--probe", type=float, nargs="*", default=[],
                         help="also run the pipeline WITHOUT the model on videos of these lengths (seconds)")
     parser.add_argument("--skip-model", action="store_true", help="only the model-free probe runs")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(WORK / "tiny_random.safetensors")
@@ -154,11 +161,11 @@ def main() -> None:
         print(f"no model {seconds:7.0f} s video: peak RSS {probes[-1]['peak_rss_mb']:8.1f} MB, "
               f"{probes[-1]['fps']:.2f} frames/s", flush=True)
     if args.skip_model:
-        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         previous["no_model_probe"] = probes
         if len(probes) >= 2:
             previous["no_model_rss_ratio_long_vs_short"] = round(probes[-1]["peak_rss_mb"] / probes[0]["peak_rss_mb"], 3)
-        RESULTS.write_text(json.dumps(previous, indent=1) + "\n")
+        args.out.write_text(json.dumps(previous, indent=1) + "\n")
         return
     runs = []
     for seconds in (args.short, args.long):
@@ -175,12 +182,12 @@ def main() -> None:
         "short_seconds": args.short, "long_seconds": args.long,
         "tiny_fps": long["fps"],
         "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
-        "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes,
+        "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes, "commit": _commit(),
         "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
                 "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{'video':>10} {'frames':>7} {'peak RSS MB':>12} {'fps':>7}")
     for run in runs:
         print(f"{run['video_seconds']:>9.0f}s {run['frames']:>7} {run['peak_rss_mb']:>12.1f} {run['fps']:>7.3f}")

@@ -7,7 +7,7 @@ self-attention (8 heads of 40, SDPA through ``AttnProcessor2_0``); everything el
 the mixers only. Each case runs forward + backward (a training step without the optimiser).
 
 How memory is measured: every case runs in a fresh Python subprocess. After the block and its inputs exist and one
-tiny step has run (so one-time imports and JIT compiles are not counted), the subprocess reads its resident set size (``/proc/self/statm``); after the forward/backward steps it reads the peak
+tiny step has run (so one-time imports are not counted), the subprocess reads its resident set size (``/proc/self/statm``); after the forward/backward steps it reads the peak
 resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). The reported figure is peak - baseline: the extra memory
 the step needed (activations kept for backward, temporaries, gradients). glibc returns large blocks to the OS with
 ``munmap``, and ru_maxrss is the kernel's high-water mark, so it catches short-lived peaks that sampling would miss.
@@ -18,8 +18,7 @@ Attention baselines: ``attention`` is PyTorch's default SDPA, which on CPU picks
 materialises the (L x L) scores; it is the strongest baseline and the one behind the headline ``memory_ratio`` /
 ``time_ratio``. ``attention_math`` forces SDPA's math path (scores of shape (B*F*heads, L, L) materialised, as
 non-fused attention implementations do); at 64x64 latents it does not fit the memory cap, which is reported as
-such. ``mamba_pytorch_scan`` is the Mamba case with the pure-PyTorch chunked scan instead of the fused CPU kernel
-(what runs where numba is missing, and the scan MPS uses). ``no_mixer`` replaces both mixers with nothing (zeros added to the residual): what is left is shared by every
+such. ``no_mixer`` replaces both mixers with nothing (zeros added to the residual): what is left is shared by every
 variant, so ``memory_ratio_floor`` (no_mixer over attention) is the lowest memory ratio any mixer could reach in this
 block. Times are medians over ``--repeats`` steps after ``--warmup`` steps; ratios are Mamba over attention,
 measured side by side in one run.
@@ -27,8 +26,8 @@ measured side by side in one run.
 Usage:
     python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2] [--warmup 1]
 
-The committed results come from ``--repeats 1 --warmup 1`` at full size (the warm-up step also compiles the fused
-scan on a fresh machine); ``load_average_1min`` records how busy the machine was.
+The committed results come from ``--repeats 1 --warmup 0`` at full size (one forward + backward per case);
+``load_average_1min`` records how busy the machine was.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mamba_vs_attention.json"
-CASES = ("mamba", "mamba_pytorch_scan", "attention", "attention_math", "no_mixer")
+CASES = ("mamba", "attention", "attention_math", "no_mixer")
 
 
 def _rss_bytes() -> int:
@@ -94,10 +93,6 @@ def run_case(args) -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if args.case == "mamba_pytorch_scan":  # what MPS (and CPUs without numba) run: the chunked PyTorch scan
-        import importlib
-
-        importlib.import_module("stabledub_core.ops.selective_scan").fused_scan_available = lambda: False
     torch.manual_seed(0)
     block = _build_block(args.case, args.width, args.heads, args.cross_dim)
     x = torch.randn(args.frames, args.width, args.size, args.size, requires_grad=True)  # (B*F, C, h, w), B=1
@@ -105,8 +100,8 @@ def run_case(args) -> dict:
     def backend():  # a fresh context manager per use
         return sdpa_kernel([SDPBackend.MATH]) if args.case == "attention_math" else contextlib.nullcontext()
 
-    # One tiny step first, so that lazy imports (torch.utils.checkpoint pulls in torch._dynamo) and JIT compiles
-    # (numba's, when its disk cache is cold) are not counted as the step's memory.
+    # One tiny step first, so that lazy imports (torch.utils.checkpoint pulls in torch._dynamo) are not counted as
+    # the step's memory.
     tiny = torch.randn(2, args.width, 8, 8, requires_grad=True)
     with backend():
         block(tiny, audio[:2], 2).square().mean().backward()
@@ -176,10 +171,6 @@ def main(argv=None) -> None:
     report = {
         "memory_ratio": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"],
         "time_ratio": mamba["median_seconds"] / attention["median_seconds"],
-        "memory_ratio_pytorch_scan": (results["mamba_pytorch_scan"]["peak_extra_bytes"] / attention["peak_extra_bytes"]
-                                      if "error" not in results["mamba_pytorch_scan"] else None),
-        "time_ratio_pytorch_scan": (results["mamba_pytorch_scan"]["median_seconds"] / attention["median_seconds"]
-                                    if "error" not in results["mamba_pytorch_scan"] else None),
         "memory_ratio_vs_math_attention": (mamba["peak_extra_bytes"] / math["peak_extra_bytes"]
                                            if "error" not in math else None),
         "time_ratio_vs_math_attention": (mamba["median_seconds"] / math["median_seconds"]

@@ -56,7 +56,6 @@ sys.path.insert(0, str(REPO))
 
 from stabledub_core.ops.selective_scan import (  # noqa: E402
     DEFAULT_CHUNK_ELEMENTS, load_mamba_scan, selective_scan_chunked, selective_scan_ref)
-from stabledub_core.ops.selective_scan_cpu import selective_scan_fused_cpu  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scan.json"
 
@@ -82,9 +81,7 @@ SHAPES = {
     "temporal": Shape(batch=4096, dim=640, length=16, d_state=16, oracle_batch=256, memory_length=16, runs=3),
 }
 
-# "ours" is the pure-PyTorch chunked scan (CPU, MPS); "fused" the numba CPU kernel that CPU runs use when it imports.
-IMPLEMENTATIONS: dict[str, Callable] = {"ours": selective_scan_chunked, "fused": selective_scan_fused_cpu,
-                                        "oracle": selective_scan_ref}
+IMPLEMENTATIONS: dict[str, Callable] = {"ours": selective_scan_chunked, "oracle": selective_scan_ref}
 
 
 def make_inputs(shape: Shape, device="cpu", requires_grad=False, seed=0) -> dict:
@@ -144,13 +141,11 @@ def compare_forward(shape: Shape) -> dict:
         for _ in range(shape.runs):
             for name, fn in IMPLEMENTATIONS.items():
                 times[name].append(time_call(lambda: run_scan(fn, inputs)))
-    errors = {name: ((outs[name] - outs["oracle"]).abs().max() / outs["oracle"].abs().max()).item()
-              for name in ("ours", "fused")}
+    err = ((outs["ours"] - outs["oracle"]).abs().max() / outs["oracle"].abs().max()).item()
     medians = {name: statistics.median(t) for name, t in times.items()}
     floor = floor_time(small, shape.runs)
     return dict(shape=dataclasses.asdict(small), times_s=times, median_s=medians,
-                speedup_vs_ref=medians["oracle"] / medians["ours"], max_rel_error=errors["ours"],
-                fused_speedup_vs_ref=medians["oracle"] / medians["fused"], fused_max_rel_error=errors["fused"],
+                speedup_vs_ref=medians["oracle"] / medians["ours"], max_rel_error=err,
                 floor_s=floor, floor_gap=medians["ours"] / floor)
 
 
@@ -257,7 +252,6 @@ def main() -> None:
         memory = {impl: measure_memory(impl, small, args.threads) for impl in IMPLEMENTATIONS}
         memory["shape"] = dataclasses.asdict(small)
         memory["ratio"] = memory["ours"]["peak_bytes"] / memory["oracle"]["peak_bytes"]
-        memory["fused_ratio"] = memory["fused"]["peak_bytes"] / memory["oracle"]["peak_bytes"]
         memory["ours_full_shape"] = measure_memory("ours", shape, args.threads)
         # For scale: the size of one fp32 (B, D, L, N) tensor at the full shape (the oracle keeps several).
         memory["ours_full_shape"]["bdln_fp32_bytes"] = 4 * shape.batch * shape.dim * shape.length * shape.d_state
@@ -271,9 +265,6 @@ def main() -> None:
     results["fwd_bwd_memory_ratio_vs_ref"] = max(e["fwd_bwd_memory"]["ratio"] for e in per_shape)
     results["max_rel_error"] = max(e["oracle_shape_forward"]["max_rel_error"] for e in per_shape)
     results["floor_gap"] = max(e["full_shape_forward"]["floor_gap"] for e in per_shape)
-    results["fused_speedup_vs_ref"] = min(e["oracle_shape_forward"]["fused_speedup_vs_ref"] for e in per_shape)
-    results["fused_fwd_bwd_memory_ratio_vs_ref"] = max(e["fwd_bwd_memory"]["fused_ratio"] for e in per_shape)
-    results["fused_max_rel_error"] = max(e["oracle_shape_forward"]["fused_max_rel_error"] for e in per_shape)
     results["summary_note"] = ("speedup: worst shape, oracle/ours forward medians at the oracle's batch; memory "
                                "ratio: worst shape, ours/oracle forward+backward peak at the memory shape; "
                                "floor gap: worst shape, ours / exp over (B, D, L, N) at the full shape")
@@ -301,8 +292,6 @@ def print_table(results: dict) -> None:
         print(f"{name:<9} {_shape_str(cmp['shape']):<22} {cmp['median_s']['oracle']:>8.3f} "
               f"{cmp['median_s']['ours']:>8.3f} {cmp['speedup_vs_ref']:>7.1f}x {cmp['max_rel_error']:>8.1e} "
               f"{cmp['floor_s']:>8.3f} {cmp['floor_gap']:>5.1f}")
-        print(f"{name:<9} {'  fused (numba)':<22} {'':>8} {cmp['median_s']['fused']:>8.3f} "
-              f"{cmp['fused_speedup_vs_ref']:>7.1f}x {cmp['fused_max_rel_error']:>8.1e}")
         print(f"{name:<9} {_shape_str(full['shape']):<22} {'-':>8} {full['median_s']:>8.3f} {'':>8} {'':>8} "
               f"{full['floor_s']:>8.3f} {full['floor_gap']:>5.1f}")
     print("\nforward+backward peak memory (MiB)")
@@ -313,14 +302,11 @@ def print_table(results: dict) -> None:
         full = mem["ours_full_shape"]
         print(f"{name:<9} {_shape_str(mem['shape']):<22} {mem['oracle']['peak_bytes'] * mib:>8.0f} "
               f"{mem['ours']['peak_bytes'] * mib:>8.0f} {mem['ratio']:>6.2f}")
-        print(f"{name:<9} {'  fused (numba)':<22} {'':>8} {mem['fused']['peak_bytes'] * mib:>8.0f} "
-              f"{mem['fused_ratio']:>6.2f}")
         print(f"{name:<9} {_shape_str(entry['full_shape_forward']['shape']):<22} {'-':>8} "
               f"{full['peak_bytes'] * mib:>8.0f} {'':>6}   {full['bdln_fp32_bytes'] * mib:.0f}")
     for name, entry in results["shapes"].items():
         cuda = entry["cuda"]
         print(f"cuda {name}: {cuda.get('skipped') or cuda}")
-
 
 if __name__ == "__main__":
     main()

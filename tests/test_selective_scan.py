@@ -207,7 +207,7 @@ def test_missing_mamba_picks_pytorch(fresh_loader, monkeypatch, error):
     monkeypatch.setattr(scan_module, "_import_mamba_scan", failing_import)
     assert scan_module.load_mamba_scan() is None
     assert scan_module.select_backend(torch.device("cuda")) is scan_module.ScanBackend.PYTORCH
-    assert scan_module.select_backend(torch.device("cpu")) is scan_module.ScanBackend.FUSED_CPU
+    assert scan_module.select_backend(torch.device("cpu")) is scan_module.ScanBackend.PYTORCH
 
 
 def test_missing_package_via_import_system(fresh_loader, monkeypatch):

@@ -63,29 +63,6 @@ def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: floa
     dt_proj.bias._no_reinit = True
 
 
-def causal_depthwise_conv(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
-    """``conv1d(x)[..., :L]`` for a depthwise, left-padded ``conv1d``, as K shifted multiply-adds.
-
-    Same result as the convolution (the weights stay an ``nn.Conv1d``, as in mamba_ssm), but its backward pass is a
-    few elementwise ops: PyTorch's CPU backward of a depthwise ``Conv1d`` with thousands of groups is slower than
-    everything else in the mixer together.
-
-    Args:
-        x: (B, C, L).
-        conv1d: ``Conv1d(C, C, K, groups=C, padding=K - 1)``.
-
-    Returns:
-        (B, C, L).
-    """
-    length, kernel = x.shape[-1], conv1d.kernel_size[0]
-    weight = conv1d.weight[:, 0, :, None]  # (C, K, 1)
-    padded = F.pad(x, (kernel - 1, 0))  # (B, C, L + K - 1)
-    out = padded[..., :length] * weight[:, 0]
-    for k in range(1, kernel):
-        out = out + padded[..., k:k + length] * weight[:, k]
-    return out if conv1d.bias is None else out + conv1d.bias[:, None]
-
-
 def _a_log(d_inner: int, d_state: int, device=None) -> nn.Parameter:
     """S4D-real initialisation: ``A = -(1..d_state)`` for every channel, stored as ``log(-A)`` in fp32."""
     a = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(d_inner, 1)  # (d_inner, N)
@@ -169,8 +146,9 @@ class Mamba(nn.Module):
         Returns:
             (B, d_inner, L) the gated SSM output.
         """
+        length = xz.shape[-1]
         x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-        x = F.silu(causal_depthwise_conv(x, conv1d))
+        x = F.silu(conv1d(x)[..., :length])  # causal: drop the right padding
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias

@@ -7,11 +7,10 @@ For every batch element ``b``, channel ``d`` and state index ``n`` the scan runs
     y_l     = sum_n C_l[n] * x_l[n] + D * u_l           (D optional)
     out_l   = y_l * silu(z_l)                           (z optional)
 
-Four implementations share ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``'s signature and shapes:
+Three implementations share ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``'s signature and shapes:
 
 * ``selective_scan``: the public entry point. It dispatches to mamba-ssm's CUDA kernel when mamba-ssm imports and the
-  tensors are on CUDA, to the fused CPU kernel (``selective_scan_cpu.py``, numba) for CPU tensors when numba
-  imports, else to the pure-PyTorch chunked scan below (MPS, other devices).
+  tensors are on CUDA, else to the pure-PyTorch chunked scan below.
 * ``selective_scan_chunked``: pure PyTorch, any device. The (batch, position) plane is cut into tiles of a batch
   block x ``T`` positions, so a few preallocated (T, b, D, N) buffers (about 4 MiB each) replace the (B, D, L, N)
   tensors. Per tile, the decays exp(delta * A) are computed in one op (this exp is the unavoidable cost: the floor),
@@ -41,8 +40,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .selective_scan_cpu import fused_scan_available, selective_scan_fused_cpu
-
 logger = logging.getLogger(__name__)
 
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (4 MiB in fp32): small
@@ -70,7 +67,6 @@ class ScanBackend(enum.Enum):
     """Which implementation ``selective_scan`` runs."""
 
     MAMBA_CUDA = "mamba_ssm CUDA kernel"
-    FUSED_CPU = "fused CPU kernel (numba)"
     PYTORCH = "pure PyTorch chunked scan"
 
 
@@ -530,11 +526,8 @@ def load_mamba_scan() -> Optional[Callable]:
 
 def select_backend(device: torch.device) -> ScanBackend:
     """The implementation ``selective_scan`` uses for tensors on ``device``."""
-    kind = torch.device(device).type
-    if kind == "cuda" and load_mamba_scan() is not None:
+    if torch.device(device).type == "cuda" and load_mamba_scan() is not None:
         return ScanBackend.MAMBA_CUDA
-    if kind == "cpu" and fused_scan_available():
-        return ScanBackend.FUSED_CPU
     return ScanBackend.PYTORCH
 
 
@@ -548,21 +541,14 @@ def _run_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
                                   return_last_state=return_last_state)
 
 
-def _run_fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    return selective_scan_fused_cpu(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                    delta_softplus=delta_softplus, return_last_state=return_last_state)
-
-
-_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.FUSED_CPU: _run_fused_cpu,
-                                          ScanBackend.PYTORCH: _run_pytorch}
+_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.PYTORCH: _run_pytorch}
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
     """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature, on the fastest available backend.
 
-    Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, the fused numba kernel for CPU tensors
-    when numba imports, else ``selective_scan_chunked``.
+    Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, else ``selective_scan_chunked``.
 
     Args:
         u: (B, D, L) input.

@@ -4,11 +4,14 @@ The block is the U-Net's ``MambaTransformer2D`` (GroupNorm, proj_in, spatial mix
 GEGLU feed-forward, temporal mixer, proj_out) at width 320 on 16 frames of 64x64 latents (the sd15 preset's first
 level at 512 px). The attention case is the same module with both mixers swapped for diffusers ``Attention``
 self-attention (8 heads of 40, SDPA through ``AttnProcessor2_0``); everything else is shared, so the difference is
-the mixers only. Each case runs forward + backward (a training step without the optimiser).
+the mixers only. Each case runs forward + backward (a training step without the optimiser). As in training, the
+block's feed-forward is recomputed in the backward pass (``recompute_feed_forward``, the default) in both variants;
+``mamba_ff_stored`` / ``attention_ff_stored`` keep its activations instead, and give ``memory_ratio_ff_stored`` /
+``time_ratio_ff_stored`` (that feed-forward then dominates both variants' memory).
 
 How memory is measured: every case runs in a fresh Python subprocess. After the block and its inputs exist and one
-tiny step has run (so one-time imports are not counted), the subprocess reads its resident set size (``/proc/self/statm``); after the forward/backward steps it reads the peak
-resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). The reported figure is peak - baseline: the extra memory
+tiny step has run (so one-time imports are not counted), the subprocess reads its resident set size
+(``/proc/self/statm``); after the forward/backward steps it reads the peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). The reported figure is peak - baseline: the extra memory
 the step needed (activations kept for backward, temporaries, gradients). glibc returns large blocks to the OS with
 ``munmap``, and ru_maxrss is the kernel's high-water mark, so it catches short-lived peaks that sampling would miss.
 A subprocess is capped with ``RLIMIT_AS`` so an oversized case fails with an out-of-memory error instead of taking
@@ -46,7 +49,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mamba_vs_attention.json"
-CASES = ("mamba", "attention", "attention_math", "no_mixer")
+CASES = ("mamba", "attention", "attention_math", "no_mixer", "mamba_ff_stored", "attention_ff_stored")
 
 
 def _rss_bytes() -> int:
@@ -76,6 +79,8 @@ def _build_block(case: str, width: int, heads: int, cross_dim: int):
     from stabledub_core.models.blocks import MambaSettings, MambaTransformer2D
 
     block = MambaTransformer2D(width, heads, cross_dim, 32, MambaSettings())
+    if case.endswith("_ff_stored"):  # the feed-forward keeps its activations instead of recomputing them
+        block.transformer_blocks[0].recompute_feed_forward = False
     if case == "no_mixer":
         block.transformer_blocks[0].mamba = _no_mixer()
         block.temporal.mamba = _no_mixer()
@@ -136,6 +141,13 @@ def _spawn(case: str, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _ratios(mamba: dict, attention: dict, suffix: str) -> dict:
+    """Memory and time ratios of two cases (None where either failed)."""
+    ok = "error" not in mamba and "error" not in attention
+    return {f"memory_ratio{suffix}": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"] if ok else None,
+            f"time_ratio{suffix}": mamba["median_seconds"] / attention["median_seconds"] if ok else None}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
@@ -178,6 +190,8 @@ def main(argv=None) -> None:
         # A mixer that costs nothing: the shared rest of the block over attention's whole block.
         "memory_ratio_floor": (floor["peak_extra_bytes"] / attention["peak_extra_bytes"]
                                if "error" not in floor else None),
+        # Both variants with the feed-forward's activations stored (recompute_feed_forward=False).
+        **_ratios(results["mamba_ff_stored"], results["attention_ff_stored"], "_ff_stored"),
         "setting": {"frames": args.frames, "latent_size": args.size, "width": args.width, "heads": args.heads,
                     "audio_tokens": args.tokens, "cross_attention_dim": args.cross_dim, "repeats": args.repeats,
                     "warmup": args.warmup,
@@ -201,6 +215,9 @@ def main(argv=None) -> None:
     print(f"time ratio   (Mamba / attention): {report['time_ratio']:.3f}")
     if report["memory_ratio_floor"] is not None:
         print(f"memory ratio of a zero-cost mixer (floor): {report['memory_ratio_floor']:.3f}")
+    if report["memory_ratio_ff_stored"] is not None:
+        print(f"with the feed-forward stored: memory ratio {report['memory_ratio_ff_stored']:.3f}, "
+              f"time ratio {report['time_ratio_ff_stored']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

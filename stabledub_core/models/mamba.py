@@ -14,10 +14,11 @@ Choices (documented deviations from Vim):
 
 Memory: with ``recompute_inner=True`` (default) only the mixer's input ``(B, L, D)`` is kept for the backward pass;
 the whole mixer (``in_proj``, both directions' convolutions, projections and scans, ``out_proj``) is recomputed in
-the backward pass, in blocks of sequences of at most :data:`RECOMPUTE_TOKENS` tokens. Blocks are recomputed and
-freed one after the other, so the backward pass's working memory is that of one block, not of the whole batch.
-It trades one extra forward of the mixer for storing one ``(B, L, D)`` tensor instead of about twelve
-``(B, d_inner, L)`` activations (mamba_ssm's fused ``mamba_inner_fn`` with ``checkpoint_lvl=1`` keeps more).
+the backward pass, in blocks of sequences of at most :data:`RECOMPUTE_TOKENS` tokens
+(:func:`~stabledub_core.models.recompute.recompute_in_blocks`), so the working memory of either pass is that of one
+block, not of the whole batch. It trades one extra forward of the mixer for storing one ``(B, L, D)`` tensor instead
+of about twelve ``(B, d_inner, L)`` activations (mamba_ssm's fused ``mamba_inner_fn`` with ``checkpoint_lvl=1`` keeps
+more).
 
 The scan is :func:`stabledub_core.ops.selective_scan` (``selective_scan_fn``'s signature), which picks the fastest
 implementation for the device; the module has no decoding ``step`` (the U-Net never decodes token by token).
@@ -30,9 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
 from ..ops import selective_scan
+from .recompute import recompute_in_blocks
 
 RECOMPUTE_TOKENS = 4096  # tokens (sequences x length) recomputed together in the backward pass
 
@@ -167,10 +167,9 @@ class Mamba(nn.Module):
         """
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
-        if self.recompute_inner and torch.is_grad_enabled():
+        if self.recompute_inner:
             rows = max(1, RECOMPUTE_TOKENS // hidden_states.shape[1])
-            blocks = hidden_states.split(rows, dim=0)
-            return torch.cat([checkpoint(self._mix, block, use_reentrant=False) for block in blocks])
+            return recompute_in_blocks(self._mix, hidden_states, rows, list(self.parameters()))
         return self._mix(hidden_states)
 
     def _mix(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..ops import selective_scan
+from ..ops import causal_conv1d, selective_scan
 from .recompute import recompute_in_blocks
 
 RECOMPUTE_TOKENS = 4096  # tokens (sequences x length) recomputed together in the backward pass
@@ -146,9 +146,8 @@ class Mamba(nn.Module):
         Returns:
             (B, d_inner, L) the gated SSM output.
         """
-        length = xz.shape[-1]
         x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-        x = F.silu(conv1d(x)[..., :length])  # causal: drop the right padding
+        x = F.silu(causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias))  # (B, d_inner, L)
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias

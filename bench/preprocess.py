@@ -117,11 +117,12 @@ def main() -> None:
     parser.add_argument("--media", type=Path, default=SHARED / "media")
     parser.add_argument("--face-model", type=Path, default=SHARED / "models" / "face_landmarker.task")
     parser.add_argument("--repeats", type=int, default=5, help="runs per size; the median one is reported")
-    parser.add_argument("--cv2-threads", type=int, default=1,
-                        help="OpenCV worker threads (1: steadier timings on a shared 2-core machine)")
+    parser.add_argument("--cv2-threads", type=int, default=None,
+                        help="OpenCV worker threads (default: OpenCV's own choice, all cores, as the pipeline runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preprocess.json")
     args = parser.parse_args()
-    cv2.setNumThreads(args.cv2_threads)
+    if args.cv2_threads is not None:
+        cv2.setNumThreads(args.cv2_threads)
 
     with VideoReader(args.media / "face_occluded.mp4") as reader:
         frames = np.stack([frame.image for frame in reader.frames()])

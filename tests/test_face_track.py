@@ -11,7 +11,10 @@ from stabledub_core.face import (FaceModelNotFoundError, FaceSelection, FaceTrac
                                  FrameFormatError, TrackStatus)
 from stabledub_core.face.indices import LIPS_INNER, mouth_centre
 from stabledub_core.face.landmarker import FaceCounter
+from stabledub_core.face.search import FineSearch, keeps_face
 from stabledub_core.face.track import TrackBuilder
+
+around = FineSearch.around
 
 ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # from the media README
 ASTRONAUT_CORNERS = np.array([[202.0, 139.0], [244.0, 141.0]])
@@ -266,6 +269,46 @@ def test_the_full_frame_pass_is_retried_while_the_zoom_carries_the_track(face_mo
     assert (track.status == TrackStatus.DETECTED).all()
     # Frame 0: full frame, tiles. Frames 1-6: zoom first; the full-frame pass again at frames 3 and 6.
     assert calls == {"count": 1, "detect": 3, "tiles": 1, "zoom": 6, "smooth": 7}  # faces counted at frame 0
+
+
+def test_a_zoomed_face_is_followed_in_video_mode(face_model_path, astronaut, monkeypatch):
+    # A face too small for the full-frame pass drifts 3 px a frame across a 1080p frame. The zoom box stays put
+    # while the face stays well inside it, and MediaPipe follows the face there in VIDEO mode, as accurately as
+    # fresh IMAGE-mode searches (the Python API's one, used when no VIDEO landmarker is given).
+    frames, expected = [], []
+    for i in range(12):
+        canvas = np.full((1080, 1920, 3), 90, np.uint8)
+        x = 900 + 3 * i
+        paste(canvas, astronaut, x, 400, 400)
+        frames.append(canvas)
+        expected.append(np.array([x, 400]) + ASTRONAUT_LIP_CENTRE * 400 / 512)
+    boxes = []
+    follow = FineSearch._follow
+
+    def spy(self, face, size):
+        boxes.append(follow(self, face, size))
+        return boxes[-1]
+
+    monkeypatch.setattr(FineSearch, "_follow", spy)
+    with FaceTracker(face_model_path) as tracker:
+        followed = tracker.track(frames, fps=25)
+    assert (followed.status == TrackStatus.DETECTED).all()
+    assert len(boxes) >= 9 and len(set(boxes)) == 1  # one box for the whole drift
+    error = np.linalg.norm(lip_centre(followed.landmarks) - np.array(expected), axis=-1)
+    monkeypatch.setattr(FineSearch, "around", lambda self, frame, faces, timestamp_ms=None: around(self, frame, faces))
+    with FaceTracker(face_model_path) as tracker:
+        fresh = tracker.track(frames, fps=25)
+    fresh_error = np.linalg.norm(lip_centre(fresh.landmarks) - np.array(expected), axis=-1)
+    assert error.max() < 4 and error.mean() <= fresh_error.mean() + 1.0
+
+
+def test_a_zoom_box_is_kept_while_the_face_stays_well_inside():
+    face = np.array([[100.0, 100.0], [140.0, 150.0]])  # a face's extent (any landmarks: min and max matter)
+    box = (60, 70, 180, 190)  # 120 px: margin 20 px
+    assert keeps_face(box, face, 120)
+    assert not keeps_face(box, face + [25, 0], 120)  # its right edge 165 > 180 - 20
+    assert not keeps_face(box, face, 160)  # the face grew: a new box would be a third larger
+    assert not keeps_face(box, face, 90)
 
 
 def test_variable_frame_times(tracker, pan):

@@ -242,6 +242,7 @@ class FaceTracker:
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
+        self._fine: FineSearch | None = None  # the fine search of the current stream (follows a zoomed face)
         self._counter: FaceCounter | None = None
         self._smoother = OneEuroFilter(self.config.smoothing) if self.config.smoothing is not None else None
         self.reset()
@@ -273,13 +274,22 @@ class FaceTracker:
                     self._video = None
 
     def _search(self) -> FineSearch:
-        """The fine search (its IMAGE-mode landmarker is created on first use)."""
-        if self._image is None:
-            self._image = self._landmarker(LandmarkerMode.IMAGE)
-        return FineSearch(self._image, self.config.search)
+        """The stream's fine search (created on first use, with an IMAGE-mode landmarker shared by all streams and
+        a VIDEO-mode one of its own for following a zoomed face)."""
+        if self._fine is None:
+            if self._image is None:
+                self._image = self._landmarker(LandmarkerMode.IMAGE)
+            self._fine = FineSearch(self._image, self.config.search, video=self._landmarker(LandmarkerMode.VIDEO, 1))
+        return self._fine
+
+    def _close_fine(self) -> None:
+        if self._fine is not None:
+            self._fine.video.close()
+            self._fine = None
 
     def close(self) -> None:
         """Close the MediaPipe landmarkers (idempotent; a later ``track`` or ``feed`` opens new ones)."""
+        self._close_fine()
         for landmarker in (self._video, self._image, self._counter):
             if landmarker is not None:
                 landmarker.close()
@@ -302,6 +312,7 @@ class FaceTracker:
         if self._video is not None:
             self._video.close()  # VIDEO mode keeps state and needs increasing timestamps: start a fresh one
             self._video = None
+        self._close_fine()  # so does the fine search's
         if self._smoother is not None:
             self._smoother.reset()
         self._gaps = GapFiller(self.config.max_gap)
@@ -325,7 +336,7 @@ class FaceTracker:
 
     def _zoom(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
         """Stage 2: crops around the faces of a recent frame. Returns (N, 478, 2)."""
-        return self._search().around(frame, self._recent)
+        return self._search().around(frame, self._recent, timestamp_ms)
 
     def _tiles(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
         """Stage 3: the tile pyramid over the whole frame. Returns (N, 478, 2)."""

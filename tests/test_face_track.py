@@ -304,11 +304,12 @@ def test_a_zoomed_face_is_followed_in_video_mode(face_model_path, astronaut, mon
 
 def test_a_zoom_box_is_kept_while_the_face_stays_well_inside():
     face = np.array([[100.0, 100.0], [140.0, 150.0]])  # a face's extent (any landmarks: min and max matter)
-    box = (60, 70, 180, 190)  # 120 px: margin 20 px
-    assert keeps_face(box, face, 120)
-    assert not keeps_face(box, face + [25, 0], 120)  # its right edge 165 > 180 - 20
-    assert not keeps_face(box, face, 160)  # the face grew: a new box would be a third larger
-    assert not keeps_face(box, face, 90)
+    box, frame = (60, 70, 180, 190), (400, 600)  # a 120 px box (margin 20 px) in a 600x400 frame
+    assert keeps_face(box, face, 120, frame)
+    assert not keeps_face(box, face + [25, 0], 120, frame)  # its right edge 165 > 180 - 20
+    assert keeps_face(box, face + [25, 0], 120, (400, 180))  # ... unless the box's right side is the frame's edge
+    assert not keeps_face(box, face, 160, frame)  # the face grew: a new box would be a third larger
+    assert not keeps_face(box, face, 90, frame)
 
 
 def test_variable_frame_times(tracker, pan):

@@ -126,14 +126,25 @@ def dedup_faces(faces: np.ndarray, distance: float) -> np.ndarray:
     return np.stack(kept) if kept else faces[:0]
 
 
-def keeps_face(box: Box, face: np.ndarray, target_side: float) -> bool:
-    """Whether a zoom box still suits a face: the face lies inside it with a margin of a sixth of the box on every
-    side, and the box is within 20 % of the side ``zoom_box`` would choose now."""
+def keeps_face(box: Box, face: np.ndarray, target_side: float, frame_size: tuple[int, int]) -> bool:
+    """Whether a zoom box still suits a face.
+
+    The face must lie inside the box with a margin of a sixth of the box on every side that is not the frame's own
+    edge, and the box must be within 20 % of the side ``zoom_box`` would choose now.
+
+    Args:
+        box: (x0, y0, x1, y1) the current zoom box.
+        face: (478, 2) landmarks.
+        target_side: the side of the box ``zoom_box`` gives for this face.
+        frame_size: (H, W).
+    """
     x0, y0, x1, y1 = box
+    height, width = frame_size
     side = max(x1 - x0, y1 - y0)
     margin = side / 6
     (fx0, fy0), (fx1, fy1) = face.min(axis=0), face.max(axis=0)
-    inside = fx0 >= x0 + margin and fy0 >= y0 + margin and fx1 <= x1 - margin and fy1 <= y1 - margin
+    inside = ((x0 == 0 or fx0 >= x0 + margin) and (y0 == 0 or fy0 >= y0 + margin)
+              and (x1 == width or fx1 <= x1 - margin) and (y1 == height or fy1 <= y1 - margin))
     return inside and 0.8 <= side / max(target_side, 1.0) <= 1.25
 
 
@@ -171,7 +182,8 @@ class FineSearch:
     def _follow(self, face: np.ndarray, frame_size: tuple[int, int]) -> Box:
         """The zoom box for a followed face: the current one while it suits the face, else a new one."""
         target = zoom_box(face, frame_size, self.config.zoom)
-        if self._box is None or not keeps_face(self._box, face, max(target[2] - target[0], target[3] - target[1])):
+        side = max(target[2] - target[0], target[3] - target[1])
+        if self._box is None or not keeps_face(self._box, face, side, frame_size):
             self._box = target
         return self._box
 

@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..ops import causal_conv1d, selective_scan
 from .recompute import recompute_in_blocks
 

@@ -9,7 +9,7 @@ at the price of one extra forward of ``fn``.
 
 It is what ``torch.utils.checkpoint`` does for one call, applied to blocks of rows, with two differences that matter
 for memory: every block writes into one output (and one input gradient) allocated up front, so no block's result
-sits between another block's freed temporaries (with glibc's allocator on CPU such interleaving kept ~1.4 GB of
+sits between another block's freed temporaries (with glibc's allocator on CPU such interleaving kept about 1 GB of
 freed memory resident in the 16-frame benchmark block); and the parameters are explicit inputs, so their gradients
 flow through autograd as usual (``torch.autograd.grad``, DDP hooks) rather than being accumulated on the side.
 

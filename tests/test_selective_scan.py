@@ -91,6 +91,30 @@ def test_forward_and_backward_match_oracle(case):
         assert rel_error(g, g_ref) <= BWD_TOL, f"gradient of {name}: rel. error {rel_error(g, g_ref):.2e}"
 
 
+@pytest.mark.parametrize("groups", [None, 2])
+def test_channels_last_inputs_give_the_same_result(groups):
+    # Mamba hands the scan transposed (B, L, D) projections (channels innermost in memory) and gets such gradients.
+    inputs = make_inputs(batch=3, dim=8, length=19, groups=groups)
+    args, kwargs = _split(inputs, ("D", "z", "delta_bias"))
+    dense = selective_scan_chunked(*args, **kwargs, delta_softplus=True, chunk_size=6)
+
+    def channels_last(t):
+        return t.transpose(1, 2).contiguous().transpose(1, 2)  # same values, strides (L * D, 1, D)
+
+    u, delta = (channels_last(t).requires_grad_() for t in args[:2])
+    z = channels_last(kwargs["z"]).requires_grad_()
+    strided = selective_scan_chunked(u, delta, *args[2:], D=kwargs["D"], z=z, delta_bias=kwargs["delta_bias"],
+                                     delta_softplus=True, chunk_size=6)
+    assert u.stride(1) == 1 and torch.equal(strided, dense)
+    grad = channels_last(torch.randn_like(dense))
+    strided.backward(grad)
+    leaves = [t.detach().clone().requires_grad_() for t in args[:2]] + [kwargs["z"].detach().clone().requires_grad_()]
+    selective_scan_chunked(*leaves[:2], *args[2:], D=kwargs["D"], z=leaves[2], delta_bias=kwargs["delta_bias"],
+                           delta_softplus=True, chunk_size=6).backward(grad.contiguous())
+    for ours, theirs in zip((u, delta, z), leaves):
+        torch.testing.assert_close(ours.grad, theirs.grad)
+
+
 def test_batch_blocks_with_automatic_chunks(monkeypatch):
     """A tiny chunk budget forces blocks of one batch element and several chunks per sequence."""
     monkeypatch.setattr(scan_module, "DEFAULT_CHUNK_ELEMENTS", 64)

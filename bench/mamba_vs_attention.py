@@ -9,13 +9,18 @@ block's feed-forward is recomputed in the backward pass (``recompute_feed_forwar
 ``mamba_ff_stored`` / ``attention_ff_stored`` keep its activations instead, and give ``memory_ratio_ff_stored`` /
 ``time_ratio_ff_stored`` (that feed-forward then dominates both variants' memory).
 
-How memory is measured: every case runs in a fresh Python subprocess. After the block and its inputs exist and one
-tiny step has run (so one-time imports are not counted), the subprocess reads its resident set size
-(``/proc/self/statm``); after the forward/backward steps it reads the peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``). The reported figure is peak - baseline: the extra memory
-the step needed (activations kept for backward, temporaries, gradients). glibc returns large blocks to the OS with
-``munmap``, and ru_maxrss is the kernel's high-water mark, so it catches short-lived peaks that sampling would miss.
-A subprocess is capped with ``RLIMIT_AS`` so an oversized case fails with an out-of-memory error instead of taking
-the machine down; the cap is reported.
+How memory is measured: every case runs in a fresh Python subprocess, capped with ``RLIMIT_AS`` so an oversized case
+fails with an out-of-memory error instead of taking the machine down (the cap is reported). Two figures per case:
+
+* ``allocated_peak_bytes`` (headline ``memory_ratio``): the peak of the bytes malloc has handed out and not taken
+  back (glibc's ``mallinfo2``), sampled after every aten op of one extra step, over the value before the step. This
+  is the CPU counterpart of ``torch.cuda.max_memory_allocated``, the figure papers report: what the step's tensors
+  hold at the worst moment.
+* ``peak_extra_bytes`` (``memory_ratio_rss``): peak resident set size (``ru_maxrss``) over the RSS after the block
+  and its inputs exist and one tiny step has run (so one-time imports are not counted). It adds the freed blocks
+  glibc keeps resident: its dynamic mmap threshold sends the recomputed blocks' mid-size temporaries (5-20 MB) to
+  the heap, where freed memory stays mapped. That slack is 250-450 MB here and varies by about 100 MB between
+  identical runs, so this ratio moves by several hundredths from run to run.
 
 Attention baselines: ``attention`` is PyTorch's default SDPA, which on CPU picks its flash-attention kernel and never
 materialises the (L x L) scores; it is the strongest baseline and the one behind the headline ``memory_ratio`` /
@@ -55,6 +60,57 @@ CASES = ("mamba", "attention", "attention_math", "no_mixer", "mamba_ff_stored", 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _MallocInfo:
+    """Bytes glibc's malloc has handed out and not taken back (``mallinfo2``: heap in use + mmapped chunks), or
+    unavailable (None) on other C libraries."""
+
+    def __init__(self):
+        import ctypes
+
+        class Info(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                              "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                              "keepcost")]
+
+        try:
+            self._call = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+            self._call = None
+            return
+        self._call.restype = Info
+
+    @property
+    def available(self) -> bool:
+        return self._call is not None
+
+    def in_use(self) -> int:
+        info = self._call()
+        return info.uordblks + info.hblkhd
+
+
+def _allocated_peak(step, malloc: _MallocInfo) -> int:
+    """Peak of the bytes in use by malloc during ``step()``, over its value before, sampled after every aten op.
+
+    This is the CPU counterpart of ``torch.cuda.max_memory_allocated``: what the tensors (and anything else) hold at
+    the worst moment, without the freed blocks the allocator keeps resident (which RSS counts).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    start = malloc.in_use()
+    peak = start
+
+    class Sampler(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal peak
+            out = func(*args, **(kwargs or {}))
+            peak = max(peak, malloc.in_use())
+            return out
+
+    with Sampler():
+        step()
+    return peak - start
 
 
 def _no_mixer():
@@ -122,8 +178,18 @@ def run_case(args) -> dict:
             x.grad = None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     times = times[args.warmup:]
+
+    def step():
+        with backend():
+            block(x, audio, args.frames).square().mean().backward()
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+
+    malloc = _MallocInfo()
+    allocated = _allocated_peak(step, malloc) if malloc.available else None  # one more step, after the RSS peak
     return {"case": args.case, "params": sum(p.numel() for p in block.parameters()),
             "peak_extra_bytes": peak - baseline, "baseline_bytes": baseline,
+            "allocated_peak_bytes": allocated,
             "step_seconds": times, "median_seconds": statistics.median(times)}
 
 
@@ -141,11 +207,11 @@ def _spawn(case: str, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _ratios(mamba: dict, attention: dict, suffix: str) -> dict:
-    """Memory and time ratios of two cases (None where either failed)."""
-    ok = "error" not in mamba and "error" not in attention
-    return {f"memory_ratio{suffix}": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"] if ok else None,
-            f"time_ratio{suffix}": mamba["median_seconds"] / attention["median_seconds"] if ok else None}
+def _ratio(numerator: dict, denominator: dict, key: str) -> float | None:
+    """numerator[key] / denominator[key], or None where a case failed or lacks the figure."""
+    if "error" in numerator or "error" in denominator or None in (numerator.get(key), denominator.get(key)):
+        return None
+    return numerator[key] / denominator[key]
 
 
 def main(argv=None) -> None:
@@ -180,18 +246,18 @@ def main(argv=None) -> None:
 
     from stabledub_core.ops.selective_scan import select_backend
 
+    mem, rss, sec = "allocated_peak_bytes", "peak_extra_bytes", "median_seconds"
     report = {
-        "memory_ratio": mamba["peak_extra_bytes"] / attention["peak_extra_bytes"],
-        "time_ratio": mamba["median_seconds"] / attention["median_seconds"],
-        "memory_ratio_vs_math_attention": (mamba["peak_extra_bytes"] / math["peak_extra_bytes"]
-                                           if "error" not in math else None),
-        "time_ratio_vs_math_attention": (mamba["median_seconds"] / math["median_seconds"]
-                                         if "error" not in math else None),
+        "memory_ratio": _ratio(mamba, attention, mem),
+        "time_ratio": _ratio(mamba, attention, sec),
+        "memory_ratio_rss": _ratio(mamba, attention, rss),
+        "memory_ratio_vs_math_attention": _ratio(mamba, math, mem),
+        "time_ratio_vs_math_attention": _ratio(mamba, math, sec),
         # A mixer that costs nothing: the shared rest of the block over attention's whole block.
-        "memory_ratio_floor": (floor["peak_extra_bytes"] / attention["peak_extra_bytes"]
-                               if "error" not in floor else None),
+        "memory_ratio_floor": _ratio(floor, attention, mem),
         # Both variants with the feed-forward's activations stored (recompute_feed_forward=False).
-        **_ratios(results["mamba_ff_stored"], results["attention_ff_stored"], "_ff_stored"),
+        "memory_ratio_ff_stored": _ratio(results["mamba_ff_stored"], results["attention_ff_stored"], mem),
+        "time_ratio_ff_stored": _ratio(results["mamba_ff_stored"], results["attention_ff_stored"], sec),
         "setting": {"frames": args.frames, "latent_size": args.size, "width": args.width, "heads": args.heads,
                     "audio_tokens": args.tokens, "cross_attention_dim": args.cross_dim, "repeats": args.repeats,
                     "warmup": args.warmup,
@@ -205,19 +271,19 @@ def main(argv=None) -> None:
                         "load_average_1min": os.getloadavg()[0],
                         "memory_cap_gb": args.mem_cap_gb},
     }
-    print(f"{'case':<14} {'params':>10} {'peak extra (MB)':>16} {'median step (s)':>16}")
+    print(f"{'case':<20} {'params':>9} {'allocated (MB)':>15} {'RSS extra (MB)':>15} {'median step (s)':>16}")
     for case, r in results.items():
         if "error" in r:
-            print(f"{case:<14} {r['error']}")
+            print(f"{case:<20} {r['error']}")
             continue
-        print(f"{case:<14} {r['params']:>10} {r['peak_extra_bytes'] / 2**20:>16.0f} {r['median_seconds']:>16.2f}")
-    print(f"memory ratio (Mamba / attention): {report['memory_ratio']:.3f}")
-    print(f"time ratio   (Mamba / attention): {report['time_ratio']:.3f}")
-    if report["memory_ratio_floor"] is not None:
-        print(f"memory ratio of a zero-cost mixer (floor): {report['memory_ratio_floor']:.3f}")
-    if report["memory_ratio_ff_stored"] is not None:
-        print(f"with the feed-forward stored: memory ratio {report['memory_ratio_ff_stored']:.3f}, "
-              f"time ratio {report['time_ratio_ff_stored']:.3f}")
+        allocated = "n/a" if r[mem] is None else f"{r[mem] / 2**20:.0f}"
+        print(f"{case:<20} {r['params']:>9} {allocated:>15} {r[rss] / 2**20:>15.0f} {r[sec]:>16.2f}")
+    for label, key in (("memory ratio (allocated)", "memory_ratio"), ("memory ratio (RSS)", "memory_ratio_rss"),
+                       ("time ratio", "time_ratio"), ("memory ratio of a zero-cost mixer", "memory_ratio_floor"),
+                       ("memory ratio, feed-forward stored", "memory_ratio_ff_stored"),
+                       ("time ratio, feed-forward stored", "time_ratio_ff_stored")):
+        value = report[key]
+        print(f"{label:<36} {'n/a' if value is None else f'{value:.3f}'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

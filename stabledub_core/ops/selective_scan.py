@@ -193,9 +193,13 @@ def _channels_to_scan(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch
 
 
 def _channels_from_scan(x: torch.Tensor) -> torch.Tensor:
-    """(L, B, G, D/G) -> (B, D, L)."""
+    """(L, B, G, D/G) -> a (B, D, L) view, channels innermost in memory (no copy).
+
+    Mamba reads the scan's output (and the gradients it returns) through transposes back to (B, L, D), so a copy to
+    the (B, D, L)-contiguous layout here would only be undone by another copy downstream.
+    """
     length, batch, groups, dim_g = x.shape
-    return x.reshape(length, batch, groups * dim_g).permute(1, 2, 0).contiguous()
+    return x.reshape(length, batch, groups * dim_g).permute(1, 2, 0)
 
 
 def _bc_to_scan(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -493,7 +497,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
             processed in blocks).
 
     Returns:
-        (B, D, L) output in u's dtype, and the last state when asked.
+        (B, D, L) output in u's dtype (channels innermost in memory: a transposed view, as Mamba consumes it;
+        call ``.contiguous()`` if you need the other layout), and the last state when asked.
 
     Raises:
         SelectiveScanInputError: on inconsistent shapes or non-floating dtypes.

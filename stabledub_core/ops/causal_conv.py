@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from .kernels import try_import
 
 _KERNEL_MODULE = "causal_conv1d"
-# What a missing or broken install raises on import (no package, no CUDA libraries, ABI mismatch).
-_IMPORT_FAILURES = (ImportError, OSError, RuntimeError)
 
 
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,12 +87,7 @@ def load_kernel() -> Optional[Callable]:
 
     Tried once per process; ImportError/OSError/RuntimeError mean "not available" (logged), anything else propagates.
     """
-    try:
-        return _import_kernel()
-    except _IMPORT_FAILURES as err:
-        logger.info("causal-conv1d kernel unavailable (%s: %s); using the PyTorch causal convolution",
-                    type(err).__name__, err)
-        return None
+    return try_import(_import_kernel, "causal-conv1d kernel", "the PyTorch causal convolution")
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,14 +33,13 @@ import dataclasses
 import enum
 import functools
 import importlib
-import logging
 import math
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from .kernels import try_import
 
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (4 MiB in fp32): small
 # enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.
@@ -55,8 +54,6 @@ MIN_AUTO_CHUNK = 16
 LOOP_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _MAMBA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
-# What a missing or broken mamba-ssm install raises on import (no package, no CUDA libraries, ABI mismatch).
-_IMPORT_FAILURES = (ImportError, OSError, RuntimeError)
 
 
 class SelectiveScanInputError(ValueError):
@@ -527,12 +524,7 @@ def load_mamba_scan() -> Optional[Callable]:
     The import is tried once per process. ImportError/OSError/RuntimeError (not installed, missing CUDA libraries,
     binary mismatch) mean "not available" and are logged; any other exception propagates.
     """
-    try:
-        return _import_mamba_scan()
-    except _IMPORT_FAILURES as err:
-        logger.info("mamba-ssm selective scan unavailable (%s: %s); using the pure PyTorch scan",
-                    type(err).__name__, err)
-        return None
+    return try_import(_import_mamba_scan, "mamba-ssm selective scan", "the pure PyTorch scan")
 
 
 def select_backend(device: torch.device) -> ScanBackend:

@@ -1,4 +1,5 @@
-"""Benchmark the pure-PyTorch chunked selective scan against the step-by-step oracle (and mamba-ssm's CUDA kernel).
+"""Benchmark the pure-PyTorch chunked selective scan against the step-by-step oracle (and the compiled CPU kernel,
+and mamba-ssm's CUDA kernel).
 
 Run from the repository root: ``python bench/scan.py`` (about 3-5 minutes on 2 shared cores). Prints a table and
 writes bench/results/scan.json.
@@ -22,6 +23,10 @@ temporal: batch*h*w sequences of 16 frames):
   the call is the memory the scan needed. glibc is told to serve every allocation above 64 KiB with mmap
   (MALLOC_MMAP_THRESHOLD_), so freed blocks are returned to the OS and cannot hide allocations.
 * Accuracy: max|ours - oracle| / max|oracle| of the forward output at the oracle's shape.
+* Where a C compiler builds it, the compiled CPU kernel (``stabledub_core/ops/selective_scan_cpu.py``, what
+  ``selective_scan`` runs on CPUs) is a third contender in every comparison above ("kernel"), timed side by side with
+  the pure-PyTorch scan at the full shapes too. The headline figures stay those of the pure-PyTorch scan, the fallback
+  on every device; the kernel's are reported under "cpu_kernel".
 * On a CUDA machine with mamba-ssm installed, the chunked scan and mamba-ssm's kernel are also timed on the GPU at
   the full shapes; otherwise this is skipped with a note.
 
@@ -56,6 +61,7 @@ sys.path.insert(0, str(REPO))
 
 from stabledub_core.ops.selective_scan import (  # noqa: E402
     DEFAULT_CHUNK_ELEMENTS, load_mamba_scan, selective_scan_chunked, selective_scan_ref)
+from stabledub_core.ops.selective_scan_cpu import load_kernel, selective_scan_cpu  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scan.json"
 
@@ -81,7 +87,13 @@ SHAPES = {
     "temporal": Shape(batch=4096, dim=640, length=16, d_state=16, oracle_batch=256, memory_length=16, runs=3),
 }
 
-IMPLEMENTATIONS: dict[str, Callable] = {"ours": selective_scan_chunked, "oracle": selective_scan_ref}
+IMPLEMENTATIONS: dict[str, Callable] = {"ours": selective_scan_chunked, "oracle": selective_scan_ref,
+                                        "kernel": selective_scan_cpu}
+
+
+def contenders() -> list[str]:
+    """The implementations timed here: the compiled CPU kernel only where it builds."""
+    return [name for name in IMPLEMENTATIONS if name != "kernel" or load_kernel() is not None]
 
 
 def make_inputs(shape: Shape, device="cpu", requires_grad=False, seed=0) -> dict:
@@ -132,33 +144,52 @@ def floor_time(shape: Shape, runs: int) -> float:
 
 
 def compare_forward(shape: Shape) -> dict:
-    """Oracle vs ours, forward, interleaved, at the oracle's batch."""
+    """Oracle vs ours (and the kernel), forward, interleaved, at the oracle's batch."""
     small = shape.with_batch(shape.oracle_batch)
     inputs = make_inputs(small)
-    times = {name: [] for name in IMPLEMENTATIONS}
+    names = contenders()
+    times = {name: [] for name in names}
     with torch.no_grad():
-        outs = {name: run_scan(fn, inputs) for name, fn in IMPLEMENTATIONS.items()}  # warm-up + accuracy
+        outs = {name: run_scan(IMPLEMENTATIONS[name], inputs) for name in names}  # warm-up + accuracy
         for _ in range(shape.runs):
-            for name, fn in IMPLEMENTATIONS.items():
-                times[name].append(time_call(lambda: run_scan(fn, inputs)))
-    err = ((outs["ours"] - outs["oracle"]).abs().max() / outs["oracle"].abs().max()).item()
+            for name in names:
+                times[name].append(time_call(lambda: run_scan(IMPLEMENTATIONS[name], inputs)))
     medians = {name: statistics.median(t) for name, t in times.items()}
     floor = floor_time(small, shape.runs)
-    return dict(shape=dataclasses.asdict(small), times_s=times, median_s=medians,
-                speedup_vs_ref=medians["oracle"] / medians["ours"], max_rel_error=err,
-                floor_s=floor, floor_gap=medians["ours"] / floor)
+    result = dict(shape=dataclasses.asdict(small), times_s=times, median_s=medians, floor_s=floor)
+    for name in names:
+        if name != "oracle":
+            prefix = "" if name == "ours" else f"{name}_"
+            result[prefix + "speedup_vs_ref"] = medians["oracle"] / medians[name]
+            result[prefix + "max_rel_error"] = _rel_error(outs[name], outs["oracle"])
+            result[prefix + "floor_gap"] = medians[name] / floor
+    return result
+
+
+def _rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
 def full_shape_forward(shape: Shape) -> dict:
+    """Ours (and the kernel, interleaved) at the full shape, and the floor."""
     inputs = make_inputs(shape)
+    names = [name for name in contenders() if name != "oracle"]
+    times = {name: [] for name in names}
     with torch.no_grad():  # no warm-up run: at this size it would only add time
-        times = [time_call(lambda: run_scan(selective_scan_chunked, inputs)) for _ in range(shape.runs)]
+        for _ in range(shape.runs):
+            for name in names:
+                times[name].append(time_call(lambda: run_scan(IMPLEMENTATIONS[name], inputs)))
     del inputs
     gc.collect()
     floor = floor_time(shape, shape.runs)
-    median = statistics.median(times)
-    return dict(shape=dataclasses.asdict(shape), times_s=times, median_s=median, floor_s=floor,
-                floor_gap=median / floor)
+    median = statistics.median(times["ours"])
+    result = dict(shape=dataclasses.asdict(shape), times_s=times["ours"], median_s=median, floor_s=floor,
+                  floor_gap=median / floor)
+    if "kernel" in times:
+        kernel = statistics.median(times["kernel"])
+        result.update(kernel_times_s=times["kernel"], kernel_median_s=kernel, kernel_floor_gap=kernel / floor,
+                      kernel_speedup_vs_ours=median / kernel)
+    return result
 
 
 def _status_kib(field: str) -> int:
@@ -249,12 +280,15 @@ def main() -> None:
         shape = SHAPES[name]
         small = shape.with_batch(shape.oracle_batch, shape.memory_length)
         entry = dict(oracle_shape_forward=compare_forward(shape), full_shape_forward=full_shape_forward(shape))
-        memory = {impl: measure_memory(impl, small, args.threads) for impl in IMPLEMENTATIONS}
+        memory = {impl: measure_memory(impl, small, args.threads) for impl in contenders()}
         memory["shape"] = dataclasses.asdict(small)
         memory["ratio"] = memory["ours"]["peak_bytes"] / memory["oracle"]["peak_bytes"]
         memory["ours_full_shape"] = measure_memory("ours", shape, args.threads)
         # For scale: the size of one fp32 (B, D, L, N) tensor at the full shape (the oracle keeps several).
         memory["ours_full_shape"]["bdln_fp32_bytes"] = 4 * shape.batch * shape.dim * shape.length * shape.d_state
+        if "kernel" in memory:
+            memory["kernel_ratio"] = memory["kernel"]["peak_bytes"] / memory["oracle"]["peak_bytes"]
+            memory["kernel_full_shape"] = measure_memory("kernel", shape, args.threads)
         entry["fwd_bwd_memory"] = memory
         entry["cuda"] = cuda_comparison(shape)
         results["shapes"][name] = entry
@@ -265,6 +299,13 @@ def main() -> None:
     results["fwd_bwd_memory_ratio_vs_ref"] = max(e["fwd_bwd_memory"]["ratio"] for e in per_shape)
     results["max_rel_error"] = max(e["oracle_shape_forward"]["max_rel_error"] for e in per_shape)
     results["floor_gap"] = max(e["full_shape_forward"]["floor_gap"] for e in per_shape)
+    if "kernel" in contenders():
+        results["cpu_kernel"] = dict(
+            speedup_vs_ref=min(e["oracle_shape_forward"]["kernel_speedup_vs_ref"] for e in per_shape),
+            speedup_vs_pytorch_scan=min(e["full_shape_forward"]["kernel_speedup_vs_ours"] for e in per_shape),
+            fwd_bwd_memory_ratio_vs_ref=max(e["fwd_bwd_memory"]["kernel_ratio"] for e in per_shape),
+            max_rel_error=max(e["oracle_shape_forward"]["kernel_max_rel_error"] for e in per_shape),
+            floor_gap=max(e["full_shape_forward"]["kernel_floor_gap"] for e in per_shape))
     results["summary_note"] = ("speedup: worst shape, oracle/ours forward medians at the oracle's batch; memory "
                                "ratio: worst shape, ours/oracle forward+backward peak at the memory shape; "
                                "floor gap: worst shape, ours / exp over (B, D, L, N) at the full shape")
@@ -294,6 +335,13 @@ def print_table(results: dict) -> None:
               f"{cmp['floor_s']:>8.3f} {cmp['floor_gap']:>5.1f}")
         print(f"{name:<9} {_shape_str(full['shape']):<22} {'-':>8} {full['median_s']:>8.3f} {'':>8} {'':>8} "
               f"{full['floor_s']:>8.3f} {full['floor_gap']:>5.1f}")
+        if "kernel_median_s" in full:
+            print(f"{'  kernel':<9} {_shape_str(cmp['shape']):<22} {cmp['median_s']['oracle']:>8.3f} "
+                  f"{cmp['median_s']['kernel']:>8.3f} {cmp['kernel_speedup_vs_ref']:>7.1f}x "
+                  f"{cmp['kernel_max_rel_error']:>8.1e} {cmp['floor_s']:>8.3f} {cmp['kernel_floor_gap']:>5.1f}")
+            print(f"{'  kernel':<9} {_shape_str(full['shape']):<22} {'-':>8} {full['kernel_median_s']:>8.3f} "
+                  f"{full['kernel_speedup_vs_ours']:>7.1f}x {'(vs ours)':>8} {full['floor_s']:>8.3f} "
+                  f"{full['kernel_floor_gap']:>5.1f}")
     print("\nforward+backward peak memory (MiB)")
     header = f"{'shape':<9} {'(B, D, L, N)':<22} {'oracle':>8} {'ours':>8} {'ratio':>6}   one (B,D,L,N) fp32"
     print(header + "\n" + "-" * len(header))
@@ -304,6 +352,11 @@ def print_table(results: dict) -> None:
               f"{mem['ours']['peak_bytes'] * mib:>8.0f} {mem['ratio']:>6.2f}")
         print(f"{name:<9} {_shape_str(entry['full_shape_forward']['shape']):<22} {'-':>8} "
               f"{full['peak_bytes'] * mib:>8.0f} {'':>6}   {full['bdln_fp32_bytes'] * mib:.0f}")
+        if "kernel" in mem:
+            print(f"{'  kernel':<9} {_shape_str(mem['shape']):<22} {mem['oracle']['peak_bytes'] * mib:>8.0f} "
+                  f"{mem['kernel']['peak_bytes'] * mib:>8.0f} {mem['kernel_ratio']:>6.2f}")
+            print(f"{'  kernel':<9} {_shape_str(entry['full_shape_forward']['shape']):<22} {'-':>8} "
+                  f"{mem['kernel_full_shape']['peak_bytes'] * mib:>8.0f}")
     for name, entry in results["shapes"].items():
         cuda = entry["cuda"]
         print(f"cuda {name}: {cuda.get('skipped') or cuda}")

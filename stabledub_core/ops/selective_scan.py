@@ -7,10 +7,11 @@ For every batch element ``b``, channel ``d`` and state index ``n`` the scan runs
     y_l     = sum_n C_l[n] * x_l[n] + D * u_l           (D optional)
     out_l   = y_l * silu(z_l)                           (z optional)
 
-Three implementations share ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``'s signature and shapes:
+These implementations share ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``'s signature and shapes:
 
 * ``selective_scan``: the public entry point. It dispatches to mamba-ssm's CUDA kernel when mamba-ssm imports and the
-  tensors are on CUDA, else to the pure-PyTorch chunked scan below.
+  tensors are on CUDA, to the compiled CPU kernel (``selective_scan_cpu``) for CPU tensors where a C compiler built it,
+  else to the pure-PyTorch chunked scan below.
 * ``selective_scan_chunked``: pure PyTorch, any device. The (batch, position) plane is cut into tiles of a batch
   block x ``T`` positions, so a few preallocated (T, b, D, N) buffers (about 4 MiB each) replace the (B, D, L, N)
   tensors. Per tile, the decays exp(delta * A) are computed in one op (this exp is the unavoidable cost: the floor),
@@ -39,6 +40,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import selective_scan_cpu
 from .kernels import try_import
 
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (4 MiB in fp32): small
@@ -64,6 +66,7 @@ class ScanBackend(enum.Enum):
     """Which implementation ``selective_scan`` runs."""
 
     MAMBA_CUDA = "mamba_ssm CUDA kernel"
+    CPU_KERNEL = "compiled CPU kernel"
     PYTORCH = "pure PyTorch chunked scan"
 
 
@@ -527,10 +530,17 @@ def load_mamba_scan() -> Optional[Callable]:
     return try_import(_import_mamba_scan, "mamba-ssm selective scan", "the pure PyTorch scan")
 
 
-def select_backend(device: torch.device) -> ScanBackend:
-    """The implementation ``selective_scan`` uses for tensors on ``device``."""
-    if torch.device(device).type == "cuda" and load_mamba_scan() is not None:
+def select_backend(device: torch.device, dtype: torch.dtype = torch.float32, d_state: int = 16) -> ScanBackend:
+    """The implementation ``selective_scan`` uses for tensors on ``device`` of ``dtype`` with ``d_state`` states.
+
+    The CPU kernel computes in fp32: fp64 inputs (gradcheck) take the pure PyTorch scan.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and load_mamba_scan() is not None:
         return ScanBackend.MAMBA_CUDA
+    if (device.type == "cpu" and dtype != torch.float64 and d_state <= selective_scan_cpu.MAX_STATE
+            and selective_scan_cpu.load_kernel() is not None):
+        return ScanBackend.CPU_KERNEL
     return ScanBackend.PYTORCH
 
 
@@ -539,19 +549,27 @@ def _run_mamba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_
                              return_last_state=return_last_state)
 
 
+def _run_cpu_kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    return selective_scan_cpu.selective_scan_cpu(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                                 delta_softplus=delta_softplus, return_last_state=return_last_state)
+
+
 def _run_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     return selective_scan_chunked(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                                   return_last_state=return_last_state)
 
 
-_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.PYTORCH: _run_pytorch}
+_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.CPU_KERNEL: _run_cpu_kernel,
+                                          ScanBackend.PYTORCH: _run_pytorch}
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
     """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature, on the fastest available backend.
 
-    Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, else ``selective_scan_chunked``.
+    Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, the compiled CPU kernel for CPU tensors
+    where it builds (fp32/fp16/bf16, d_state <= 64), else ``selective_scan_chunked``.
 
     Args:
         u: (B, D, L) input.
@@ -568,5 +586,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns:
         (B, D, L) output in u's dtype, and the last state when asked.
     """
-    backend = _BACKENDS[select_backend(u.device)]
+    backend = _BACKENDS[select_backend(u.device, u.dtype, A.shape[-1])]
     return backend(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

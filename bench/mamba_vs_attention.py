@@ -28,14 +28,21 @@ materialises the (L x L) scores; it is the strongest baseline and the one behind
 non-fused attention implementations do); at 64x64 latents it does not fit the memory cap, which is reported as
 such. ``no_mixer`` replaces both mixers with nothing (zeros added to the residual): what is left is shared by every
 variant, so ``memory_ratio_floor`` (no_mixer over attention) is the lowest memory ratio any mixer could reach in this
-block. Times are medians over ``--repeats`` steps after ``--warmup`` steps; ratios are Mamba over attention,
-measured side by side in one run.
+block. ``mamba_pytorch_scan`` is the Mamba block with the compiled CPU scan kernel turned off
+(``STABLEDUB_CPU_KERNEL=0``): what runs where no C compiler is found (its time ratio is from the separate runs).
+
+How time is measured: the headline ``time_ratio`` comes from one more subprocess that builds the Mamba and the
+attention block and alternates their steps (``--timing-repeats`` each, after one warm-up step each), so that both see
+the same spells of this shared machine, whose speed drifts by 10-20 % from minute to minute; it is the ratio of the
+medians. Each case's own subprocess also times its ``--repeats`` steps after ``--warmup`` steps (``median_seconds``);
+``time_ratio_separate`` is the ratio of those, taken minutes apart.
 
 Usage:
-    python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 2] [--warmup 1]
+    python bench/mamba_vs_attention.py [--frames 16] [--size 64] [--width 320] [--repeats 1] [--warmup 0]
+        [--timing-repeats 3]
 
-The committed results come from ``--repeats 1 --warmup 0`` at full size (one forward + backward per case);
-``load_average_1min`` records how busy the machine was.
+The committed results come from the defaults at full size (about 12 minutes on 2 cores); ``load_average_1min``
+records how busy the machine was.
 """
 
 from __future__ import annotations
@@ -54,7 +61,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mamba_vs_attention.json"
-CASES = ("mamba", "attention", "attention_math", "no_mixer", "mamba_ff_stored", "attention_ff_stored")
+CASES = ("mamba", "attention", "attention_math", "no_mixer", "mamba_ff_stored", "attention_ff_stored",
+         "mamba_pytorch_scan")
+TIMED_SIDE_BY_SIDE = ("mamba", "attention")
+CASE_ENV = {"mamba_pytorch_scan": {"STABLEDUB_CPU_KERNEL": "0"}}  # extra environment of a case's subprocess
 
 
 def _rss_bytes() -> int:
@@ -149,6 +159,44 @@ def _build_block(case: str, width: int, heads: int, cross_dim: int):
     return block
 
 
+def _inputs(args):
+    """The step's inputs: 16 frames of latents (B*F, C, h, w) with B = 1, and their audio tokens (B*F, T, C_cross)."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(args.frames, args.width, args.size, args.size, requires_grad=True)
+    audio = torch.randn(args.frames, args.tokens, args.cross_dim)
+    return x, audio
+
+
+def _train_step(block, x, audio, frames: int) -> float:
+    """One forward + backward; returns its seconds and clears the gradients."""
+    start = time.perf_counter()
+    block(x, audio, frames).square().mean().backward()
+    seconds = time.perf_counter() - start
+    block.zero_grad(set_to_none=True)
+    x.grad = None
+    return seconds
+
+
+def run_timing(args) -> dict:
+    """Runs in a subprocess: the side-by-side cases' steps alternated, after one warm-up step each."""
+    import torch
+
+    blocks = {}
+    for case in TIMED_SIDE_BY_SIDE:
+        torch.manual_seed(0)
+        blocks[case] = _build_block(case, args.width, args.heads, args.cross_dim)
+    x, audio = _inputs(args)
+    times = {case: [] for case in blocks}
+    for repeat in range(1 + args.timing_repeats):
+        for case, block in blocks.items():
+            seconds = _train_step(block, x, audio, args.frames)
+            if repeat > 0:
+                times[case].append(seconds)
+    return {"step_seconds": times, "median_seconds": {case: statistics.median(t) for case, t in times.items()}}
+
+
 def run_case(args) -> dict:
     """Runs in the subprocess: one case, prints its figures as JSON."""
     import torch
@@ -156,8 +204,7 @@ def run_case(args) -> dict:
 
     torch.manual_seed(0)
     block = _build_block(args.case, args.width, args.heads, args.cross_dim)
-    x = torch.randn(args.frames, args.width, args.size, args.size, requires_grad=True)  # (B*F, C, h, w), B=1
-    audio = torch.randn(args.frames, args.tokens, args.cross_dim)  # (B*F, T, C_cross)
+    x, audio = _inputs(args)
     def backend():  # a fresh context manager per use
         return sdpa_kernel([SDPBackend.MATH]) if args.case == "attention_math" else contextlib.nullcontext()
 
@@ -168,14 +215,8 @@ def run_case(args) -> dict:
         block(tiny, audio[:2], 2).square().mean().backward()
     block.zero_grad(set_to_none=True)
     baseline = _rss_bytes()
-    times = []
     with backend():
-        for _ in range(args.warmup + args.repeats):
-            start = time.perf_counter()
-            block(x, audio, args.frames).square().mean().backward()
-            times.append(time.perf_counter() - start)
-            block.zero_grad(set_to_none=True)
-            x.grad = None
+        times = [_train_step(block, x, audio, args.frames) for _ in range(args.warmup + args.repeats)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     times = times[args.warmup:]
 
@@ -193,17 +234,18 @@ def run_case(args) -> dict:
             "step_seconds": times, "median_seconds": statistics.median(times)}
 
 
-def _spawn(case: str, args) -> dict:
-    """Runs one case in a fresh subprocess; a failure (e.g. out of memory under the cap) is returned as an error."""
-    cmd = [sys.executable, __file__, "--case", case, "--frames", str(args.frames), "--size", str(args.size),
+def _spawn(mode: list[str], args, env: dict | None = None) -> dict:
+    """Runs one case (``["--case", name]``) or the side-by-side timing (``["--timing"]``) in a fresh subprocess; a
+    failure (e.g. out of memory under the cap) is returned as an error."""
+    cmd = [sys.executable, __file__, *mode, "--frames", str(args.frames), "--size", str(args.size),
            "--width", str(args.width), "--heads", str(args.heads), "--tokens", str(args.tokens),
            "--cross-dim", str(args.cross_dim), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--mem-cap-gb", str(args.mem_cap_gb)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+           "--timing-repeats", str(args.timing_repeats), "--mem-cap-gb", str(args.mem_cap_gb)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:]
-        return {"case": case, "error": f"failed under the {args.mem_cap_gb} GB cap: {' | '.join(tail)}"}
+        return {"error": f"{' '.join(mode)} failed under the {args.mem_cap_gb} GB cap: {' | '.join(tail)}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -222,26 +264,29 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=10, help="audio tokens per frame")
     parser.add_argument("--cross-dim", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps in each case's own subprocess")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps before those")
+    parser.add_argument("--timing-repeats", type=int, default=3, help="alternated steps of each side-by-side case")
     parser.add_argument("--mem-cap-gb", type=float, default=16.0, help="address-space cap of each subprocess")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case
+    parser.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)  # internal: side-by-side timing
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    if args.case:
+    if args.case or args.timing:
         cap = int(args.mem_cap_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        print(json.dumps(run_case(args)))
+        print(json.dumps(run_case(args) if args.case else run_timing(args)))
         return
 
     sys.path.insert(0, str(REPO))
-    results = {case: _spawn(case, args) for case in CASES}
+    results = {case: {"case": case, **_spawn(["--case", case], args, CASE_ENV.get(case))} for case in CASES}
+    timing = _spawn(["--timing"], args)
     mamba, attention, math = results["mamba"], results["attention"], results["attention_math"]
     floor = results["no_mixer"]
-    for case in ("mamba", "attention"):
-        if "error" in results[case]:
-            raise RuntimeError(f"case {case!r} {results[case]['error']}")
+    for name, result in (("mamba", mamba), ("attention", attention), ("timing", timing)):
+        if "error" in result:
+            raise RuntimeError(f"{name}: {result['error']}")
     import torch
 
     from stabledub_core.ops.selective_scan import select_backend
@@ -249,7 +294,8 @@ def main(argv=None) -> None:
     mem, rss, sec = "allocated_peak_bytes", "peak_extra_bytes", "median_seconds"
     report = {
         "memory_ratio": _ratio(mamba, attention, mem),
-        "time_ratio": _ratio(mamba, attention, sec),
+        "time_ratio": timing["median_seconds"]["mamba"] / timing["median_seconds"]["attention"],
+        "time_ratio_separate": _ratio(mamba, attention, sec),
         "memory_ratio_rss": _ratio(mamba, attention, rss),
         "memory_ratio_vs_math_attention": _ratio(mamba, math, mem),
         "time_ratio_vs_math_attention": _ratio(mamba, math, sec),
@@ -258,6 +304,10 @@ def main(argv=None) -> None:
         # Both variants with the feed-forward's activations stored (recompute_feed_forward=False).
         "memory_ratio_ff_stored": _ratio(results["mamba_ff_stored"], results["attention_ff_stored"], mem),
         "time_ratio_ff_stored": _ratio(results["mamba_ff_stored"], results["attention_ff_stored"], sec),
+        # Where the CPU scan kernel is not built (no C compiler): the pure-PyTorch scan.
+        "memory_ratio_pytorch_scan": _ratio(results["mamba_pytorch_scan"], attention, mem),
+        "time_ratio_pytorch_scan": _ratio(results["mamba_pytorch_scan"], attention, sec),
+        "side_by_side_timing": timing,
         "setting": {"frames": args.frames, "latent_size": args.size, "width": args.width, "heads": args.heads,
                     "audio_tokens": args.tokens, "cross_attention_dim": args.cross_dim, "repeats": args.repeats,
                     "warmup": args.warmup,
@@ -279,11 +329,18 @@ def main(argv=None) -> None:
         allocated = "n/a" if r[mem] is None else f"{r[mem] / 2**20:.0f}"
         print(f"{case:<20} {r['params']:>9} {allocated:>15} {r[rss] / 2**20:>15.0f} {r[sec]:>16.2f}")
     for label, key in (("memory ratio (allocated)", "memory_ratio"), ("memory ratio (RSS)", "memory_ratio_rss"),
-                       ("time ratio", "time_ratio"), ("memory ratio of a zero-cost mixer", "memory_ratio_floor"),
+                       ("time ratio (side by side)", "time_ratio"),
+                       ("time ratio (separate runs)", "time_ratio_separate"),
+                       ("memory ratio of a zero-cost mixer", "memory_ratio_floor"),
                        ("memory ratio, feed-forward stored", "memory_ratio_ff_stored"),
-                       ("time ratio, feed-forward stored", "time_ratio_ff_stored")):
+                       ("time ratio, feed-forward stored", "time_ratio_ff_stored"),
+                       ("memory ratio, pure-PyTorch scan", "memory_ratio_pytorch_scan"),
+                       ("time ratio, pure-PyTorch scan", "time_ratio_pytorch_scan")):
         value = report[key]
         print(f"{label:<36} {'n/a' if value is None else f'{value:.3f}'}")
+    steps = ", ".join(f"{case} {' '.join(f'{t:.1f}' for t in times)} s" for case, times in
+                      timing["step_seconds"].items())
+    print(f"side-by-side steps (alternated): {steps}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

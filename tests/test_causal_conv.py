@@ -11,15 +11,16 @@ from stabledub_core.ops import causal_conv1d, causal_conv1d_ref
 
 @pytest.mark.parametrize("shape", [(2, 6, 9), (3, 5, 16), (1, 4, 2), (2, 3, 1)])  # L > K, L = 16, L < K, L = 1
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_backward_match_the_reference(shape, bias):
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_and_backward_match_the_reference(shape, bias, reverse):
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=True)
     weight = torch.randn(shape[1], 4, requires_grad=True)
     b = torch.randn(shape[1], requires_grad=True) if bias else None
     inputs = [t for t in (x, weight, b) if t is not None]
     grad = torch.randn(shape)
-    ours = causal_conv1d(x, weight, b)
-    theirs = causal_conv1d_ref(x, weight, b)
+    ours = causal_conv1d(x, weight, b, reverse=reverse)
+    theirs = causal_conv1d_ref(x, weight, b, reverse)
     torch.testing.assert_close(ours, theirs)
     for g_ours, g_theirs in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(theirs, inputs, grad)):
         torch.testing.assert_close(g_ours, g_theirs)
@@ -32,12 +33,39 @@ def test_it_is_causal():
     assert out[..., :6].abs().sum() == 0 and (out[..., 6:10] == 1).all()
 
 
-def test_gradcheck_double():
+@pytest.mark.parametrize("reverse", [False, True])
+def test_channels_innermost_input_keeps_its_layout(reverse):
+    """A transposed (B, L, D) input takes the shifted multiply-add path, returns that layout, and matches F.conv1d."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 9, 6).transpose(1, 2).requires_grad_()  # (B, D=6, L=9), channels innermost
+    weight = torch.randn(6, 4, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+    grad = torch.randn(2, 6, 9)
+    ours = causal_conv1d(x, weight, bias, reverse=reverse)
+    assert ours.stride(1) == 1
+    theirs = causal_conv1d_ref(x.contiguous(), weight, bias, reverse)
+    torch.testing.assert_close(ours, theirs)
+    for g_ours, g_theirs in zip(torch.autograd.grad(ours, (x, weight, bias), grad),
+                                torch.autograd.grad(theirs, (x, weight, bias), grad)):
+        torch.testing.assert_close(g_ours, g_theirs)
+
+
+def test_reverse_is_the_flipped_convolution():
+    torch.manual_seed(2)
+    x = torch.randn(2, 5, 11)
+    weight, bias = torch.randn(5, 4), torch.randn(5)
+    flipped = causal_conv1d_ref(x.flip(-1), weight, bias).flip(-1)
+    torch.testing.assert_close(causal_conv1d(x, weight, bias, reverse=True), flipped)
+    torch.testing.assert_close(causal_conv1d_ref(x, weight, bias, reverse=True), flipped)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_double(reverse):
     torch.manual_seed(1)
     x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(conv_module._CausalConv1d.apply, (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda *t: conv_module._CausalConv1d.apply(*t, reverse), (x, weight, bias))
 
 
 def test_only_the_needed_gradients_are_computed():

@@ -137,24 +137,26 @@ class Mamba(nn.Module):
         _init_dt_proj(dt_proj, **dt_kwargs)
         return conv1d, x_proj, dt_proj
 
-    def _scan(self, xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
-              a_log: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def _scan(self, x: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+              a_log: torch.Tensor, d: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """One direction of the mixer without the output projection.
 
         Args:
-            xz: (B, 2 * d_inner, L) the input projection, x and the gate z stacked on channels.
+            x: (B, d_inner, L) the input projection's first half (the SSM input).
+            z: (B, d_inner, L) its second half (the gate).
+            reverse: read the sequence right to left (the backward branch): the convolution and the scan run in
+                reverse, which equals flipping x and z and flipping the output back.
 
         Returns:
             (B, d_inner, L) the gated SSM output.
         """
-        x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-        x = F.silu(causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias))  # (B, d_inner, L)
+        x = F.silu(causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, reverse=reverse))  # (B, d_inner, L)
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias
         a = -torch.exp(a_log.float())  # (d_inner, N)
         return selective_scan(x, dt, a, b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),
-                              d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True)
+                              d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Mix a batch of sequences.
@@ -174,19 +176,23 @@ class Mamba(nn.Module):
 
     def _mix(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, D): projections and both scans."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 * d_inner, L)
+        # in_proj as two products, x and z, rather than one split in two: the backward pass then adds two (B, L, D)
+        # input gradients instead of concatenating two (B, L, d_inner) ones. Both are (B, d_inner, L) views with
+        # channels innermost, the layout the convolution and the scan work in.
+        x, z = (F.linear(hidden_states, weight, bias).transpose(1, 2) for weight, bias in zip(
+            self.in_proj.weight.chunk(2), self.in_proj.bias.chunk(2) if self.in_proj.bias is not None else (None,) * 2))
         directions = (self._forward_direction, self._backward_direction) if self.bidirectional else (
             self._forward_direction,)
-        outputs = [direction(xz) for direction in directions]  # (B, d_inner, L) each
+        outputs = [direction(x, z) for direction in directions]  # (B, d_inner, L) each
         y = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
         if len(outputs) == 2 and self.divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
-    def _forward_direction(self, xz: torch.Tensor) -> torch.Tensor:
-        """(B, 2 * d_inner, L) -> (B, d_inner, L) scanned left to right."""
-        return self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+    def _forward_direction(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, d_inner, L) x and gate z -> (B, d_inner, L) scanned left to right."""
+        return self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
 
-    def _backward_direction(self, xz: torch.Tensor) -> torch.Tensor:
-        """(B, 2 * d_inner, L) -> (B, d_inner, L) scanned right to left (flipped in, flipped back out)."""
-        return self._scan(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b).flip(-1)
+    def _backward_direction(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, d_inner, L) x and gate z -> (B, d_inner, L) scanned right to left (Vim's flipped branch, no flips)."""
+        return self._scan(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)

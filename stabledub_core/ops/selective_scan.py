@@ -544,15 +544,33 @@ def select_backend(device: torch.device, dtype: torch.dtype = torch.float32, d_s
     return ScanBackend.PYTORCH
 
 
+def _flipped(run: Callable) -> Callable:
+    """A backend without a reverse mode, run in reverse: on inputs flipped along L, its output flipped back."""
+
+    def run_reversed(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        def flip(t):
+            return None if t is None else t.flip(-1)
+
+        result = run(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, delta_softplus,
+                     return_last_state)
+        return (flip(result[0]), result[1]) if return_last_state else flip(result)
+
+    return run_reversed
+
+
 def _run_mamba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     return load_mamba_scan()(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                              return_last_state=return_last_state)
 
 
-def _run_cpu_kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    return selective_scan_cpu.selective_scan_cpu(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                                 delta_softplus=delta_softplus, return_last_state=return_last_state)
+def _cpu_kernel_runner(reverse: bool) -> Callable:
+    def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+        return selective_scan_cpu.selective_scan_cpu(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                                     delta_softplus=delta_softplus,
+                                                     return_last_state=return_last_state, reverse=reverse)
+
+    return run
 
 
 def _run_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -560,16 +578,21 @@ def _run_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
                                   return_last_state=return_last_state)
 
 
-_BACKENDS: dict[ScanBackend, Callable] = {ScanBackend.MAMBA_CUDA: _run_mamba, ScanBackend.CPU_KERNEL: _run_cpu_kernel,
-                                          ScanBackend.PYTORCH: _run_pytorch}
+# (backend, reverse) -> runner; the CPU kernel scans in reverse natively, the others through flipped copies.
+_BACKENDS: dict[tuple[ScanBackend, bool], Callable] = {
+    (ScanBackend.MAMBA_CUDA, False): _run_mamba, (ScanBackend.MAMBA_CUDA, True): _flipped(_run_mamba),
+    (ScanBackend.CPU_KERNEL, False): _cpu_kernel_runner(False), (ScanBackend.CPU_KERNEL, True): _cpu_kernel_runner(True),
+    (ScanBackend.PYTORCH, False): _run_pytorch, (ScanBackend.PYTORCH, True): _flipped(_run_pytorch),
+}
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+                   return_last_state=False, *, reverse: bool = False):
     """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature, on the fastest available backend.
 
     Uses mamba-ssm's CUDA kernel for CUDA tensors when mamba-ssm imports, the compiled CPU kernel for CPU tensors
-    where it builds (fp32/fp16/bf16, d_state <= 64), else ``selective_scan_chunked``.
+    where it builds (fp32/fp16/bf16, d_state <= 64), else ``selective_scan_chunked``. ``reverse`` (an addition to
+    that signature) scans from the last position to the first, as the backward branch of a bidirectional Mamba does.
 
     Args:
         u: (B, D, L) input.
@@ -582,9 +605,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_bias: (D,) added to delta, optional.
         delta_softplus: apply softplus to delta (after the bias).
         return_last_state: also return the final state (B, D, N).
+        reverse: scan right to left: the result equals flipping u, delta, B, C and z along L, scanning, and flipping
+            the output back (the CPU kernel does it without the copies).
 
     Returns:
         (B, D, L) output in u's dtype, and the last state when asked.
     """
-    backend = _BACKENDS[select_backend(u.device, u.dtype, A.shape[-1])]
+    backend = _BACKENDS[select_backend(u.device, u.dtype, A.shape[-1]), bool(reverse)]
     return backend(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

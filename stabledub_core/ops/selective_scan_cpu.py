@@ -58,7 +58,7 @@ class _ScanInputs(ctypes.Structure):
         [(name, ctypes.c_int64) for name in ("u_sb", "u_sl", "dt_sb", "dt_sl", "z_sb", "z_sl")] + \
         [(name, ctypes.c_void_p) for name in ("B", "C", "A2", "A", "D", "delta_bias")] + \
         [(name, ctypes.c_int64) for name in ("batch", "dim", "length", "d_state", "groups", "chunk",
-                                             "delta_softplus")]
+                                             "delta_softplus", "reverse")]
 
 
 class _ScanGrads(ctypes.Structure):
@@ -234,7 +234,7 @@ def _run_parallel(jobs: list) -> None:
 class _Prepared:
     """The kernel's inputs in its layouts, and the ctypes struct that points at them (keeps the tensors alive)."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse):
         batch, dim, length = u.shape
         self.shape = (batch, dim, length, A.shape[1])
         self.chunk = chunk
@@ -253,7 +253,7 @@ class _Prepared:
             z_sb=self.z.stride(0) if self.z is not None else 0, z_sl=self.z.stride(2) if self.z is not None else 0,
             B=_pointer(self.B), C=_pointer(self.C), A2=_pointer(self.A2), A=_pointer(self.A), D=_pointer(self.D),
             delta_bias=_pointer(self.delta_bias), batch=batch, dim=dim, length=length, d_state=A.shape[1],
-            groups=self.groups, chunk=chunk, delta_softplus=int(delta_softplus))
+            groups=self.groups, chunk=chunk, delta_softplus=int(delta_softplus), reverse=int(reverse))
 
     @property
     def n_chunks(self) -> int:
@@ -264,9 +264,9 @@ class _CompiledSelectiveScan(torch.autograd.Function):
     """The selective scan on the C kernel; keeps the inputs and the chunk states for the backward pass."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk, reverse):
         lib = load_kernel()
-        prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+        prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse)
         batch, dim, length, d_state = prep.shape
         out = u.new_empty((batch, length, dim), dtype=torch.float32)  # (B, L, D)
         keep_states = return_last_state or any(ctx.needs_input_grad)
@@ -279,7 +279,7 @@ class _CompiledSelectiveScan(torch.autograd.Function):
                                           for box in boxes])
 
         _run_parallel([job(boxes) for boxes in runs])
-        ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+        ctx.delta_softplus, ctx.chunk, ctx.reverse = delta_softplus, chunk, reverse
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         last_state = states[:, -1].transpose(1, 2) if return_last_state else None  # (B, D, N)
@@ -289,7 +289,7 @@ class _CompiledSelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         lib = load_kernel()
-        prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.chunk)
+        prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.chunk, ctx.reverse)
         batch, dim, length, d_state = prep.shape
         grad_out = _channels_last(grad_out)
         grad_last = grad_last.float().transpose(1, 2).contiguous() if grad_last is not None else None  # (B, N, D)
@@ -319,11 +319,11 @@ class _CompiledSelectiveScan(torch.autograd.Function):
         return (grad_u.transpose(1, 2).to(u.dtype), grad_dt.transpose(1, 2).to(delta.dtype),
                 grad_A.sum(0).t().to(A.dtype), grad_B.contiguous().to(B.dtype), grad_C.contiguous().to(C.dtype),
                 grad_D.sum(0).to(D.dtype) if D is not None else None,
-                grad_z.transpose(1, 2).to(z.dtype) if z is not None else None, grad_bias, None, None, None)
+                grad_z.transpose(1, 2).to(z.dtype) if z is not None else None, grad_bias, None, None, None, None)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False, *, chunk_size: int = CHUNK):
+                       return_last_state=False, *, reverse: bool = False, chunk_size: int = CHUNK):
     """Selective scan on the compiled CPU kernel, with ``selective_scan_fn``'s signature.
 
     Call :func:`load_kernel` first: this raises if the kernel is not available. The inputs are checked by the caller
@@ -339,7 +339,9 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         z: (B, D, L) gate, optional.
         delta_bias: (D,) added to delta, optional.
         delta_softplus: apply softplus to delta (after the bias).
-        return_last_state: also return the final state (B, D, N), fp32.
+        return_last_state: also return the final state (B, D, N), fp32 (with ``reverse``, the state after position 0).
+        reverse: scan from the last position to the first; the same as flipping u, delta, B, C and z along L and
+            flipping the output back, without the copies.
         chunk_size: positions between the states kept for the backward pass.
 
     Returns:
@@ -351,5 +353,5 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     out, last_state = _CompiledSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                                   bool(return_last_state), int(chunk_size))
+                                                   bool(return_last_state), int(chunk_size), bool(reverse))
     return (out, last_state) if return_last_state else out

@@ -13,6 +13,8 @@
  *   B, C: (batch, groups, length, N) contiguous;  A2 = A * log2(e) and A itself: (N, dim) contiguous;
  *   chunk states: (batch, n_chunks, N, dim), the state after every chunk of `chunk` positions (the last one is the
  *       final state), written by the forward pass when asked and read by the backward pass.
+ * With `reverse`, the scan runs from the last position to the first (Vision Mamba's backward direction): step l of
+ * the recurrence reads and writes position length - 1 - l, so nothing needs flipping.
  * The caller (Python) runs tiles of disjoint batch/channel ranges on several threads; each thread has its own
  * accumulators for the gradients that are summed over batch or channels (dA, dD, dB, dC).
  */
@@ -33,7 +35,7 @@ typedef struct {
     const float *B, *C;                /* (batch, groups, length, N) */
     const float *A2, *A;               /* (N, dim): A * log2(e), and A */
     const float *D, *delta_bias;       /* (dim) or NULL */
-    int64_t batch, dim, length, d_state, groups, chunk, delta_softplus;
+    int64_t batch, dim, length, d_state, groups, chunk, delta_softplus, reverse;
 } ScanInputs;
 
 typedef struct {
@@ -156,23 +158,46 @@ static inline int64_t bc_offset(const ScanInputs *in, Tile t) {
     return (t.b * in->groups + t.d / (in->dim / in->groups)) * in->length * in->d_state;
 }
 
-/* The raw step size delta + bias at (b, l) for the tile. */
+/* The position that step l of the recurrence reads and writes. */
+static inline int64_t at(const ScanInputs *in, int64_t l) {
+    return in->reverse ? in->length - 1 - l : l;
+}
+
+/* The raw step size delta + bias at step l for the tile. */
 static inline vf raw_delta(const ScanInputs *in, Tile t, int64_t l) {
-    vf dt = load(in->delta + t.b * in->dt_sb + l * in->dt_sl + t.d, t.width);
+    vf dt = load(in->delta + t.b * in->dt_sb + at(in, l) * in->dt_sl + t.d, t.width);
     return in->delta_bias ? dt + load(in->delta_bias + t.d, t.width) : dt;
 }
 
-/* silu(z) and its derivative at (b, l) for the tile, or 1 and 0 without z. */
+/* silu(z) and its derivative at step l for the tile, or 1 and 0 without z. */
 static inline void gate(const ScanInputs *in, Tile t, int64_t l, vf *silu, vf *dsilu) {
     if (!in->z) {
         *silu = splat(1.0f);
         *dsilu = splat(0.0f);
         return;
     }
-    vf z = load(in->z + t.b * in->z_sb + l * in->z_sl + t.d, t.width);
+    vf z = load(in->z + t.b * in->z_sb + at(in, l) * in->z_sl + t.d, t.width);
     vf s = sigmoid(z);
     *silu = z * s;
     *dsilu = s * (1.0f + z * (1.0f - s));
+}
+
+/* One step of the recurrence for the N states of a tile: x = exp(dt A) x + dt u B; returns acc + sum_n C x. With
+ * `keep` (a constant at each call site, so the branch compiles away), also writes the states and decays. */
+static inline __attribute__((always_inline)) vf state_step(int64_t N, const vf *a2, vf dt, vf dtu, const float *Bl,
+                                                           const float *Cl, vf acc, vf *x, vf *xs, vf *dA,
+                                                           const int keep) {
+    for (int64_t n = 0; n < N; n++) {
+        const vf decay = exp2v(dt * a2[n]);
+        const vf xn = decay * x[n] + dtu * Bl[n];
+        x[n] = xn;
+        acc += xn * Cl[n];
+        if (keep) {
+            xs[n] = xn;
+            dA[n] = decay;
+        }
+    }
+    return acc;
 }
 
 /* Runs the recurrence for positions [l0, l1) of a tile from state x (N vectors, updated in place) and writes the
@@ -187,23 +212,15 @@ static void tile_forward(const ScanInputs *in, Tile t, int64_t l0, int64_t l1, v
     const vf dskip = in->D ? load(in->D + t.d, t.width) : splat(0.0f);
     for (int64_t l = l0; l < l1; l++) {
         const vf raw = raw_delta(in, t, l), dt = in->delta_softplus ? softplus(raw) : raw;
-        const vf u = load(in->u + t.b * in->u_sb + l * in->u_sl + t.d, t.width);
-        const vf dtu = dt * u;
-        if (xs) dts[l - l0] = dt;
-        const float *Bl = Bp + l * N, *Cl = Cp + l * N;
-        vf acc0 = dskip * u, acc1 = splat(0.0f); /* two sums: shorter dependency chains */
-        for (int64_t n = 0; n < N; n++) {
-            const vf decay = exp2v(dt * a2[n]);
-            const vf xn = decay * x[n] + dtu * Bl[n];
-            x[n] = xn;
-            if (n & 1) acc1 += xn * Cl[n];
-            else acc0 += xn * Cl[n];
-            if (xs) {
-                xs[(l - l0) * N + n] = xn;
-                dA[(l - l0) * N + n] = decay;
-            }
+        const vf u = load(in->u + t.b * in->u_sb + at(in, l) * in->u_sl + t.d, t.width);
+        const float *Bl = Bp + at(in, l) * N, *Cl = Cp + at(in, l) * N;
+        if (xs) {
+            dts[l - l0] = dt;
+            const int64_t i = (l - l0) * N;
+            y[l - l0] = state_step(N, a2, dt, dt * u, Bl, Cl, dskip * u, x, xs + i, dA + i, 1);
+        } else {
+            y[l - l0] = state_step(N, a2, dt, dt * u, Bl, Cl, dskip * u, x, NULL, NULL, 0);
         }
-        y[l - l0] = acc0 + acc1;
     }
 }
 
@@ -227,7 +244,7 @@ EXPORT int scan_forward(const ScanInputs *in, int64_t b0, int64_t b1, int64_t d0
                 for (int64_t l = l0; l < l1; l++) {
                     vf silu, dsilu;
                     gate(in, t, l, &silu, &dsilu);
-                    store(out + b * out_sb + l * out_sl + t.d, y[l - l0] * silu, t.width);
+                    store(out + b * out_sb + at(in, l) * out_sl + t.d, y[l - l0] * silu, t.width);
                 }
                 if (states)
                     for (int64_t n = 0; n < N; n++)
@@ -246,8 +263,8 @@ static void flush_bc(const ScanInputs *in, const ScanGrads *gr, int64_t bc, int6
     for (int64_t l = l0; l < l1; l++)
         for (int64_t n = 0; n < N; n++) {
             const int64_t i = (l - l0) * N + n;
-            gr->grad_B[bc + l * N + n] += sum_lanes(gB[i]);
-            gr->grad_C[bc + l * N + n] += sum_lanes(gC[i]);
+            gr->grad_B[bc + at(in, l) * N + n] += sum_lanes(gB[i]);
+            gr->grad_C[bc + at(in, l) * N + n] += sum_lanes(gC[i]);
             gB[i] = gC[i] = splat(0.0f);
         }
 }
@@ -309,16 +326,17 @@ EXPORT int scan_backward(const ScanInputs *in, const ScanGrads *gr, int64_t b0, 
                 vf gD = gD_all[j], gbias = gbias_all[j];
                 for (int64_t l = l1 - 1; l >= l0; l--) {
                     const int64_t i = (l - l0) * N;                           /* row of the chunk buffers */
-                    const int64_t row = (b * L + l) * dim + t.d;              /* in the (batch, length, dim) grads */
+                    const int64_t p = at(in, l);                              /* the position step l is at */
+                    const int64_t row = (b * L + p) * dim + t.d;              /* in the (batch, length, dim) grads */
                     const vf dt = dts[l - l0];
-                    const vf u = load(in->u + b * in->u_sb + l * in->u_sl + t.d, t.width);
-                    const vf go = load(gr->grad_out + b * gr->go_sb + l * gr->go_sl + t.d, t.width);
+                    const vf u = load(in->u + b * in->u_sb + p * in->u_sl + t.d, t.width);
+                    const vf go = load(gr->grad_out + b * gr->go_sb + p * gr->go_sl + t.d, t.width);
                     vf silu, dsilu;
                     gate(in, t, l, &silu, &dsilu);
                     const vf gy = go * silu, dtu = dt * u;
                     if (gr->grad_z) store(gr->grad_z + row, go * dsilu * y[l - l0], t.width);
                     gD += gy * u;
-                    const float *Bl = in->B + bc + l * N, *Cl = in->C + bc + l * N;
+                    const float *Bl = in->B + bc + p * N, *Cl = in->C + bc + p * N;
                     vf hB = splat(0.0f), gdt = splat(0.0f);
                     for (int64_t n = 0; n < N; n++) {
                         const vf xprev = l > l0 ? xs[i - N + n] : x0[n];

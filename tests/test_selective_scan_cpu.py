@@ -212,6 +212,22 @@ def test_compiler_failure_is_reported_and_falls_back(tmp_path, monkeypatch, capl
         cpu_module.load_kernel.cache_clear()
 
 
+def test_compiler_refusing_march_native_builds_the_baseline(kernel, tmp_path, monkeypatch):
+    """A compiler that does not know -march=native (Apple's Clang on Arm, say) gets the portable build instead."""
+    wrapper = tmp_path / "cc"
+    wrapper.write_text('#!/bin/sh\nfor arg in "$@"; do if [ "$arg" = -march=native ]; then '
+                       'echo "unsupported option -march=native" >&2; exit 1; fi; done\n'
+                       f'exec {cpu_module._compiler()} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    lib = cpu_module._load_library(cpu_module.build_library(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_module, "load_kernel", lambda: lib)
+    inputs = make_inputs(2, 16, 30, 4)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    out = cpu_module.selective_scan_cpu(*args, D=inputs["D"], z=inputs["z"], delta_softplus=True)
+    assert rel_error(out, selective_scan_ref(*args, D=inputs["D"], z=inputs["z"], delta_softplus=True)) <= FWD_TOL
+
+
 def test_no_compiler_and_switch_off(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_module, "_compiler", lambda: None)
     with pytest.raises(FileNotFoundError, match="no C compiler"):

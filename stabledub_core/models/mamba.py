@@ -4,7 +4,9 @@ Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simp
 ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``. The backward direction (Vim's
 ``bimamba_type="v2"``) has its own ``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log`` and ``D_b`` and shares
 ``in_proj`` / ``out_proj``: it scans the flipped sequence, its output is flipped back and added to the forward output
-before ``out_proj``. So a weight file of this module loads into mamba_ssm/Vim modules and back.
+before ``out_proj``. So a weight file of this module loads into mamba_ssm/Vim modules and back. (Here the convolution
+and the scan of that branch run in reverse, ``reverse=True``, which computes the same without copying flipped
+tensors.)
 
 Choices (documented deviations from Vim):
     * ``divide_out=True`` (default) averages the two directions, ``(y_f + y_b) / 2``, as Vim's released models do

@@ -29,15 +29,28 @@ implementation for the device; the module has no decoding ``step`` (the U-Net ne
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops import causal_conv1d, selective_scan
+from .mamba_inner import fused_backward_applies, mamba_inner_recompute
 from .recompute import recompute_in_blocks
 
 RECOMPUTE_TOKENS = 4096  # tokens (sequences x length) recomputed together in the backward pass
+
+
+class Direction(NamedTuple):
+    """One scan direction's layers and parameters."""
+
+    conv1d: nn.Conv1d
+    x_proj: nn.Linear
+    dt_proj: nn.Linear
+    a_log: torch.Tensor
+    d: torch.Tensor
+    reverse: bool
 
 
 def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float, dt_min: float, dt_max: float,
@@ -98,14 +111,17 @@ class Mamba(nn.Module):
         bidirectional: add the backward branch (Vim v2).
         divide_out: average rather than sum the two directions (only with ``bidirectional``).
         recompute_inner: recompute the mixer in the backward pass (block by block) instead of storing its activations.
+        fused_backward: where the compiled CPU scan runs, train with the hand-written backward pass of
+            :mod:`~stabledub_core.models.mamba_inner` (one scan forward fewer per step) rather than the generic
+            recomputation; same gradients.
         device, dtype: factory arguments; ``A_log`` and ``D`` are fp32 whatever ``dtype`` is.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 bidirectional: bool = True, divide_out: bool = True, recompute_inner: bool = True, device=None,
-                 dtype=None):
+                 bidirectional: bool = True, divide_out: bool = True, recompute_inner: bool = True,
+                 fused_backward: bool = True, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -117,6 +133,7 @@ class Mamba(nn.Module):
         self.bidirectional = bidirectional
         self.divide_out = divide_out
         self.recompute_inner = recompute_inner
+        self.fused_backward = fused_backward
         dt_kwargs = dict(dt_rank=self.dt_rank, dt_init=dt_init, dt_scale=dt_scale, dt_min=dt_min, dt_max=dt_max,
                          dt_init_floor=dt_init_floor)
 
@@ -139,26 +156,47 @@ class Mamba(nn.Module):
         _init_dt_proj(dt_proj, **dt_kwargs)
         return conv1d, x_proj, dt_proj
 
-    def _scan(self, x: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
-              a_log: torch.Tensor, d: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        """One direction of the mixer without the output projection.
+    def directions(self) -> list[Direction]:
+        """The scan directions: left to right, and right to left when bidirectional."""
+        forward = Direction(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
+        if not self.bidirectional:
+            return [forward]
+        return [forward, Direction(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)]
+
+    def in_projections(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) -> x, z: the SSM input and the gate, (B, d_inner, L) each.
+
+        ``in_proj`` runs as two products rather than one split in two: the backward pass then adds two (B, L, D) input
+        gradients instead of concatenating two (B, L, d_inner) ones. Both outputs are views with channels innermost,
+        the layout the convolution and the scan work in.
+        """
+        biases = self.in_proj.bias.chunk(2) if self.in_proj.bias is not None else (None, None)
+        x, z = (F.linear(hidden_states, weight, bias).transpose(1, 2)
+                for weight, bias in zip(self.in_proj.weight.chunk(2), biases))
+        return x, z
+
+    def scan_inputs(self, x: torch.Tensor, z: torch.Tensor, direction: Direction) -> tuple:
+        """The arguments of one direction's ``selective_scan`` (u, delta, A, B, C, D, z, delta_bias), softplus on.
 
         Args:
-            x: (B, d_inner, L) the input projection's first half (the SSM input).
-            z: (B, d_inner, L) its second half (the gate).
-            reverse: read the sequence right to left (the backward branch): the convolution and the scan run in
-                reverse, which equals flipping x and z and flipping the output back.
-
-        Returns:
-            (B, d_inner, L) the gated SSM output.
+            x: (B, d_inner, L) the SSM input, before the convolution.
+            z: (B, d_inner, L) the gate.
+            direction: which direction's layers; a reverse direction convolves right to left (the scan is then run
+                with ``reverse=True``), which equals flipping x and z and flipping the output back.
         """
-        x = F.silu(causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, reverse=reverse))  # (B, d_inner, L)
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        conv = direction.conv1d
+        u = F.silu(causal_conv1d(x, conv.weight.squeeze(1), conv.bias, reverse=direction.reverse))  # (B, d_inner, L)
+        x_dbl = direction.x_proj(u.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias
-        a = -torch.exp(a_log.float())  # (d_inner, N)
-        return selective_scan(x, dt, a, b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),
-                              d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse)
+        dt = F.linear(dt, direction.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); the bias goes in as delta_bias
+        a = -torch.exp(direction.a_log.float())  # (d_inner, N)
+        return (u, dt, a, b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(), direction.d.float(), z,
+                direction.dt_proj.bias.float())
+
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The directions' (B, d_inner, L) outputs -> the out_proj input: their sum, or mean with ``divide_out``."""
+        y = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+        return y / 2 if len(outputs) == 2 and self.divide_out else y
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Mix a batch of sequences.
@@ -171,30 +209,18 @@ class Mamba(nn.Module):
         """
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
-        if self.recompute_inner:
+        training = torch.is_grad_enabled() and (hidden_states.requires_grad or any(
+            p.requires_grad for p in self.parameters()))
+        if self.recompute_inner and training:
             rows = max(1, RECOMPUTE_TOKENS // hidden_states.shape[1])
+            if self.fused_backward and fused_backward_applies(hidden_states, self.d_state):
+                return mamba_inner_recompute(self, hidden_states, rows)
             return recompute_in_blocks(self._mix, hidden_states, rows, list(self.parameters()))
         return self._mix(hidden_states)
 
     def _mix(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D): projections and both scans."""
-        # in_proj as two products, x and z, rather than one split in two: the backward pass then adds two (B, L, D)
-        # input gradients instead of concatenating two (B, L, d_inner) ones. Both are (B, d_inner, L) views with
-        # channels innermost, the layout the convolution and the scan work in.
-        x, z = (F.linear(hidden_states, weight, bias).transpose(1, 2) for weight, bias in zip(
-            self.in_proj.weight.chunk(2), self.in_proj.bias.chunk(2) if self.in_proj.bias is not None else (None,) * 2))
-        directions = (self._forward_direction, self._backward_direction) if self.bidirectional else (
-            self._forward_direction,)
-        outputs = [direction(x, z) for direction in directions]  # (B, d_inner, L) each
-        y = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
-        if len(outputs) == 2 and self.divide_out:
-            y = y / 2
-        return self.out_proj(y.transpose(1, 2))  # (B, L, D)
-
-    def _forward_direction(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(B, d_inner, L) x and gate z -> (B, d_inner, L) scanned left to right."""
-        return self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-
-    def _backward_direction(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(B, d_inner, L) x and gate z -> (B, d_inner, L) scanned right to left (Vim's flipped branch, no flips)."""
-        return self._scan(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
+        """(B, L, D) -> (B, L, D): projections and the scans."""
+        x, z = self.in_projections(hidden_states)
+        outputs = [selective_scan(*self.scan_inputs(x, z, direction), delta_softplus=True, reverse=direction.reverse)
+                   for direction in self.directions()]  # (B, d_inner, L) each
+        return self.out_proj(self.combine(outputs).transpose(1, 2))  # (B, L, D)

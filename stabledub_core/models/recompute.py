@@ -30,7 +30,7 @@ class _BlockwiseRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], rows: int, x: torch.Tensor, *params: torch.Tensor):
         ctx.fn, ctx.rows = fn, rows
-        ctx.autocast = _autocast_state(x.device.type)
+        ctx.autocast = autocast_state(x.device.type)
         ctx.save_for_backward(x, *params)
         out = None
         for start in range(0, x.shape[0], rows):
@@ -65,7 +65,7 @@ class _BlockwiseRecompute(torch.autograd.Function):
         return (None, None, grad_x, *(next(grad_params) if need else None for need in ctx.needs_input_grad[3:]))
 
 
-def _autocast_state(device_type: str) -> dict:
+def autocast_state(device_type: str) -> dict:
     """The autocast settings in force for ``device_type``, as ``torch.autocast`` keyword arguments."""
     return {"enabled": torch.is_autocast_enabled(device_type), "dtype": torch.get_autocast_dtype(device_type)}
 

@@ -64,7 +64,7 @@ class _ScanInputs(ctypes.Structure):
 class _ScanGrads(ctypes.Structure):
     _fields_ = [("grad_out", ctypes.c_void_p), ("go_sb", ctypes.c_int64), ("go_sl", ctypes.c_int64)] + \
         [(name, ctypes.c_void_p) for name in ("grad_last", "grad_u", "grad_delta", "grad_z", "grad_A", "grad_D",
-                                              "grad_bias", "grad_B", "grad_C")]
+                                              "grad_bias", "grad_B", "grad_C", "out")]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -141,7 +141,8 @@ def _load_library(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         head = [ctypes.POINTER(_ScanInputs)] + ([ctypes.POINTER(_ScanGrads)] if grads else [])
-        tail = [ctypes.c_void_p] if grads else [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        # backward: chunk states; forward: out, its two strides, chunk states, final states
+        tail = [ctypes.c_void_p] if grads else [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 2
         fn.argtypes = head + [ctypes.c_int64] * 4 + tail
     return lib
 
@@ -264,66 +265,98 @@ class _Prepared:
         return math.ceil(self.shape[2] / self.chunk)
 
 
+def _forward(prep: _Prepared, keep_states: bool, keep_last: bool):
+    """Runs the forward kernel.
+
+    Returns:
+        The gated output (B, L, D) fp32, the chunk states (B, n_chunks - 1, N, D) when ``keep_states``, and the final
+        state (B, N, D) when ``keep_last``.
+    """
+    lib = load_kernel()
+    batch, dim, length, d_state = prep.shape
+    out = prep.u.new_empty((batch, length, dim), dtype=torch.float32)
+    states = prep.u.new_empty((batch, prep.n_chunks - 1, d_state, dim), dtype=torch.float32) if keep_states else None
+    last = prep.u.new_empty((batch, d_state, dim), dtype=torch.float32) if keep_last else None
+    runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
+
+    def job(boxes):
+        return lambda: _check_status([lib.scan_forward(ctypes.byref(prep.struct), *box, out.data_ptr(), out.stride(0),
+                                                       out.stride(1), _pointer(states), _pointer(last))
+                                      for box in boxes])
+
+    _run_parallel([job(boxes) for boxes in runs])
+    return out, states, last
+
+
+def _backward(prep: _Prepared, states: torch.Tensor, grad_out: torch.Tensor, grad_last: Optional[torch.Tensor],
+              want_out: bool):
+    """Runs the backward kernel from the chunk states.
+
+    Returns:
+        fp32 gradients of u, delta (before bias and softplus), z: (B, L, D); of A: (N, D); of D and delta_bias: (D,);
+        of B and C: (B, G, L, N); and, when ``want_out``, the gated output (B, L, D) again.
+    """
+    lib = load_kernel()
+    batch, dim, length, d_state = prep.shape
+    grad_out = _channels_last(grad_out)
+    grad_last = grad_last.float().transpose(1, 2).contiguous() if grad_last is not None else None  # (B, N, D)
+    new = functools.partial(prep.u.new_empty, dtype=torch.float32)
+    grad_u, grad_dt = new((batch, length, dim)), new((batch, length, dim))
+    grad_z = new((batch, length, dim)) if prep.z is not None else None
+    out = new((batch, length, dim)) if want_out else None
+    runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
+    workers = len(runs)
+    grad_A = prep.u.new_zeros((workers, d_state, dim), dtype=torch.float32)
+    grad_D, grad_bias = (prep.u.new_zeros((workers, dim), dtype=torch.float32) for _ in range(2))
+    grad_B, grad_C = (prep.u.new_zeros((workers, *prep.B.shape), dtype=torch.float32) for _ in range(2))
+    grads = [_ScanGrads(grad_out=grad_out.data_ptr(), go_sb=grad_out.stride(0), go_sl=grad_out.stride(2),
+                        grad_last=_pointer(grad_last), grad_u=grad_u.data_ptr(), grad_delta=grad_dt.data_ptr(),
+                        grad_z=_pointer(grad_z), grad_A=grad_A[w].data_ptr(), grad_D=grad_D[w].data_ptr(),
+                        grad_bias=grad_bias[w].data_ptr(), grad_B=grad_B[w].data_ptr(), grad_C=grad_C[w].data_ptr(),
+                        out=_pointer(out)) for w in range(workers)]
+
+    def job(w):
+        return lambda: _check_status([lib.scan_backward(ctypes.byref(prep.struct), ctypes.byref(grads[w]), *box,
+                                                        _pointer(states)) for box in runs[w]])
+
+    _run_parallel([job(w) for w in range(workers)])
+    return (grad_u, grad_dt, grad_z, grad_A.sum(0), grad_D.sum(0), grad_bias.sum(0), grad_B.sum(0), grad_C.sum(0),
+            out)
+
+
+def _api_gradients(kernel_grads, u, delta, A, B, C, D, z, delta_bias) -> tuple:
+    """The backward kernel's gradients in the layouts and dtypes of ``selective_scan_fn``'s inputs."""
+    grad_u, grad_dt, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C = kernel_grads
+    grad_B, grad_C = (g.transpose(-1, -2) for g in (grad_B, grad_C))  # (B, G, N, L)
+    if B.dim() == 3:
+        grad_B, grad_C = grad_B.squeeze(1), grad_C.squeeze(1)
+    return (grad_u.transpose(1, 2).to(u.dtype), grad_dt.transpose(1, 2).to(delta.dtype), grad_A.t().to(A.dtype),
+            grad_B.contiguous().to(B.dtype), grad_C.contiguous().to(C.dtype),
+            grad_D.to(D.dtype) if D is not None else None,
+            grad_z.transpose(1, 2).to(z.dtype) if z is not None else None,
+            grad_bias.to(delta_bias.dtype) if delta_bias is not None else None)
+
+
 class _CompiledSelectiveScan(torch.autograd.Function):
     """The selective scan on the C kernel; keeps the inputs and the chunk states for the backward pass."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk, reverse):
-        lib = load_kernel()
         prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse)
-        batch, dim, length, d_state = prep.shape
-        out = u.new_empty((batch, length, dim), dtype=torch.float32)  # (B, L, D)
-        keep_states = return_last_state or any(ctx.needs_input_grad)
-        states = u.new_empty((batch, prep.n_chunks, d_state, dim), dtype=torch.float32) if keep_states else None
-        runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
-
-        def job(boxes):
-            return lambda: _check_status([lib.scan_forward(ctypes.byref(prep.struct), *box, out.data_ptr(),
-                                                           out.stride(0), out.stride(1), _pointer(states))
-                                          for box in boxes])
-
-        _run_parallel([job(boxes) for boxes in runs])
+        need_grad = any(ctx.needs_input_grad)
+        out, states, last = _forward(prep, keep_states=need_grad, keep_last=return_last_state)
         ctx.delta_softplus, ctx.chunk, ctx.reverse = delta_softplus, chunk, reverse
-        if any(ctx.needs_input_grad):
+        if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        last_state = states[:, -1].transpose(1, 2) if return_last_state else None  # (B, D, N)
+        last_state = last.transpose(1, 2) if last is not None else None  # (B, D, N)
         return out.transpose(1, 2).to(u.dtype), last_state
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        lib = load_kernel()
         prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.chunk, ctx.reverse)
-        batch, dim, length, d_state = prep.shape
-        grad_out = _channels_last(grad_out)
-        grad_last = grad_last.float().transpose(1, 2).contiguous() if grad_last is not None else None  # (B, N, D)
-        grad_u, grad_dt = (u.new_empty((batch, length, dim), dtype=torch.float32) for _ in range(2))
-        grad_z = torch.empty_like(grad_u) if z is not None else None
-        runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
-        workers = len(runs)
-        grad_A = u.new_zeros((workers, d_state, dim), dtype=torch.float32)
-        grad_D, grad_bias = (u.new_zeros((workers, dim), dtype=torch.float32) for _ in range(2))
-        grad_B, grad_C = (u.new_zeros((workers, *prep.B.shape), dtype=torch.float32) for _ in range(2))
-        grads = [_ScanGrads(grad_out=grad_out.data_ptr(), go_sb=grad_out.stride(0), go_sl=grad_out.stride(2),
-                            grad_last=_pointer(grad_last), grad_u=grad_u.data_ptr(), grad_delta=grad_dt.data_ptr(),
-                            grad_z=_pointer(grad_z), grad_A=grad_A[w].data_ptr(), grad_D=grad_D[w].data_ptr(),
-                            grad_bias=grad_bias[w].data_ptr(),
-                            grad_B=grad_B[w].data_ptr(), grad_C=grad_C[w].data_ptr()) for w in range(workers)]
-
-        def job(w):
-            return lambda: _check_status([lib.scan_backward(ctypes.byref(prep.struct), ctypes.byref(grads[w]), *box,
-                                                            states.data_ptr()) for box in runs[w]])
-
-        _run_parallel([job(w) for w in range(workers)])
-
-        grad_bias = grad_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        grad_B, grad_C = (g.sum(0).transpose(-1, -2) for g in (grad_B, grad_C))  # (B, G, N, L)
-        if B.dim() == 3:
-            grad_B, grad_C = grad_B.squeeze(1), grad_C.squeeze(1)
-        return (grad_u.transpose(1, 2).to(u.dtype), grad_dt.transpose(1, 2).to(delta.dtype),
-                grad_A.sum(0).t().to(A.dtype), grad_B.contiguous().to(B.dtype), grad_C.contiguous().to(C.dtype),
-                grad_D.sum(0).to(D.dtype) if D is not None else None,
-                grad_z.transpose(1, 2).to(z.dtype) if z is not None else None, grad_bias, None, None, None, None)
+        *kernel_grads, _ = _backward(prep, states, grad_out, grad_last, want_out=False)
+        return (*_api_gradients(kernel_grads, u, delta, A, B, C, D, z, delta_bias), None, None, None, None)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -359,3 +392,31 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     out, last_state = _CompiledSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                    bool(return_last_state), int(chunk_size), bool(reverse))
     return (out, last_state) if return_last_state else out
+
+
+def scan_with_states(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
+                     reverse: bool = False, chunk_size: int = CHUNK):
+    """The scan's forward pass without autograd, keeping what :func:`scan_gradients` starts from.
+
+    For callers that write their own backward pass (the Mamba mixer's fused backward): they keep the chunk states
+    (1/``chunk_size`` of a (B, D, L, N) tensor) instead of running the scan forward again under autograd.
+
+    Returns:
+        The (B, D, L) output in u's dtype (channels innermost in memory) and the (B, n_chunks - 1, N, D) chunk states.
+    """
+    prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, reverse)
+    out, states, _ = _forward(prep, keep_states=True, keep_last=False)
+    return out.transpose(1, 2).to(u.dtype), states
+
+
+def scan_gradients(u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, grad_out, *, reverse: bool = False,
+                   chunk_size: int = CHUNK):
+    """The scan's backward pass from :func:`scan_with_states`'s chunk states, without autograd.
+
+    Returns:
+        The gradients of (u, delta, A, B, C, D, z, delta_bias) in their layouts and dtypes (None for inputs given as
+        None), and the (B, D, L) output again, which the backward pass recomputes anyway (as mamba-ssm's kernel does).
+    """
+    prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, reverse)
+    *kernel_grads, out = _backward(prep, states, grad_out, None, want_out=True)
+    return _api_gradients(kernel_grads, u, delta, A, B, C, D, z, delta_bias), out.transpose(1, 2).to(u.dtype)

@@ -11,8 +11,8 @@
  *   per-channel tensors u, delta (before bias and softplus), z, out and their gradients: element (b, l, d) at
  *       p[b * stride_b + l * stride_l + d]  (channels innermost, as Mamba's transposed projections are);
  *   B, C: (batch, groups, length, N) contiguous;  A2 = A * log2(e) and A itself: (N, dim) contiguous;
- *   chunk states: (batch, n_chunks, N, dim), the state after every chunk of `chunk` positions (the last one is the
- *       final state), written by the forward pass when asked and read by the backward pass.
+ *   chunk states: (batch, n_chunks - 1, N, dim), the state at the start of every chunk of `chunk` positions but the
+ *       first, written by the forward pass when asked and read by the backward pass; the final state: (batch, N, dim).
  * With `reverse`, the scan runs from the last position to the first (Vision Mamba's backward direction): step l of
  * the recurrence reads and writes position length - 1 - l, so nothing needs flipping.
  * The caller (Python) runs tiles of disjoint batch/channel ranges on several threads; each thread has its own
@@ -46,6 +46,7 @@ typedef struct {
     float *grad_A;                     /* (N, dim), this thread's accumulator */
     float *grad_D, *grad_bias;         /* (dim), this thread's accumulators */
     float *grad_B, *grad_C;            /* (batch, groups, length, N), this thread's accumulators */
+    float *out;                        /* NULL, or the gated output to write again, (batch, length, dim) */
 } ScanGrads;
 
 /* A tile: batch element b, channels [d, d + width) (width <= LANES, inside one group of B/C). */
@@ -229,10 +230,11 @@ static void tile_forward(const ScanInputs *in, Tile t, int64_t l0, int64_t l1, v
 
 /* Forward pass over batch elements [b0, b1) and channels [d0, d1).
  * out: gated output, (b, l, d) at out[b * out_sb + l * out_sl + d].
- * states: NULL, or the (batch, n_chunks, N, dim) chunk states (for the backward pass and the final state).
+ * states: NULL, or the (batch, n_chunks - 1, N, dim) chunk states, for the backward pass.
+ * last: NULL, or the (batch, N, dim) final states.
  * Returns 0, or -1 when out of memory. */
 EXPORT int scan_forward(const ScanInputs *in, int64_t b0, int64_t b1, int64_t d0, int64_t d1,
-                        float *out, int64_t out_sb, int64_t out_sl, float *states) {
+                        float *out, int64_t out_sb, int64_t out_sl, float *states, float *last) {
     const int64_t N = in->d_state, L = in->length, T = in->chunk;
     const int64_t n_chunks = (L + T - 1) / T;
     vf *y = (vf *)aligned_alloc(sizeof(vf), sizeof(vf) * T);
@@ -249,9 +251,10 @@ EXPORT int scan_forward(const ScanInputs *in, int64_t b0, int64_t b1, int64_t d0
                     gate(in, t, l, &silu, &dsilu);
                     store(out + b * out_sb + at(in, l) * out_sl + t.d, y[l - l0] * silu, t.width);
                 }
-                if (states)
-                    for (int64_t n = 0; n < N; n++)
-                        store(states + ((b * n_chunks + c) * N + n) * in->dim + t.d, x[n], t.width);
+                float *keep = c + 1 < n_chunks ? (states ? states + (b * (n_chunks - 1) + c) * N * in->dim : NULL)
+                                               : (last ? last + b * N * in->dim : NULL);
+                if (keep)
+                    for (int64_t n = 0; n < N; n++) store(keep + n * in->dim + t.d, x[n], t.width);
             }
         }
     }
@@ -274,7 +277,8 @@ static void flush_bc(const ScanInputs *in, const ScanGrads *gr, int64_t bc, int6
 
 /* Backward pass over batch elements [b0, b1) and channels [d0, d1), chunk by chunk from the last and, within a chunk,
  * tile by tile: each tile's states and decays over the chunk are recomputed from the saved state before it, then the
- * adjoint h_t = g_y_t C_t + dA_{t+1} h_{t+1} runs back over the chunk; h is carried to the next chunk per tile. The
+ * adjoint h_t = g_y_t C_t + dA_{t+1} h_{t+1} runs back over the chunk; h is carried to the next chunk per tile. With
+ * gr->out it also writes the gated output again (for a caller that skipped the forward pass with autograd). The
  * gradients of B and C (sums over channels) are gathered per lane over the tiles of a chunk and summed across lanes
  * once per chunk and group. Writes grad_u, grad_delta and grad_z of its tiles and adds to the thread's grad_A, grad_D,
  * grad_bias, grad_B and grad_C. Returns 0, or -1 when out of memory. */
@@ -322,7 +326,7 @@ EXPORT int scan_backward(const ScanInputs *in, const ScanGrads *gr, int64_t b0, 
                 const vf dskip = in->D ? load(in->D + t.d, t.width) : splat(0.0f);
                 for (int64_t n = 0; n < N; n++) {
                     a[n] = load(in->A + n * dim + t.d, t.width);
-                    x[n] = x0[n] = c > 0 ? load(states + ((b * n_chunks + c - 1) * N + n) * dim + t.d, t.width)
+                    x[n] = x0[n] = c > 0 ? load(states + ((b * (n_chunks - 1) + c - 1) * N + n) * dim + t.d, t.width)
                                          : splat(0.0f);
                 }
                 tile_forward(in, t, l0, l1, x, y, xs, dA, dts);
@@ -338,6 +342,7 @@ EXPORT int scan_backward(const ScanInputs *in, const ScanGrads *gr, int64_t b0, 
                     gate(in, t, l, &silu, &dsilu);
                     const vf gy = go * silu, dtu = dt * u;
                     if (gr->grad_z) store(gr->grad_z + row, go * dsilu * y[l - l0], t.width);
+                    if (gr->out) store(gr->out + row, y[l - l0] * silu, t.width);
                     gD += gy * u;
                     const float *Bl = in->B + bc + p * N, *Cl = in->C + bc + p * N;
                     vf hB = splat(0.0f), gdt = splat(0.0f);

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.selective_scan import ScanBackend, select_backend
-from ..ops.selective_scan_cpu import scan_gradients, scan_with_states
+from ..ops.selective_scan_cpu import chunk_states_shape, scan_gradients, scan_with_states
 from .recompute import autocast_state
 
 
@@ -40,16 +40,19 @@ class _MambaInnerRecompute(torch.autograd.Function):
         ctx.mixer, ctx.rows = mixer, rows
         ctx.autocast = autocast_state(hidden_states.device.type)
         directions = mixer.directions()
-        states = [[] for _ in directions]  # per direction, per block: the scan's chunk states
+        batch, length, _ = hidden_states.shape
+        # Per direction, the scan's chunk states of every sequence, in one buffer allocated up front: as many small
+        # tensors between each block's freed temporaries they would keep much more heap resident than they hold.
+        shape = chunk_states_shape(batch, mixer.d_inner, length, mixer.d_state)
+        states = [hidden_states.new_empty(shape, dtype=torch.float32) for _ in directions]
         out = None
-        for start in range(0, hidden_states.shape[0], rows):
+        for start in range(0, batch, rows):
             x, z = mixer.in_projections(hidden_states[start:start + rows])
             outputs = []
             for direction, kept in zip(directions, states):
-                y, chunk_states = scan_with_states(*mixer.scan_inputs(x, z, direction), delta_softplus=True,
-                                                   reverse=direction.reverse)
+                y, _ = scan_with_states(*mixer.scan_inputs(x, z, direction), delta_softplus=True,
+                                        reverse=direction.reverse, states=kept[start:start + rows])
                 outputs.append(y)
-                kept.append(chunk_states)
             block = mixer.out_proj(mixer.combine(outputs).transpose(1, 2))  # (rows, L, D)
             if out is None:
                 out = block.new_empty((hidden_states.shape[0], *block.shape[1:]))
@@ -72,7 +75,7 @@ class _MambaInnerRecompute(torch.autograd.Function):
         out_weight, out_bias = mixer.out_proj.weight, mixer.out_proj.bias
         # d combine / d output of each direction: 1/2 when the two directions are averaged
         scale = 0.5 if len(directions) == 2 and mixer.divide_out else 1.0
-        for index, start in enumerate(range(0, hidden_states.shape[0], ctx.rows)):
+        for start in range(0, hidden_states.shape[0], ctx.rows):
             stop = start + ctx.rows
             block = hidden_states[start:stop].detach().requires_grad_(need_x)
             g = grad_out[start:stop]  # (rows, L, D)
@@ -82,7 +85,7 @@ class _MambaInnerRecompute(torch.autograd.Function):
             g_y = (torch.matmul(g.to(out_weight.dtype), out_weight) * scale).transpose(1, 2)  # (rows, d_inner, L)
             outputs, graph_outputs, graph_grads = [], [], []
             for direction, scan_args, kept in zip(directions, inputs, ctx.states):
-                grads, y = scan_gradients(*(t.detach() for t in scan_args), True, kept[index], g_y,
+                grads, y = scan_gradients(*(t.detach() for t in scan_args), True, kept[start:stop], g_y,
                                           reverse=direction.reverse)
                 outputs.append(y)
                 for tensor, grad in zip(scan_args, grads):

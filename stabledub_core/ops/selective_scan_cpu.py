@@ -265,8 +265,8 @@ class _Prepared:
         return math.ceil(self.shape[2] / self.chunk)
 
 
-def _forward(prep: _Prepared, keep_states: bool, keep_last: bool):
-    """Runs the forward kernel.
+def _forward(prep: _Prepared, keep_states: bool, keep_last: bool, states: Optional[torch.Tensor] = None):
+    """Runs the forward kernel (into ``states``, a contiguous fp32 tensor of :func:`chunk_states_shape`, if given).
 
     Returns:
         The gated output (B, L, D) fp32, the chunk states (B, n_chunks - 1, N, D) when ``keep_states``, and the final
@@ -275,7 +275,12 @@ def _forward(prep: _Prepared, keep_states: bool, keep_last: bool):
     lib = load_kernel()
     batch, dim, length, d_state = prep.shape
     out = prep.u.new_empty((batch, length, dim), dtype=torch.float32)
-    states = prep.u.new_empty((batch, prep.n_chunks - 1, d_state, dim), dtype=torch.float32) if keep_states else None
+    shape = chunk_states_shape(batch, dim, length, d_state, prep.chunk)
+    if states is None and keep_states:
+        states = prep.u.new_empty(shape, dtype=torch.float32)
+    elif states is not None and (states.shape != shape or states.dtype != torch.float32 or not states.is_contiguous()):
+        raise ValueError(f"states must be a contiguous fp32 tensor of shape {shape}, got {tuple(states.shape)} "
+                         f"{states.dtype}")
     last = prep.u.new_empty((batch, d_state, dim), dtype=torch.float32) if keep_last else None
     runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
 
@@ -394,18 +399,28 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, last_state) if return_last_state else out
 
 
+def chunk_states_shape(batch: int, dim: int, length: int, d_state: int, chunk_size: int = CHUNK) -> tuple:
+    """Shape of the chunk states the forward pass keeps: (B, n_chunks - 1, N, D), the state at each chunk's start
+    but the first's."""
+    return (batch, math.ceil(length / chunk_size) - 1, d_state, dim)
+
+
 def scan_with_states(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
-                     reverse: bool = False, chunk_size: int = CHUNK):
+                     reverse: bool = False, chunk_size: int = CHUNK, states: Optional[torch.Tensor] = None):
     """The scan's forward pass without autograd, keeping what :func:`scan_gradients` starts from.
 
     For callers that write their own backward pass (the Mamba mixer's fused backward): they keep the chunk states
     (1/``chunk_size`` of a (B, D, L, N) tensor) instead of running the scan forward again under autograd.
 
+    Args:
+        states: where to write the chunk states (a contiguous fp32 tensor of :func:`chunk_states_shape`), e.g. one
+            block of a buffer allocated once for many calls; a new tensor by default.
+
     Returns:
         The (B, D, L) output in u's dtype (channels innermost in memory) and the (B, n_chunks - 1, N, D) chunk states.
     """
     prep = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, reverse)
-    out, states, _ = _forward(prep, keep_states=True, keep_last=False)
+    out, states, _ = _forward(prep, keep_states=True, keep_last=False, states=states)
     return out.transpose(1, 2).to(u.dtype), states
 
 

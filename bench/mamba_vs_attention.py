@@ -205,6 +205,7 @@ def run_case(args) -> dict:
     torch.manual_seed(0)
     block = _build_block(args.case, args.width, args.heads, args.cross_dim)
     x, audio = _inputs(args)
+
     def backend():  # a fresh context manager per use
         return sdpa_kernel([SDPBackend.MATH]) if args.case == "attention_math" else contextlib.nullcontext()
 
@@ -222,9 +223,7 @@ def run_case(args) -> dict:
 
     def step():
         with backend():
-            block(x, audio, args.frames).square().mean().backward()
-        block.zero_grad(set_to_none=True)
-        x.grad = None
+            _train_step(block, x, audio, args.frames)
 
     malloc = _MallocInfo()
     allocated = _allocated_peak(step, malloc) if malloc.available else None  # one more step, after the RSS peak

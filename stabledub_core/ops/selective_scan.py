@@ -538,8 +538,7 @@ def select_backend(device: torch.device, dtype: torch.dtype = torch.float32, d_s
     device = torch.device(device)
     if device.type == "cuda" and load_mamba_scan() is not None:
         return ScanBackend.MAMBA_CUDA
-    if (device.type == "cpu" and dtype != torch.float64 and d_state <= selective_scan_cpu.MAX_STATE
-            and selective_scan_cpu.load_kernel() is not None):
+    if selective_scan_cpu.supports(device, dtype, d_state) and selective_scan_cpu.load_kernel() is not None:
         return ScanBackend.CPU_KERNEL
     return ScanBackend.PYTORCH
 

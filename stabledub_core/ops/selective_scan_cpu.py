@@ -162,10 +162,10 @@ def load_kernel() -> Optional[ctypes.CDLL]:
     return None
 
 
-def supports(u: torch.Tensor, A: torch.Tensor) -> bool:
-    """Whether the kernel handles these inputs: CPU tensors in fp32/fp16/bf16 (fp64 needs the PyTorch scan) and
-    d_state <= ``MAX_STATE``."""
-    return u.device.type == "cpu" and u.dtype != torch.float64 and A.shape[-1] <= MAX_STATE
+def supports(device: torch.device, dtype: torch.dtype, d_state: int) -> bool:
+    """Whether the kernel handles such inputs: CPU tensors in fp32/fp16/bf16 (it computes in fp32, so fp64 needs the
+    PyTorch scan) with d_state <= ``MAX_STATE`` (its stack buffers)."""
+    return torch.device(device).type == "cpu" and dtype != torch.float64 and d_state <= MAX_STATE
 
 
 # --------------------------------------------------------------------------------------------------------------------

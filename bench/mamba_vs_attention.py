@@ -142,7 +142,7 @@ def _build_block(case: str, width: int, heads: int, cross_dim: int):
     """The U-Net transformer with Mamba mixers, or with both mixers swapped for self-attention (or for nothing)."""
     from diffusers.models.attention_processor import Attention
 
-    from stabledub_core.models.blocks import MambaSettings, MambaTransformer2D
+    from stabledub_core.models.mamba_transformer_2d import MambaSettings, MambaTransformer2D
 
     block = MambaTransformer2D(width, heads, cross_dim, 32, MambaSettings())
     if case.endswith("_ff_stored"):  # the feed-forward keeps its activations instead of recomputing them

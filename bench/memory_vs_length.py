@@ -39,7 +39,7 @@ def make_video(path: Path, seconds: float) -> Path:
     """A 720p video of ``seconds`` with the face pasted in the middle and looped speech as its AAC track."""
     import av
 
-    from stabledub_core.audio.io import load_audio
+    from stabledub_core.media.audio import load_audio
 
     with av.open(str(MEDIA / "face_pan.mp4")) as c:
         face = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 
 from stabledub_core.face.landmarker import LandmarkerMode, MediaPipeLandmarker
 from stabledub_core.face.track import FaceTracker
-from stabledub_core.masks.union import plan_windows
+from stabledub_core.masks.crop_spans import plan_windows
 from stabledub_core.pipeline.composite import PasteWeight, crop_frames, paste_back
-from stabledub_core.pipeline.video_io import VideoReader
+from stabledub_core.media.video import VideoReader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STABLEDUB_SHARED", ROOT.parent / "shared"))

@@ -9,7 +9,7 @@ from typing import Any
 # Custom ComfyUI types of the pack (values only StableDub nodes produce and consume).
 MODEL = "STABLEDUB_MODEL"  # ModelHandle
 TRACK = "STABLEDUB_TRACK"  # stabledub_core.face.track.FaceTrack
-WINDOWS = "STABLEDUB_WINDOWS"  # list[stabledub_core.masks.union.Window]
+WINDOWS = "STABLEDUB_WINDOWS"  # list[stabledub_core.masks.crop_spans.Window]
 
 FPS = ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
                  "tooltip": "frame rate of the frames (e.g. from StableDub Load Video)"})
@@ -41,7 +41,7 @@ class ModelHandle:
 
 def interruptible(function):
     """Make the core's ``Interrupted`` (raised when ``should_stop()`` was True) ComfyUI's interruption."""
-    from stabledub_core.pipeline import Interrupted
+    from stabledub_core.runtime import Interrupted
 
     @functools.wraps(function)
     def run(*args, **kwargs):

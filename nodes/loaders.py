@@ -123,7 +123,7 @@ class StableDubFitLength:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from stabledub_core.pipeline.length_policy import LengthPolicy
+        from stabledub_core.media.length_policy import LengthPolicy
 
         return {"required": {
             "images": ("IMAGE",),

@@ -39,7 +39,7 @@ class StableDubPlanMasks:
 
     def plan(self, model, track, window, mask_margin):
         from stabledub_core.masks.config import MaskConfig
-        from stabledub_core.masks.union import plan_windows
+        from stabledub_core.masks.crop_spans import plan_windows
 
         windows = plan_windows(track, window=window, overlap=0, crop_size=model.crop_size,
                                config=MaskConfig(coarse_dilation=mask_margin))

@@ -37,7 +37,7 @@ def source_speech(audio):
     """The optional source-speech input as the encoder's 16 kHz mono wave, or None."""
     if audio is None:
         return None
-    from stabledub_core.audio.io import to_encoder_input
+    from stabledub_core.media.audio import to_encoder_input
 
     return to_encoder_input(*convert.audio_in(audio, "source_audio"))
 
@@ -73,7 +73,7 @@ class StableDubSample:
     @interruptible
     def sample(self, model, crops, masks, appearance, lip_crops, audio, fps, steps, scheduler, audio_scale,
                habit_scale, seed, source_audio=None):
-        from stabledub_core.audio.io import to_encoder_input
+        from stabledub_core.media.audio import to_encoder_input
 
         waveform, rate = convert.audio_in(audio)
         with comfy_env.model_on_device(model) as device:
@@ -99,7 +99,7 @@ class StableDubDub:
     @classmethod
     def INPUT_TYPES(cls):
         from stabledub_core.masks.config import MaskConfig
-        from stabledub_core.pipeline.length_policy import LengthPolicy
+        from stabledub_core.media.length_policy import LengthPolicy
 
         return {"required": {
             "model": (MODEL,),

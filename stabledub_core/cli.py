@@ -18,10 +18,10 @@ from pathlib import Path
 from stabledub_core.errors import (
     CheckpointError,
     InputFileNotFoundError,
-    Interrupted,
     StableDubError,
     require_file,
 )
+from stabledub_core.runtime import Interrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -86,7 +86,7 @@ class _Progress:
 
 
 def _add_dub_options(parser: argparse.ArgumentParser) -> None:
-    from stabledub_core.pipeline.length_policy import LengthPolicy
+    from stabledub_core.media.length_policy import LengthPolicy
     from stabledub_core.pipeline.schedulers import SchedulerKind
 
     model = parser.add_argument_group("sampling")

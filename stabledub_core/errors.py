@@ -69,18 +69,3 @@ def require_file(path, what: str):
         reason = "is a directory" if p.is_dir() else "does not exist"
         raise InputFileNotFoundError(f"{what} file {str(p)!r} {reason}: check the path")
     return p
-
-
-# The sampler's interruption exception (``stabledub_core.pipeline.Interrupted``), raised between steps, frames and
-# windows when the caller's ``should_stop()`` returns True; no partial output is left behind.
-from stabledub_core.pipeline import Interrupted  # noqa: E402
-
-
-def check_interrupt(should_stop) -> None:
-    """Raise :class:`Interrupted` if ``should_stop`` is given and returns True.
-
-    Args:
-        should_stop: ``None`` or a callable without arguments returning a bool.
-    """
-    if should_stop is not None and should_stop():
-        raise Interrupted("stopped on request")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from stabledub_core.audio.encoders import (AudioEncoderError, MelAudioEncoder, Wav2Vec2AudioEncoder,
+from stabledub_core.models.audio_encoders import (AudioEncoderError, MelAudioEncoder, Wav2Vec2AudioEncoder,
                                            build_audio_encoder, mel_band_centres)
-from stabledub_core.audio.windows import WindowError, frame_windows, uniform_frame_times
+from stabledub_core.models.audio_context import WindowError, frame_windows, uniform_frame_times
 from stabledub_core.models.config import AudioConfig, get_preset
 
 SR = 16000

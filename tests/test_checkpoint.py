@@ -125,7 +125,7 @@ def test_external_parts_are_config_driven(tmp_path):
     """A VAE with in_checkpoint=False and a wav2vec2 backbone are left out and must be given at load time."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from stabledub_core.audio.encoders import Wav2Vec2AudioEncoder
+    from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
 
     w2v = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stabledub_core.masks.union import plan_windows
+from stabledub_core.masks.crop_spans import plan_windows
 from stabledub_core.pipeline.composite import (CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back,
                                                 paste_windows)
 from test_masks_media import occluded, with_missing, with_status

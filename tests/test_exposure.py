@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.masks import exposure
-from stabledub_core.masks.union import feathered_rect, plan_windows
+from stabledub_core.masks.crop_spans import feathered_rect, plan_windows
 from test_masks_media import MIC_FROM, occluded, occluded_microphone
 
 GRID = 16

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.face.landmarker import LandmarkerMode, MediaPipeLandmarker
-from stabledub_core.pipeline.video_io import VideoReader
+from stabledub_core.media.video import VideoReader
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stabledub_core.masks import masks, regions
+from stabledub_core.masks import mouth_masks, regions
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.config import MaskConfig
-from stabledub_core.masks.union import WindowPlanError, feathered_rect, plan_windows
+from stabledub_core.masks.crop_spans import WindowPlanError, feathered_rect, plan_windows
 from test_masks_media import occluded, with_missing, with_status
 
 
@@ -21,11 +21,11 @@ def test_coarse_mask_contains_detailed_mask_and_stays_in_its_extents(clip):
     _, track = clip
     size = track.frame_size
     for i in (0, 40, 74):
-        detailed = masks.rasterize(track.landmarks[i], size)
-        coarse = masks.rasterize(track.landmarks[i], size, dilation=0.06)
+        detailed = mouth_masks.rasterize(track.landmarks[i], size)
+        coarse = mouth_masks.rasterize(track.landmarks[i], size, dilation=0.06)
         assert detailed.sum() > 2000
         assert (coarse >= detailed).all() and coarse.sum() > 1.3 * detailed.sum()
-        x0, y0, x1, y1 = masks.coarse_extents(track.landmarks[i:i + 1], 0.06)[0]
+        x0, y0, x1, y1 = mouth_masks.coarse_extents(track.landmarks[i:i + 1], 0.06)[0]
         ys, xs = np.nonzero(coarse)
         assert xs.min() >= np.floor(x0) - 1 and xs.max() <= np.ceil(x1) + 1
         assert ys.min() >= np.floor(y0) - 1 and ys.max() <= np.ceil(y1) + 1
@@ -50,7 +50,7 @@ def test_union_mask_is_one_per_window_and_contains_every_frames_masks(clip):
         core = window.union_mask >= 1 - 1e-6
         assert window.coarse_masks.shape == (window.stop - window.start, 256, 256)
         for i in range(window.stop - window.start):
-            detailed = masks.rasterize(window.landmarks[i], (256, 256))
+            detailed = mouth_masks.rasterize(window.landmarks[i], (256, 256))
             assert detailed.sum() > 0
             assert core[detailed > 0].all()
             assert (window.union_mask[window.coarse_masks[i] > 0] > 0.5).all()
@@ -99,7 +99,7 @@ def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     missing = [3, 4, 5] + list(range(16, 32))
     windows = plan_windows(with_missing(track, missing), window=16, crop_size=128)
     assert not windows[0].active[[3, 4, 5]].any() and windows[0].active[[0, 1, 2, 6]].all()
-    expected = masks.coarse_extents(track.landmarks[[0, 1, 2, *range(6, 16)]], MaskConfig().coarse_dilation)
+    expected = mouth_masks.coarse_extents(track.landmarks[[0, 1, 2, *range(6, 16)]], MaskConfig().coarse_dilation)
     np.testing.assert_allclose(windows[0].union_rect, [*expected[:, :2].min(0), *expected[:, 2:].max(0)], rtol=1e-5)
     assert (windows[0].coarse_masks[3] == 0).all() and windows[0].coarse_masks[2].sum() > 0
     assert windows[1].passthrough and (windows[1].union_mask == 0).all()
@@ -149,7 +149,7 @@ def test_bad_input_is_rejected(clip):
     with pytest.raises(WindowPlanError, match="overlap"):
         plan_windows(track, window=8, overlap=8)
     with pytest.raises(ValueError, match="478"):
-        masks.coarse_extents(np.zeros((3, 68, 2)), 0.1)
+        mouth_masks.coarse_extents(np.zeros((3, 68, 2)), 0.1)
     with pytest.raises(ValueError, match="box_scale"):
         MaskConfig(box_scale=0.5)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from stabledub_core.face.track import FaceTrack, FaceTracker, TrackStatus
 from stabledub_core.masks import regions
-from stabledub_core.pipeline.video_io import VideoReader
+from stabledub_core.media.video import VideoReader
 
 MIC_FROM = 37  # first frame of face_occluded.mp4 with the microphone
 

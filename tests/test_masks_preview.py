@@ -8,7 +8,7 @@ import numpy as np
 from stabledub_core.masks import exposure
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.preview import PreviewStyle, main, preview_strip, render_frame
-from stabledub_core.masks.union import plan_windows
+from stabledub_core.masks.crop_spans import plan_windows
 from test_masks_media import occluded, with_missing
 
 

@@ -3,7 +3,7 @@ from fractions import Fraction
 import pytest
 
 from stabledub_core.errors import EmptyMediaError, OptionError
-from stabledub_core.pipeline.length_policy import LengthPolicy, audio_frames, plan_length
+from stabledub_core.media.length_policy import LengthPolicy, audio_frames, plan_length
 
 FPS = Fraction(25)
 RATE = 16000

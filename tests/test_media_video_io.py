@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from media_factory import count_frames, decode_native, pattern, tone, write_video, write_wav
-from stabledub_core.audio.io import probe_audio
+from stabledub_core.media.audio import probe_audio
 from stabledub_core.errors import NoVideoStreamError, NotAMediaFileError, OptionError
-from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter
+from stabledub_core.media.video import Run, VideoReader, VideoWriter
 
 NTSC = Fraction(30000, 1001)
 

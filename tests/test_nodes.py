@@ -467,7 +467,7 @@ def test_workflows_use_every_node(installed):
 
 def test_api_workflow_runs(installed, media_dir):
     """Execute the API workflow with the nodes (ComfyUI's LoadAudio stood in by the core's loader)."""
-    from stabledub_core.audio.io import load_audio
+    from stabledub_core.media.audio import load_audio
 
     graph = json.loads((WORKFLOWS / "stabledub_dub_api.json").read_text())
     results = {}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from stabledub_core.models.blocks import MambaSettings, SpatialMambaTransformerBlock
+from stabledub_core.models.mamba_transformer_2d import MambaSettings, SpatialMambaTransformerBlock
 from stabledub_core.models.recompute import recompute_in_blocks
 
 
@@ -84,7 +84,7 @@ def test_autocast_is_reentered_in_the_backward_pass():
 
 
 def test_recomputed_feed_forward_gives_the_same_block_gradients(monkeypatch):
-    import stabledub_core.models.blocks as blocks_module
+    import stabledub_core.models.mamba_transformer_2d as blocks_module
 
     monkeypatch.setattr(blocks_module, "FEED_FORWARD_TOKENS", 5)  # 24 tokens: blocks of 5 and a last of 4
     torch.manual_seed(1)

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from stabledub_core.models.blocks import MambaSettings, MambaTransformer2D, SpatialMambaTransformerBlock
+from stabledub_core.models.mamba_transformer_2d import MambaSettings, MambaTransformer2D, SpatialMambaTransformerBlock
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.unet import StableDubUNet, UNetInputError, build_unet_input
 

@@ -1,11 +1,11 @@
 """Face tracking: MediaPipe Face Landmarker, face selection, fine search for small faces, smoothing, gap filling."""
 
-from .gaps import TrackStatus
-from .landmarker import FaceModelNotFoundError, FrameFormatError
-from .search import FineSearchConfig
-from .selection import FaceSelection
-from .smoothing import OneEuroConfig
-from .track import FaceTrack, FaceTracker, TrackerConfig
+from stabledub_core.face.gaps import TrackStatus
+from stabledub_core.face.landmarker import FaceModelNotFoundError, FrameFormatError
+from stabledub_core.face.search import FineSearchConfig
+from stabledub_core.face.selection import FaceSelection
+from stabledub_core.face.smoothing import OneEuroConfig
+from stabledub_core.face.track import FaceTrack, FaceTracker, TrackerConfig
 
 __all__ = ["FaceModelNotFoundError", "FaceSelection", "FaceTrack", "FaceTracker", "FineSearchConfig",
            "FrameFormatError", "OneEuroConfig", "TrackStatus", "TrackerConfig"]

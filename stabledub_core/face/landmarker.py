@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .indices import NUM_LANDMARKS
+from stabledub_core.face.indices import NUM_LANDMARKS
 
 logger = logging.getLogger(__name__)
 

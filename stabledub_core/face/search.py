@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .indices import face_size
-from .landmarker import MediaPipeLandmarker
+from stabledub_core.face.indices import face_size
+from stabledub_core.face.landmarker import MediaPipeLandmarker
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixels, x1/y1 exclusive
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .indices import face_size
+from stabledub_core.face.indices import face_size
 
 
 class FaceSelection(str, enum.Enum):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .indices import MOUTH, NUM_LANDMARKS, interocular
+from stabledub_core.face.indices import MOUTH, NUM_LANDMARKS, interocular
 
 
 @dataclass

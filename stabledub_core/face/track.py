@@ -10,13 +10,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .gaps import GapFiller, TrackEntry, TrackStatus
-from .indices import NUM_LANDMARKS
-from .landmarker import FaceCounter, LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
-from .search import FineSearch, FineSearchConfig
-from .selection import FaceSelection, FaceSelector, is_continuation
-from .smoothing import OneEuroConfig, OneEuroFilter
-from .timing import StageTimer
+from stabledub_core.face.gaps import GapFiller, TrackEntry, TrackStatus
+from stabledub_core.face.indices import NUM_LANDMARKS
+from stabledub_core.face.landmarker import FaceCounter, LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
+from stabledub_core.face.search import FineSearch, FineSearchConfig
+from stabledub_core.face.selection import FaceSelection, FaceSelector, is_continuation
+from stabledub_core.face.smoothing import OneEuroConfig, OneEuroFilter
+from stabledub_core.runtime import StageTimer
 
 __all__ = ["FaceTrack", "FaceTracker", "TrackBuilder", "TrackerConfig", "TrackStatus"]
 

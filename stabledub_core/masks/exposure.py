@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from .union import Window
+    from stabledub_core.masks.crop_spans import Window
 
 
 DEFAULT_GRID = 16  # patches per crop side

@@ -13,8 +13,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ..face.gaps import TrackStatus
-from ..face.indices import MOUTH_CORNERS, interocular, mouth_centre, mouth_width
+from stabledub_core.face.gaps import TrackStatus
+from stabledub_core.face.indices import MOUTH_CORNERS, interocular, mouth_centre, mouth_width
 
 
 class LipScale(str, enum.Enum):

@@ -25,10 +25,10 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from . import exposure as exposure_lib
-from . import masks, regions
-from .boxes import box_scale, clamp_box
-from .union import Window, plan_windows
+from stabledub_core.masks import exposure as exposure_lib
+from stabledub_core.masks import mouth_masks, regions
+from stabledub_core.masks.boxes import box_scale, clamp_box
+from stabledub_core.masks.crop_spans import Window, plan_windows
 
 
 @dataclass
@@ -103,7 +103,7 @@ def render_frame(
     local = index - window.start
     landmarks = window.landmarks[local] * a + b if window.active[local] else None  # (478, 2) tile coordinates
     if landmarks is not None:
-        coarse = masks.rasterize(landmarks, (tile, tile), dilation=window.coarse_dilation)
+        coarse = mouth_masks.rasterize(landmarks, (tile, tile), dilation=window.coarse_dilation)
         contours, _ = cv2.findContours(coarse, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(image, contours, -1, style.coarse, 1, cv2.LINE_AA)
         for indices in (regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER):
@@ -147,7 +147,7 @@ def preview_strip(
 
 def _read_video(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """At most ``max_frames`` frames (F, H, W, 3) uint8 and their times in seconds."""
-    from ..pipeline.video_io import VideoReader
+    from stabledub_core.media.video import VideoReader
 
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
 
-    from ..face.track import FaceTracker  # MediaPipe is loaded only when the command runs
+    from stabledub_core.face.track import FaceTracker  # MediaPipe is loaded only when the command runs
 
     frames, times = _read_video(args.video, args.max_frames)
     with FaceTracker(args.face_model) as tracker:

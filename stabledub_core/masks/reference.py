@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..face.gaps import TrackStatus
-from ..face.indices import INNER_LIP_PAIRS, POSE, mouth_width
+from stabledub_core.face.gaps import TrackStatus
+from stabledub_core.face.indices import INNER_LIP_PAIRS, POSE, mouth_width
 
 
 class ReferenceStrategy(str, enum.Enum):

@@ -7,7 +7,7 @@ frontal face in the image (the subject's right cheek appears on the image's left
 
 from __future__ import annotations
 
-from ..face.indices import FACE_OVAL, LIPS_INNER, LIPS_OUTER, MOUTH_CORNERS, NUM_LANDMARKS
+from stabledub_core.face.indices import FACE_OVAL, LIPS_INNER, LIPS_OUTER, MOUTH_CORNERS, NUM_LANDMARKS
 
 __all__ = ["FACE_OVAL", "FACE_WIDTH_PAIR", "LIP_CENTRES", "LIPS_INNER", "LIPS_OUTER", "LOWER_FACE_OVAL",
            "LOWER_FACE_POLYGON", "MOUTH_CORNERS", "NOSE_BASE", "NUM_LANDMARKS"]

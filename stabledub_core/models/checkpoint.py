@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .config import StableDubConfig
+from stabledub_core.models.config import StableDubConfig
 
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
@@ -250,10 +250,10 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     """
     from safetensors import safe_open
 
-    from ..audio.encoders import Wav2Vec2AudioEncoder
-    from .habit import LipHabitModulation
-    from .stabledub import StableDub
-    from .unet import StableDubUNet
+    from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
+    from stabledub_core.models.habit import LipHabitModulation
+    from stabledub_core.models.stabledub import StableDub
+    from stabledub_core.models.unet import StableDubUNet
 
     path = Path(path)
     config = read_checkpoint_config(path)
@@ -284,7 +284,7 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     if leftover:  # cannot happen after check_state; guards against silent partial loads
         raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(set(leftover))}")
     if not config.vae.in_checkpoint:
-        from .weights import load_sd_vae
+        from stabledub_core.models.weights import load_sd_vae
 
         load_sd_vae(model.vae, vae_path, config.vae)
     return model.to(device=device or "cpu", dtype=dtype).eval()

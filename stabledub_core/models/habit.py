@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import HabitConfig
+from stabledub_core.models.config import HabitConfig
 
 
 class HabitInputError(ValueError):

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import causal_conv1d, selective_scan
-from .mamba_inner import fused_backward_applies, mamba_inner_recompute
-from .recompute import recompute_in_blocks
+from stabledub_core.ops import causal_conv1d, selective_scan
+from stabledub_core.models.mamba_inner import fused_backward_applies, mamba_inner_recompute
+from stabledub_core.models.recompute import recompute_in_blocks
 
 RECOMPUTE_TOKENS = 4096  # tokens (sequences x length) recomputed together in the backward pass
 

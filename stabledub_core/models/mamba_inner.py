@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.selective_scan import ScanBackend, select_backend
-from ..ops.selective_scan_cpu import chunk_states_shape, scan_gradients, scan_with_states
-from .recompute import autocast_state
+from stabledub_core.ops.selective_scan import ScanBackend, select_backend
+from stabledub_core.ops.selective_scan_cpu import chunk_states_shape, scan_gradients, scan_with_states
+from stabledub_core.models.recompute import autocast_state
 
 
 def fused_backward_applies(hidden_states: torch.Tensor, d_state: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import StableDubConfig
+from stabledub_core.models.config import StableDubConfig
 
 
 class StableDub(nn.Module):
@@ -25,10 +25,10 @@ class StableDub(nn.Module):
     def __init__(self, config: StableDubConfig, unet: nn.Module | None = None, habit: nn.Module | None = None,
                  audio_encoder: nn.Module | None = None, vae: nn.Module | None = None):
         super().__init__()
-        from ..audio.encoders import build_audio_encoder
-        from .habit import LipHabitModulation
-        from .unet import StableDubUNet
-        from .vae import build_vae
+        from stabledub_core.models.audio_encoders import build_audio_encoder
+        from stabledub_core.models.habit import LipHabitModulation
+        from stabledub_core.models.unet import StableDubUNet
+        from stabledub_core.models.vae import build_vae
 
         if config.habit.out_size != config.unet.cross_attention_dim:
             raise ValueError(f"HabitConfig.out_size ({config.habit.out_size}) must equal "

@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import nn
 
-from .config import PRESETS, get_preset
+from stabledub_core.models.config import PRESETS, get_preset
 
 
 def _count(module: nn.Module, exclude: tuple[str, ...] = ()) -> int:
@@ -67,7 +67,7 @@ def summary_rows(model) -> tuple[list[tuple[str, int]], list[tuple[str, int]], i
 
 def render(preset: str) -> str:
     """The table for ``preset`` as text."""
-    from .stabledub import StableDub
+    from stabledub_core.models.stabledub import StableDub
 
     with torch.device("meta"):
         model = StableDub.from_config(get_preset(preset))

@@ -16,9 +16,9 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from .blocks import MambaSettings, MambaTransformer2D
-from .blocks_stages import DownBlock, MidBlock, UpBlock, _Stage
-from .config import UNetConfig
+from stabledub_core.models.mamba_transformer_2d import MambaSettings, MambaTransformer2D
+from stabledub_core.models.unet_blocks import DownBlock, MidBlock, UpBlock, _Stage
+from stabledub_core.models.config import UNetConfig
 
 
 class UNetInputError(ValueError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import VAEConfig
+from stabledub_core.models.config import VAEConfig
 
 
 class VAEWeightsError(ValueError):

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, read_safetensors, safetensors_keys
+from stabledub_core.models.checkpoint import CheckpointError, read_safetensors, safetensors_keys
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
@@ -268,7 +268,7 @@ def load_sd_vae(vae: nn.Module, source, config) -> str:
     Returns:
         a one-line description for the report.
     """
-    from .vae import VAEWeightsError, load_vae_folder, vae_state_dict_from_ldm
+    from stabledub_core.models.vae import VAEWeightsError, load_vae_folder, vae_state_dict_from_ldm
 
     source = Path(source)
     if source.is_dir():
@@ -323,9 +323,9 @@ def main(argv=None) -> None:
     write an SD-initialised StableDub checkpoint and print the report."""
     import argparse
 
-    from .checkpoint import save_checkpoint
-    from .config import PRESETS, get_preset
-    from .stabledub import StableDub
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.config import PRESETS, get_preset
+    from stabledub_core.models.stabledub import StableDub
 
     parser = argparse.ArgumentParser(description="Initialise a StableDub checkpoint from SD 1.5 weights.")
     parser.add_argument("source", help="SD 1.5 single-file .safetensors or diffusers folder")

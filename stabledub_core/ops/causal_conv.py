@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .kernels import try_import
+from stabledub_core.ops.kernels import try_import
 
 _KERNEL_MODULE = "causal_conv1d"
 

@@ -40,8 +40,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import selective_scan_cpu
-from .kernels import try_import
+from stabledub_core.ops import selective_scan_cpu
+from stabledub_core.ops.kernels import try_import
 
 # Elements of one (T, B, D, N) chunk buffer when the chunk size is chosen automatically (4 MiB in fp32): small
 # enough for the cache-friendly loop and a low memory peak, large enough that per-chunk overheads stay negligible.

@@ -1,5 +1,2 @@
-"""Inference pipeline: sampler with dual CFG, temporal windows, compositing, video I/O."""
-
-
-class Interrupted(Exception):
-    """Raised by the sampler when its ``should_stop()`` check returns True (e.g. the user cancelled)."""
+"""The one dubbing pipeline: per-stage options, stages, dual CFG, schedulers, sampler windows, DDIM inversion,
+compositing, and the orchestration that the CLI, the all-in-one node and the modular nodes share."""

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..masks.union import Window
+    from stabledub_core.masks.crop_spans import Window
 
 Box = tuple[int, int, int, int]
 
@@ -135,7 +135,7 @@ def _check_box(box: Box, frame_size: tuple[int, int]) -> None:
     height, width = frame_size
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and x1 - x0 == y1 - y0):
         raise CompositeError(f"crop box {box} is not a square inside the {width}x{height} frame: plan it with "
-                             "stabledub_core.masks.union.plan_windows")
+                             "stabledub_core.masks.crop_spans.plan_windows")
 
 
 def crop_frames(frames: np.ndarray, box: Box, size: int) -> np.ndarray:

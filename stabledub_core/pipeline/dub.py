@@ -35,10 +35,11 @@ from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from stabledub_core.audio.io import ENCODER_SAMPLE_RATE, encoder_length, fit_samples, load_encoder_input, probe_audio
-from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, OptionError, check_interrupt
-from stabledub_core.pipeline.length_policy import LengthPlan, LengthPolicy, plan_length
-from stabledub_core.pipeline.video_io import Run, VideoReader, VideoWriter, output_format
+from stabledub_core.media.audio import ENCODER_SAMPLE_RATE, encoder_length, fit_samples, load_encoder_input, probe_audio
+from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, NoFaceError, OptionError
+from stabledub_core.runtime import check_interrupt
+from stabledub_core.media.length_policy import LengthPlan, LengthPolicy, plan_length
+from stabledub_core.media.video import Run, VideoReader, VideoWriter, output_format
 
 DEFAULT_FACE_MODEL = Path("models") / "mediapipe" / "face_landmarker.task"
 FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
@@ -527,7 +528,7 @@ class _MaskWindows:
     def _plan(self, g: int) -> list:
         if g not in self._cache:
             from stabledub_core.face import FaceTrack
-            from stabledub_core.masks.union import plan_windows
+            from stabledub_core.masks.crop_spans import plan_windows
 
             previous = self._plan(g - 1)[-1].box if g > 0 else None  # boxes continue smoothly across groups
             frames = self.index[g * self.group:(g + 1) * self.group]
@@ -660,7 +661,7 @@ class StableDubChunkModel:
         """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
         import torch
 
-        from stabledub_core.audio.windows import frame_windows
+        from stabledub_core.models.audio_context import frame_windows
 
         encoder = self.model.audio_encoder
         audio_cfg = self.config.audio

@@ -1,10 +1,10 @@
 """In-memory frames with the interface of the streaming pipeline, and whole-clip stages built on it.
 
 ComfyUI (and any script that already holds its frames) has the whole clip in memory. :class:`FrameSource` gives
-such frames the subset of :class:`~stabledub_core.pipeline.video_io.VideoReader` that the orchestration in
+such frames the subset of :class:`~stabledub_core.media.video.VideoReader` that the orchestration in
 ``pipeline/dub.py`` uses (``frames()``, ``frames_at(runs)``, ``num_frames``, ``fps``, ``size``, ``times()``,
 ``is_variable_rate()``), and :class:`FrameSink` the ``write(image, time)`` of
-:class:`~stabledub_core.pipeline.video_io.VideoWriter`. With them the stages of ``dub.py`` run unchanged on
+:class:`~stabledub_core.media.video.VideoWriter`. With them the stages of ``dub.py`` run unchanged on
 in-memory clips:
 
 * :func:`dub_clip`: the whole dubbing (tracking, length policy, masks, sampling, paste-back) of a clip in memory;
@@ -29,9 +29,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from stabledub_core.audio.io import fit_samples
-from stabledub_core.errors import EmptyMediaError, OptionError, check_interrupt
-from stabledub_core.pipeline.video_io import Run, VideoFrame
+from stabledub_core.media.audio import fit_samples
+from stabledub_core.errors import EmptyMediaError, OptionError
+from stabledub_core.runtime import check_interrupt
+from stabledub_core.media.video import Run, VideoFrame
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 StopCheck = Callable[[], bool]
@@ -210,12 +211,12 @@ def fit_length(num_frames: int, fps, waveform: np.ndarray, sample_rate: int, pol
         fps: Its frame rate.
         waveform: ``(C, S)`` float32 speech.
         sample_rate: Its rate.
-        policy: A :class:`~stabledub_core.pipeline.length_policy.LengthPolicy` or its name.
+        policy: A :class:`~stabledub_core.media.length_policy.LengthPolicy` or its name.
 
     Returns:
         The :class:`FittedClip` (the frames themselves are picked by the caller with ``index``).
     """
-    from stabledub_core.pipeline.length_policy import plan_length
+    from stabledub_core.media.length_policy import plan_length
 
     waveform = _check_waveform(waveform, sample_rate)
     plan = plan_length(policy, num_frames, frame_rate(fps), waveform.shape[1], sample_rate)
@@ -464,7 +465,7 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
     Returns:
         The :class:`DubbedClip`.
     """
-    from stabledub_core.audio.io import to_encoder_input
+    from stabledub_core.media.audio import to_encoder_input
     from stabledub_core.pipeline.dub import DubOptions, dub_stream
 
     waveform = _check_waveform(waveform, sample_rate)
@@ -504,8 +505,8 @@ def read_clip(path, max_frames: int = 0, should_stop: StopCheck | None = None) -
     Returns:
         The :class:`LoadedClip`.
     """
-    from stabledub_core.audio.io import load_audio
-    from stabledub_core.pipeline.video_io import VideoReader
+    from stabledub_core.media.audio import load_audio
+    from stabledub_core.media.video import VideoReader
 
     images = []
     with VideoReader(path) as reader:
@@ -545,8 +546,8 @@ def write_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rat
     Returns:
         The path written.
     """
-    from stabledub_core.audio.io import probe_audio
-    from stabledub_core.pipeline.video_io import VideoWriter, output_format
+    from stabledub_core.media.audio import probe_audio
+    from stabledub_core.media.video import VideoWriter, output_format
 
     path = Path(path)
     output_format(path)

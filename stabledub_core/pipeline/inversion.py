@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from stabledub_core.pipeline import Interrupted
+from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import GuidancePlan
 from stabledub_core.pipeline.sampler import (
     ClipConditions,

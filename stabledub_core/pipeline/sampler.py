@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from stabledub_core.models.unet import build_unet_input
-from stabledub_core.pipeline import Interrupted
+from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import Branch, GuidancePlan
 from stabledub_core.pipeline.schedulers import (
     SchedulerKind,

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from stabledub_core.audio.io import AudioInfo, AudioMuxer, open_media
+from stabledub_core.media.audio import AudioInfo, AudioMuxer, open_media
 from stabledub_core.errors import NoVideoStreamError, NotAMediaFileError, OptionError
 
 # Output containers by file extension (FFmpeg muxer names).
@@ -259,7 +259,7 @@ class VideoWriter:
         fps: Exact frame rate, e.g. ``Fraction(30000, 1001)``; frame ``i`` is shown at ``i / fps`` unless
             :meth:`write` is given a time.
         size: ``(H, W)`` of the frames that will be written.
-        audio: Optional source track to mux in (see :class:`~stabledub_core.audio.io.AudioMuxer`).
+        audio: Optional source track to mux in (see :class:`~stabledub_core.media.audio.AudioMuxer`).
         audio_samples: Samples per channel of output audio (``None``: the source's length, kept bit-exact).
         crf: x264 constant rate factor (lower is better quality; 18 is visually lossless).
         preset: x264 speed preset.

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.config import AudioConfig
+from stabledub_core.models.config import AudioConfig
 
 SAMPLE_RATE = 16000
 
@@ -35,7 +35,7 @@ def _check_wave(wave: torch.Tensor) -> torch.Tensor:
         wave = wave[None]
     if wave.ndim != 2:
         raise AudioEncoderError(f"expected a (B, S) 16 kHz mono waveform, got shape {tuple(wave.shape)}; "
-                                "convert with stabledub_core.audio.io.to_encoder_input first")
+                                "convert with stabledub_core.media.audio.to_encoder_input first")
     if not wave.is_floating_point():
         raise AudioEncoderError(f"expected a float waveform in [-1, 1], got dtype {wave.dtype}")
     return wave

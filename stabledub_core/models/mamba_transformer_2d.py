@@ -22,8 +22,8 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from .mamba import Mamba
-from .recompute import recompute_in_blocks
+from stabledub_core.models.mamba import Mamba
+from stabledub_core.models.recompute import recompute_in_blocks
 
 FEED_FORWARD_TOKENS = 4096  # tokens per block when the feed-forward is recomputed in training
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from . import regions
+from stabledub_core.masks import regions
 
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon rasterisation
 _ONE = 1 << _SHIFT

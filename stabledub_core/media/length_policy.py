@@ -19,7 +19,7 @@ policy        output frames           what happens
 ============  ======================  ===========================================================================
 
 A :class:`LengthPlan` describes the result without holding any frame: the source frame indices as a few
-:class:`~stabledub_core.pipeline.video_io.Run` objects (read lazily by ``VideoReader.frames_at``) and the number
+:class:`~stabledub_core.media.video.Run` objects (read lazily by ``VideoReader.frames_at``) and the number
 of audio samples to write.
 """
 
@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from stabledub_core.errors import EmptyMediaError, OptionError
-from stabledub_core.pipeline.video_io import Run
+from stabledub_core.media.video import Run
 
 
 class LengthPolicy(str, enum.Enum):

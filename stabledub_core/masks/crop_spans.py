@@ -13,10 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
-from ..face.track import FaceTrack, TrackStatus
-from . import masks
-from .boxes import Box, box_around, box_scale, smooth_boxes
-from .config import MaskConfig
+from stabledub_core.face.track import FaceTrack, TrackStatus
+from stabledub_core.masks import mouth_masks
+from stabledub_core.masks.boxes import Box, box_around, box_scale, smooth_boxes
+from stabledub_core.masks.config import MaskConfig
 
 
 class WindowPlanError(ValueError):
@@ -67,7 +67,7 @@ class Window:
         raster = np.zeros((size, size), np.uint8)
         out = np.zeros((len(self.active), size, size), np.float32)  # (n, S, S)
         for i in np.flatnonzero(self.active):
-            masks.rasterize(self.landmarks[i], (size, size), dilation=self.coarse_dilation, out=raster)
+            mouth_masks.rasterize(self.landmarks[i], (size, size), dilation=self.coarse_dilation, out=raster)
             out[i] = raster
         return out
 
@@ -172,7 +172,7 @@ def plan_windows(
     if status.shape[0] == 0:
         raise WindowPlanError("the track has no frames")
     active = (status != TrackStatus.MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
-    extents = masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
+    extents = mouth_masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
     ranges = _window_ranges(len(status), window, overlap)
 
     rects, feathers, reaches = [], [], []

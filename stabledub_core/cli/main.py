@@ -25,7 +25,7 @@ from stabledub_core.runtime import Interrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Where the MediaPipe face model is looked for without --face-model: the user's copy, then the bundled one
 FACE_MODEL_SEARCH = (Path("models") / "mediapipe" / "face_landmarker.task", ASSETS / "face_landmarker.task")
 

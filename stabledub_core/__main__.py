@@ -2,7 +2,7 @@
 
 import sys
 
-from stabledub_core.cli import main
+from stabledub_core.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,4 @@
-"""Command line: ``python -m stabledub_core {dub,demo,preview,init,summary} ...`` (argparse, one-line errors)."""
+"""Command line: ``python -m stabledub_core {dub,demo,preview,init,summary} ...`` (argparse, one-line errors).
 
-from stabledub_core.cli.main import main
-
-__all__ = ["main"]
+The entry point is :func:`stabledub_core.cli.main.main`.
+"""

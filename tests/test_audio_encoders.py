@@ -6,7 +6,7 @@ import torch
 
 from stabledub_core.models.audio_encoders import (AudioEncoderError, MelAudioEncoder, Wav2Vec2AudioEncoder,
                                            build_audio_encoder, mel_band_centres)
-from stabledub_core.models.audio_context import WindowError, frame_windows, uniform_frame_times
+from stabledub_core.models.audio_context import AudioContextError, frame_windows, uniform_frame_times
 from stabledub_core.models.config import AudioConfig, get_preset
 
 SR = 16000
@@ -106,9 +106,9 @@ def test_variable_frame_times_and_errors():
     feats = torch.randn(50, 3)
     times = np.cumsum([0.0, 0.04, 0.033, 0.05, 0.041])
     assert frame_windows(feats, 50.0, times, 4, 0.2).shape == (5, 4, 3)
-    with pytest.raises(WindowError, match="NaN"):
+    with pytest.raises(AudioContextError, match="NaN"):
         frame_windows(feats, 50.0, [0.0, float("nan")], 4, 0.2)
-    with pytest.raises(WindowError, match="non-empty"):
+    with pytest.raises(AudioContextError, match="non-empty"):
         frame_windows(torch.zeros(0, 3), 50.0, [0.0], 4, 0.2)
 
 

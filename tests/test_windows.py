@@ -6,7 +6,7 @@ from stabledub_core.pipeline.sampler import SamplerConfig, sample_clip
 from stabledub_core.pipeline.windows import (
     ChunkStitcher,
     FrameWindow,
-    WindowError,
+    SamplerWindowError,
     iter_window_batches,
     plan_chunks,
     plan_frame_windows,
@@ -31,9 +31,9 @@ def test_window_plan_examples():
     assert plan_frame_windows(1) == [FrameWindow(0, 1)]
     assert plan_frame_windows(17, 16, 4) == [FrameWindow(0, 16), FrameWindow(1, 17)]
     assert plan_frame_windows(40, 16, 4) == [FrameWindow(0, 16), FrameWindow(12, 28), FrameWindow(24, 40)]
-    with pytest.raises(WindowError, match="overlap"):
+    with pytest.raises(SamplerWindowError, match="overlap"):
         plan_frame_windows(40, 16, 16)
-    with pytest.raises(WindowError, match="at least one frame"):
+    with pytest.raises(SamplerWindowError, match="at least one frame"):
         plan_frame_windows(0)
 
 
@@ -48,7 +48,7 @@ def test_ramp_and_weights():
 def test_window_batches_group_equal_lengths():
     windows = [FrameWindow(0, 16), FrameWindow(12, 28), FrameWindow(24, 40)]
     assert list(iter_window_batches(windows, 2)) == [[0, 1], [2]]
-    with pytest.raises(WindowError):
+    with pytest.raises(SamplerWindowError):
         list(iter_window_batches(windows, 0))
 
 
@@ -79,9 +79,9 @@ def test_stitcher_reassembles_and_crossfades():
     assert out.shape == clip.shape
     step = out[:, 0].diff()
     assert step.max() <= 1.0 + 1.0 / 5 + 1e-6  # the 1.0 disagreement is spread over the 4 shared frames
-    with pytest.raises(WindowError, match="already pushed"):
+    with pytest.raises(SamplerWindowError, match="already pushed"):
         stitcher.push(clip[:16])
-    with pytest.raises(WindowError, match="never pushed"):
+    with pytest.raises(SamplerWindowError, match="never pushed"):
         ChunkStitcher(chunks).finish()
 
 

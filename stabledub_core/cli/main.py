@@ -309,9 +309,9 @@ def _main(args) -> int:
     except (Interrupted, KeyboardInterrupt):
         print("stabledub: interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (StableDubError, ValueError, FileNotFoundError) as exc:
-        # Every bad-input error of the core is one of these (StableDubError or the ValueError/FileNotFoundError
-        # subclasses of the other modules); bugs (anything else) keep their traceback.
+    except StableDubError as exc:
+        # Every error a user can cause is a StableDubError (stabledub_core.errors); anything else is a bug and
+        # keeps its traceback.
         if args.debug:
             raise
         print(f"stabledub: error: {_one_line(exc)}", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stabledub_core.errors import OptionError
+
 
 class TrackStatus(enum.IntEnum):
     """Per-frame state of a face track."""
@@ -48,7 +50,7 @@ class GapFiller:
 
     def __init__(self, max_gap: int = 4, num_points: int = 478):
         if max_gap < 0:
-            raise ValueError(f"max_gap must be >= 0 frames, got {max_gap}")
+            raise OptionError(f"max_gap must be >= 0 frames, got {max_gap}")
         self.max_gap = max_gap
         self.num_points = num_points
         self._last: TrackEntry | None = None  # last detection, while a gap after it can still be filled

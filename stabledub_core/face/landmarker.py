@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stabledub_core.errors import FaceModelNotFoundError, FrameFormatError
 from stabledub_core.face.indices import NUM_LANDMARKS
 
 logger = logging.getLogger(__name__)
@@ -18,14 +19,6 @@ MODEL_FILENAME = "face_landmarker.task"
 DETECTOR_MEMBER = "face_detector.tflite"  # the face detector bundled in face_landmarker.task
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/"
              "face_landmarker.task")
-
-
-class FaceModelNotFoundError(FileNotFoundError):
-    """The MediaPipe face landmarker model file is missing."""
-
-
-class FrameFormatError(ValueError):
-    """A frame is not an (H, W, 3) uint8 RGB array."""
 
 
 class LandmarkerMode(enum.Enum):

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from stabledub_core.errors import OptionError
 from stabledub_core.face.indices import face_size
 
 
@@ -82,10 +83,10 @@ class FaceSelector:
         self.strategy = FaceSelection(self.strategy)
         self.initial = FaceSelection(self.initial)
         if self.initial is FaceSelection.NEAREST:
-            raise ValueError("the initial selection of NEAREST must be LARGEST or INDEX: there is no previous face "
-                             "to be near to on the first frame")
+            raise OptionError("the initial selection of NEAREST must be LARGEST or INDEX: there is no previous face "
+                              "to be near to on the first frame")
         if self.index < 0:
-            raise ValueError(f"face index must be >= 0 (0 = leftmost face), got {self.index}")
+            raise OptionError(f"face index must be >= 0 (0 = leftmost face), got {self.index}")
 
     def select(self, candidates: np.ndarray, previous: np.ndarray | None) -> int | None:
         """Choose one candidate.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stabledub_core.errors import TrackError
 from stabledub_core.face.indices import MOUTH, NUM_LANDMARKS, interocular
 
 
@@ -84,7 +85,7 @@ class OneEuroFilter:
             return x.astype(np.float32)
         dt = t - self._t
         if dt <= 0:
-            raise ValueError(f"One-Euro filter needs increasing times, got {t} after {self._t}")
+            raise TrackError(f"One-Euro filter needs increasing times, got {t} after {self._t}")
         if scale is None:
             scale = float(interocular(self._x)) if len(x) == NUM_LANDMARKS else 1.0
         scale = max(scale, 1e-6)

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from stabledub_core.errors import EmptyMediaError, FrameFormatError, OptionError, TrackError
 from stabledub_core.face.gaps import GapFiller, TrackEntry, TrackStatus
 from stabledub_core.face.indices import NUM_LANDMARKS
 from stabledub_core.face.landmarker import FaceCounter, LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
@@ -45,12 +46,12 @@ class FaceTrack:
         self.frame_size = (int(self.frame_size[0]), int(self.frame_size[1]))
         frames = len(self.status)
         if self.landmarks.shape != (frames, NUM_LANDMARKS, 2) or self.status.shape != (frames,):
-            raise ValueError(f"FaceTrack needs landmarks (F, {NUM_LANDMARKS}, 2) and status (F,), got "
+            raise TrackError(f"FaceTrack needs landmarks (F, {NUM_LANDMARKS}, 2) and status (F,), got "
                              f"{self.landmarks.shape} and {self.status.shape}")
         if self.times is not None:
             self.times = np.asarray(self.times, np.float64)
             if self.times.shape != (frames,):
-                raise ValueError(f"FaceTrack times must be (F,) = ({frames},), got {self.times.shape}")
+                raise TrackError(f"FaceTrack times must be (F,) = ({frames},), got {self.times.shape}")
 
     def __len__(self) -> int:
         return len(self.status)
@@ -143,7 +144,7 @@ class TrackBuilder:
         if self._first is None:
             self._first = chunk
         elif chunk.start != self._first.start + self._count or chunk.frame_size != self._first.frame_size:
-            raise ValueError(f"track chunks are not consecutive: frames {self._first.start}.."
+            raise TrackError(f"track chunks are not consecutive: frames {self._first.start}.."
                              f"{self._first.start + self._count} {self._first.frame_size} then {chunk.start} "
                              f"{chunk.frame_size}")
         n = len(chunk)
@@ -159,7 +160,7 @@ class TrackBuilder:
     def build(self) -> FaceTrack:
         """The joined track (views of the buffers when they are nearly full, else trimmed copies)."""
         if self._first is None:
-            raise ValueError("no track chunks to concatenate")
+            raise TrackError("no track chunks to concatenate")
         n = self._count
         if 4 * n < 3 * len(self._status):  # more than a quarter unused: do not keep the slack alive
             self._landmarks, self._status, self._times = (a[:n].copy() for a in
@@ -232,12 +233,12 @@ class FaceTracker:
         self.model_path = check_model_path(model_path)
         self.config = dataclasses.replace(config or TrackerConfig(), **overrides)
         if self.config.num_faces < 1:
-            raise ValueError(f"num_faces must be >= 1, got {self.config.num_faces}")
+            raise OptionError(f"num_faces must be >= 1, got {self.config.num_faces}")
         if self.config.face_count_interval < 0:
-            raise ValueError(f"face_count_interval must be >= 0, got {self.config.face_count_interval}")
+            raise OptionError(f"face_count_interval must be >= 0, got {self.config.face_count_interval}")
         for name in ("full_frame_interval", "tile_interval"):
             if getattr(self.config.search, name) < 1:
-                raise ValueError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
+                raise OptionError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
         self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection)
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
@@ -437,10 +438,10 @@ class FaceTracker:
         if self._frame_size is None:
             self._frame_size = frame.shape[:2]
         elif frame.shape[:2] != self._frame_size:
-            raise ValueError(f"frame {self._index} is {frame.shape[:2]} but the stream started with "
-                             f"{self._frame_size}: call reset() before a new video")
+            raise FrameFormatError(f"frame {self._index} is {frame.shape[:2]} but the stream started with "
+                                   f"{self._frame_size}: call reset() before a new video")
         if self._last_time is not None and time <= self._last_time:
-            raise ValueError(f"frame times must increase: frame {self._index} at {time} s after {self._last_time} s")
+            raise TrackError(f"frame times must increase: frame {self._index} at {time} s after {self._last_time} s")
         landmarks, jumped = self._find(frame, int(round(time * 1000.0)))
         entries = None if landmarks is not None or self._previous is None else self._hold(jumped, time)
         if entries is not None:  # a jumped face persisted: it is the new track
@@ -481,7 +482,7 @@ class FaceTracker:
             if chunk is not None:
                 yield chunk
         if self._index == 0:
-            raise ValueError("no frames to track")
+            raise EmptyMediaError("no frames to track")
         last = self.flush()
         if last is not None:
             yield last
@@ -500,14 +501,14 @@ class FaceTracker:
             The face track of all frames.
         """
         if (fps is None) == (times is None):
-            raise ValueError("give either fps (constant frame rate) or times (seconds per frame), not both or none")
+            raise OptionError("give either fps (constant frame rate) or times (seconds per frame), not both or none")
         if fps is not None and not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+            raise OptionError(f"fps must be > 0, got {fps}")
 
         def timed() -> Iterator[tuple[np.ndarray, float]]:
             for i, frame in enumerate(frames):
                 if times is not None and i >= len(times):
-                    raise ValueError(f"more frames than times ({len(times)})")
+                    raise TrackError(f"more frames than times ({len(times)})")
                 yield frame, (i / fps if fps is not None else float(times[i]))
 
         builder = TrackBuilder()

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from stabledub_core.errors import CropBoxError
+
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) source pixels, x1 - x0 == y1 - y0
 
 
@@ -114,5 +116,5 @@ def box_scale(box: Box, crop_size: int) -> float:
     """Crop pixels per source pixel for a box resampled to ``crop_size``."""
     side = box[2] - box[0]
     if side <= 0 or not math.isfinite(side):
-        raise ValueError(f"invalid crop box {box}: expected (x0, y0, x1, y1) with x1 > x0")
+        raise CropBoxError(f"invalid crop box {box}: expected (x0, y0, x1, y1) with x1 > x0")
     return crop_size / side

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stabledub_core.errors import OptionError
+
 
 @dataclass
 class MaskConfig:
@@ -37,5 +39,5 @@ class MaskConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid MaskConfig values for {bad}: coarse_dilation >= 0, feather >= 0, "
-                             f"box_scale >= 1, 0 <= box_smoothing < 1, min_box >= 1 (got {self})")
+            raise OptionError(f"invalid MaskConfig values for {bad}: coarse_dilation >= 0, feather >= 0, "
+                              f"box_scale >= 1, 0 <= box_smoothing < 1, min_box >= 1 (got {self})")

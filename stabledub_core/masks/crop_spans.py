@@ -13,14 +13,11 @@ from functools import cached_property
 
 import numpy as np
 
+from stabledub_core.errors import WindowPlanError
 from stabledub_core.face.track import FaceTrack, TrackStatus
 from stabledub_core.masks import mouth_masks
 from stabledub_core.masks.boxes import Box, box_around, box_scale, smooth_boxes
 from stabledub_core.masks.config import MaskConfig
-
-
-class WindowPlanError(ValueError):
-    """Raised for window parameters or tracks that cannot be planned."""
 
 
 @dataclass(eq=False)

@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
+from stabledub_core.errors import ExposureError
+
 if TYPE_CHECKING:
     from stabledub_core.masks.crop_spans import Window
 
 
 DEFAULT_GRID = 16  # patches per crop side
-
-
-class ExposureError(ValueError):
-    """Raised for invalid patch lists, grids, occluder masks or schedule settings."""
 
 
 def grid_size(crop_size: int, patch_size: int | None = None, grid: int | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from stabledub_core.errors import FrameFormatError, LandmarkShapeError, MissingLandmarksError, OptionError, TrackError
 from stabledub_core.face.gaps import TrackStatus
 from stabledub_core.face.indices import MOUTH_CORNERS, interocular, mouth_centre, mouth_width
 
@@ -36,10 +37,6 @@ SCALE_MEASURES: dict[LipScale, Callable[[np.ndarray], np.ndarray]] = {
 DEFAULT_SPAN: dict[LipScale, float] = {LipScale.INTEROCULAR: 1.25, LipScale.MOUTH_WIDTH: 1.8}
 
 
-class MissingLandmarksError(ValueError):
-    """Lip crops were asked for frames without landmarks."""
-
-
 def lip_crop_matrices(landmarks: np.ndarray, size: int, scale: LipScale = LipScale.INTEROCULAR,
                       span: float | None = None, align_rotation: bool = False,
                       per_frame_scale: bool = False) -> np.ndarray:
@@ -58,7 +55,7 @@ def lip_crop_matrices(landmarks: np.ndarray, size: int, scale: LipScale = LipSca
     """
     landmarks = np.asarray(landmarks, np.float64)
     if landmarks.ndim != 3 or landmarks.shape[2] != 2:
-        raise ValueError(f"landmarks must be (K, 478, 2), got {landmarks.shape}")
+        raise LandmarkShapeError(f"landmarks must be (K, 478, 2), got {landmarks.shape}")
     missing = np.flatnonzero(np.isnan(landmarks).any(axis=(1, 2)))
     if len(missing):
         raise MissingLandmarksError(f"frames {missing.tolist()} of the lip segment have no landmarks (MISSING); "
@@ -99,11 +96,11 @@ def lip_crops(frames: np.ndarray, landmarks: np.ndarray, size: int = 112, scale:
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (K, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
+        raise FrameFormatError(f"frames must be (K, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
     if len(frames) != len(landmarks):
-        raise ValueError(f"{len(frames)} frames but {len(landmarks)} landmark sets")
+        raise TrackError(f"{len(frames)} frames but {len(landmarks)} landmark sets")
     if size < 1:
-        raise ValueError(f"crop size must be >= 1 pixel, got {size}")
+        raise OptionError(f"crop size must be >= 1 pixel, got {size}")
     matrices = lip_crop_matrices(landmarks, size, scale, span, align_rotation, per_frame_scale)  # (K, 2, 3)
     return np.stack([warp_crop(frame, matrix, size) for frame, matrix in zip(frames, matrices)])
 
@@ -153,7 +150,7 @@ def choose_lip_segment(status: np.ndarray, length: int, seed: int = 0,
     """
     valid = np.asarray(status) != TrackStatus.MISSING  # (F,)
     if length < 1 or length > len(valid):
-        raise ValueError(f"lip segment length must be in 1..{len(valid)} (the number of frames), got {length}")
+        raise OptionError(f"lip segment length must be in 1..{len(valid)} (the number of frames), got {length}")
     counts = np.convolve(valid.astype(int), np.ones(length, int), mode="valid")  # (F - K + 1,) tracked per window
     starts = np.flatnonzero(counts == length)
     if not len(starts):

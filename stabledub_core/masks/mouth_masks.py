@@ -18,14 +18,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from stabledub_core.errors import LandmarkShapeError
 from stabledub_core.masks import regions
 
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon rasterisation
 _ONE = 1 << _SHIFT
-
-
-class LandmarkShapeError(ValueError):
-    """Raised when landmarks do not have the (..., 478, 2) layout of the MediaPipe Face Landmarker."""
 
 
 def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:

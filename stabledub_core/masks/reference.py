@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from stabledub_core.errors import NoReferenceFrameError, OptionError, TrackError
 from stabledub_core.face.gaps import TrackStatus
 from stabledub_core.face.indices import INNER_LIP_PAIRS, POSE, mouth_width
 
@@ -33,10 +34,6 @@ class ReferenceStrategy(str, enum.Enum):
     NEAREST_POSE = "nearest_pose"
     CLOSED_LIPS_NEAR_POSE = "closed_lips_near_pose"
     RANDOM = "random"
-
-
-class NoReferenceFrameError(ValueError):
-    """No frame qualifies as the reference."""
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -191,10 +188,10 @@ def choose_reference(landmarks: np.ndarray, status: np.ndarray,
     status = np.asarray(status)
     frames = len(status)
     if landmarks.shape[0] != frames:
-        raise ValueError(f"{landmarks.shape[0]} landmark frames but {frames} status values")
+        raise TrackError(f"{landmarks.shape[0]} landmark frames but {frames} status values")
     start, stop = (0, frames) if window is None else window
     if not 0 <= start < stop <= frames:
-        raise ValueError(f"window {window} is not a frame range inside 0..{frames}")
+        raise OptionError(f"window {window} is not a frame range inside 0..{frames}")
     allowed = status != TrackStatus.MISSING
     allowed &= ~np.isnan(landmarks).any(axis=(1, 2))
     if exclude_radius is not None:

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from stabledub_core.media.audio import AudioInfo, AudioMuxer, open_media
-from stabledub_core.errors import NoVideoStreamError, NotAMediaFileError, OptionError
+from stabledub_core.errors import FrameFormatError, NoVideoStreamError, NotAMediaFileError, OptionError
 
 # Output containers by file extension (FFmpeg muxer names).
 OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -307,7 +307,8 @@ class VideoWriter:
         import av
 
         if image.shape != (*self.size, 3) or image.dtype != np.uint8:
-            raise ValueError(f"frame {self.count}: expected uint8 {(*self.size, 3)}, got {image.dtype} {image.shape}")
+            raise FrameFormatError(f"frame {self.count}: expected uint8 {(*self.size, 3)}, got {image.dtype} "
+                                   f"{image.shape}")
         if self.padded != self.size:
             image = np.pad(image, ((0, self.padded[0] - self.size[0]), (0, self.padded[1] - self.size[1]), (0, 0)),
                            mode="edge")

@@ -16,9 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-class WindowError(ValueError):
-    """Invalid arguments to :func:`frame_windows`."""
+from stabledub_core.errors import AudioContextError
 
 
 def uniform_frame_times(num_frames: int, fps: float, start: float = 0.0) -> np.ndarray:
@@ -33,7 +31,7 @@ def uniform_frame_times(num_frames: int, fps: float, start: float = 0.0) -> np.n
         (F,) float64 array of frame times.
     """
     if fps <= 0:
-        raise WindowError(f"fps must be > 0, got {fps}")
+        raise AudioContextError(f"fps must be > 0, got {fps}")
     return start + np.arange(num_frames, dtype=np.float64) / float(fps)
 
 
@@ -59,18 +57,19 @@ def frame_windows(
         (F, tokens_per_frame, C_a) tensor, same dtype/device as ``features``.
     """
     if features.ndim != 2 or features.shape[0] == 0:
-        raise WindowError(f"features must be a non-empty (T_feat, C_a) tensor, got shape {tuple(features.shape)}")
+        raise AudioContextError(f"features must be a non-empty (T_feat, C_a) tensor, got shape "
+                                f"{tuple(features.shape)}")
     if feature_rate <= 0:
-        raise WindowError(f"feature_rate must be > 0, got {feature_rate}")
+        raise AudioContextError(f"feature_rate must be > 0, got {feature_rate}")
     if tokens_per_frame < 1:
-        raise WindowError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
+        raise AudioContextError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
     if window_seconds < 0:
-        raise WindowError(f"window_seconds must be >= 0, got {window_seconds}")
+        raise AudioContextError(f"window_seconds must be >= 0, got {window_seconds}")
     times = torch.as_tensor(np.asarray(frame_times, dtype=np.float64), dtype=torch.float64)
     if times.ndim != 1:
-        raise WindowError(f"frame_times must be 1-D (F,), got shape {tuple(times.shape)}")
+        raise AudioContextError(f"frame_times must be 1-D (F,), got shape {tuple(times.shape)}")
     if not torch.isfinite(times).all():
-        raise WindowError("frame_times contain NaN or infinite values")
+        raise AudioContextError("frame_times contain NaN or infinite values")
 
     k = torch.arange(tokens_per_frame, dtype=torch.float64)
     offsets = window_seconds * ((k + 0.5) / tokens_per_frame - 0.5)  # (T,) relative to the frame time

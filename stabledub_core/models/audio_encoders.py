@@ -21,13 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stabledub_core.errors import AudioEncoderError, WeightsNotFoundError
 from stabledub_core.models.config import AudioConfig
 
 SAMPLE_RATE = 16000
-
-
-class AudioEncoderError(ValueError):
-    """Bad audio encoder input or configuration."""
 
 
 def _check_wave(wave: torch.Tensor) -> torch.Tensor:
@@ -105,8 +102,8 @@ class Wav2Vec2AudioEncoder(nn.Module):
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"no wav2vec2 model folder at {folder} (config.json missing): download a "
-                                    "wav2vec2 model (e.g. facebook/wav2vec2-base) and give its local folder")
+            raise WeightsNotFoundError(f"no wav2vec2 model folder at {folder} (config.json missing): download a "
+                                       "wav2vec2 model (e.g. facebook/wav2vec2-base) and give its local folder")
         backbone = Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True)
         if config is None:
             config = AudioConfig(kind="wav2vec2", feature_size=backbone.config.hidden_size,

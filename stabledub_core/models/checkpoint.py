@@ -30,19 +30,12 @@ from pathlib import Path
 
 import torch
 
+from stabledub_core.errors import CheckpointError, PickleRefusedError, WeightsNotFoundError
 from stabledub_core.models.config import StableDubConfig
 
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weight file cannot be used; the message says why and what to do."""
-
-
-class PickleRefusedError(CheckpointError):
-    """A pickle-based file was given where a safetensors file is required."""
 
 
 def _pickle_error(path: Path, why: str) -> PickleRefusedError:
@@ -67,13 +60,13 @@ def check_safetensors_file(path) -> dict[str, str]:
         the ``__metadata__`` dict (empty when there is none).
 
     Raises:
-        FileNotFoundError: no such file.
+        WeightsNotFoundError: no such file.
         PickleRefusedError: a pickle suffix, or pickle/zip content.
         CheckpointError: not safetensors, or truncated.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
+        raise WeightsNotFoundError(f"weight file not found: {path}")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise _pickle_error(path, f"suffix {path.suffix}")
     size = path.stat().st_size

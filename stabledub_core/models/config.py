@@ -11,6 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from stabledub_core.errors import OptionError
+
 
 @dataclass
 class UNetConfig:
@@ -129,4 +131,4 @@ def get_preset(name: str) -> StableDubConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise OptionError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

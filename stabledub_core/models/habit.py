@@ -23,11 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stabledub_core.errors import HabitInputError, OptionError
 from stabledub_core.models.config import HabitConfig
-
-
-class HabitInputError(ValueError):
-    """Tensors given to :class:`LipHabitModulation` have the wrong shape."""
 
 
 def vit_config_from(config: HabitConfig):
@@ -53,7 +50,7 @@ def random_drop_masks(batch_size: int, p: float, generator: torch.Generator | No
         (drop_audio, drop_habit): two (B,) bool masks.
     """
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop probability must be in [0, 1], got {p}")
+        raise OptionError(f"drop probability must be in [0, 1], got {p}")
     draws = torch.rand(2, batch_size, generator=generator)
     drop = (draws < p).to(device)
     return drop[0], drop[1]

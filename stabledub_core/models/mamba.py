@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stabledub_core.errors import MambaInputError, ModelConfigError
 from stabledub_core.ops import causal_conv1d, selective_scan
 from stabledub_core.models.mamba_inner import fused_backward_applies, mamba_inner_recompute
 from stabledub_core.models.recompute import recompute_in_blocks
@@ -67,7 +68,7 @@ def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: floa
         "constant": lambda w: nn.init.constant_(w, std),
     }
     if dt_init not in initialisers:
-        raise ValueError(f"dt_init must be one of {sorted(initialisers)}, got {dt_init!r}")
+        raise ModelConfigError(f"dt_init must be one of {sorted(initialisers)}, got {dt_init!r}")
     initialisers[dt_init](dt_proj.weight)
     dt = torch.exp(
         torch.rand(dt_proj.out_features, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
@@ -208,7 +209,8 @@ class Mamba(nn.Module):
             (B, L, D) mixed tokens.
         """
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
-            raise ValueError(f"Mamba expects (batch, length, {self.d_model}) input, got {tuple(hidden_states.shape)}")
+            raise MambaInputError(f"Mamba expects (batch, length, {self.d_model}) input, got "
+                                  f"{tuple(hidden_states.shape)}")
         training = torch.is_grad_enabled() and (hidden_states.requires_grad or any(
             p.requires_grad for p in self.parameters()))
         if self.recompute_inner and training:

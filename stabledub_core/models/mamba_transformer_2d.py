@@ -22,6 +22,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from stabledub_core.errors import ModelConfigError
 from stabledub_core.models.mamba import Mamba
 from stabledub_core.models.recompute import recompute_in_blocks
 
@@ -72,7 +73,8 @@ class SpatialMambaTransformerBlock(nn.Module):
                  transpose_scan: bool = False, recompute_feed_forward: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} attention heads: change the U-Net config")
+            raise ModelConfigError(f"width {dim} is not divisible by {num_heads} attention heads: change the U-Net "
+                                   "config")
         self.transpose_scan = transpose_scan
         self.recompute_feed_forward = recompute_feed_forward
         self.norm1 = nn.LayerNorm(dim)

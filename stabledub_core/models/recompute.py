@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from stabledub_core.errors import OptionError
+
 
 class _BlockwiseRecompute(torch.autograd.Function):
     """``fn(x)`` computed in blocks of rows; the backward pass recomputes each block (see the module docstring)."""
@@ -87,7 +89,7 @@ def recompute_in_blocks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
         (R, ...) ``fn(x)``.
     """
     if rows < 1:
-        raise ValueError(f"rows per block must be >= 1, got {rows}")
+        raise OptionError(f"rows per block must be >= 1, got {rows}")
     params = [p for p in params if p.requires_grad]
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         return fn(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from stabledub_core.errors import ModelConfigError
 from stabledub_core.models.config import StableDubConfig
 
 
@@ -31,8 +32,8 @@ class StableDub(nn.Module):
         from stabledub_core.models.vae import build_vae
 
         if config.habit.out_size != config.unet.cross_attention_dim:
-            raise ValueError(f"HabitConfig.out_size ({config.habit.out_size}) must equal "
-                             f"UNetConfig.cross_attention_dim ({config.unet.cross_attention_dim})")
+            raise ModelConfigError(f"HabitConfig.out_size ({config.habit.out_size}) must equal "
+                                   f"UNetConfig.cross_attention_dim ({config.unet.cross_attention_dim})")
         self.config = config
         self.unet = unet if unet is not None else StableDubUNet(config.unet)
         self.audio_encoder = audio_encoder if audio_encoder is not None else build_audio_encoder(config.audio)

@@ -16,13 +16,10 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
+from stabledub_core.errors import UNetInputError
 from stabledub_core.models.mamba_transformer_2d import MambaSettings, MambaTransformer2D
 from stabledub_core.models.unet_blocks import DownBlock, MidBlock, UpBlock, _Stage
 from stabledub_core.models.config import UNetConfig
-
-
-class UNetInputError(ValueError):
-    """A U-Net input has the wrong shape."""
 
 
 def build_unet_input(noisy: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,

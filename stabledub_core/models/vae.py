@@ -11,11 +11,8 @@ from pathlib import Path
 
 import torch
 
+from stabledub_core.errors import OptionError, VAEInputError, VAEWeightsError, WeightsNotFoundError
 from stabledub_core.models.config import VAEConfig
-
-
-class VAEWeightsError(ValueError):
-    """VAE weights do not fit the configured VAE."""
 
 
 def vae_diffusers_config(config: VAEConfig) -> dict:
@@ -70,7 +67,7 @@ def load_vae_folder(folder, config: VAEConfig):
     if (folder / "vae" / "config.json").is_file():
         folder = folder / "vae"
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no diffusers VAE at {folder}: expected config.json (or vae/config.json)")
+        raise WeightsNotFoundError(f"no diffusers VAE at {folder}: expected config.json (or vae/config.json)")
     vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
     expected = vae_diffusers_config(config)
     for key in ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
@@ -83,7 +80,7 @@ def load_vae_folder(folder, config: VAEConfig):
 
 def _chunks(n: int, chunk: int):
     if chunk < 1:
-        raise ValueError(f"chunk size must be >= 1, got {chunk}")
+        raise OptionError(f"chunk size must be >= 1, got {chunk}")
     return range(0, n, chunk)
 
 
@@ -103,7 +100,7 @@ def encode_frames(vae, frames: torch.Tensor, chunk: int = 8, sample: bool = Fals
         (N, latent_channels, H / s, W / s) latents times ``scaling_factor``.
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"frames must be (N, 3, H, W) floats in [0, 1], got shape {tuple(frames.shape)}")
+        raise VAEInputError(f"frames must be (N, 3, H, W) floats in [0, 1], got shape {tuple(frames.shape)}")
     param = next(vae.parameters())
     out = []
     for i in _chunks(frames.shape[0], chunk):
@@ -127,7 +124,7 @@ def decode_latents(vae, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         (N, 3, h * s, w * s) float in [0, 1].
     """
     if latents.ndim != 4 or latents.shape[1] != vae.config.latent_channels:
-        raise ValueError(f"latents must be (N, {vae.config.latent_channels}, h, w), got {tuple(latents.shape)}")
+        raise VAEInputError(f"latents must be (N, {vae.config.latent_channels}, h, w), got {tuple(latents.shape)}")
     param = next(vae.parameters())
     out = []
     for i in _chunks(latents.shape[0], chunk):

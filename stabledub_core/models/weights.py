@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stabledub_core.errors import WeightsNotFoundError
 from stabledub_core.models.checkpoint import CheckpointError, read_safetensors, safetensors_keys
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -252,8 +253,8 @@ def _load_diffusers_folder(folder: Path):
     unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if not unet_file.is_file():
         found = sorted(p.name for p in (folder / "unet").glob("*")) if (folder / "unet").is_dir() else []
-        raise FileNotFoundError(f"no {unet_file.relative_to(folder)} in {folder} (found: {found or 'nothing'}); "
-                                "give a diffusers SD 1.5 folder with safetensors weights")
+        raise WeightsNotFoundError(f"no {unet_file.relative_to(folder)} in {folder} (found: {found or 'nothing'}); "
+                                   "give a diffusers SD 1.5 folder with safetensors weights")
     return read_safetensors(unet_file)
 
 
@@ -298,8 +299,8 @@ def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightIni
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"SD 1.5 weights not found: {source} (give an original single-file .safetensors "
-                                "or a diffusers folder)")
+        raise WeightsNotFoundError(f"SD 1.5 weights not found: {source} (give an original single-file .safetensors "
+                                   "or a diffusers folder)")
     report = WeightInitReport(source=str(source))
     if source.is_dir():
         unused = [f"{d}/" for d in ("text_encoder", "tokenizer", "safety_checker") if (source / d).is_dir()]

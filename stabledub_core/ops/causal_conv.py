@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from stabledub_core.errors import CausalConvInputError
 from stabledub_core.ops.kernels import try_import
 
 _KERNEL_MODULE = "causal_conv1d"
@@ -134,8 +135,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         (B, D, L): position l sees positions l - K + 1 .. l (l .. l + K - 1 with ``reverse``).
     """
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"causal_conv1d expects x (batch, dim, length) and weight (dim, kernel), got "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+        raise CausalConvInputError(f"causal_conv1d expects x (batch, dim, length) and weight (dim, kernel), got "
+                                   f"{tuple(x.shape)} and {tuple(weight.shape)}")
     if x.is_cuda:
         kernel = load_kernel()
         if kernel is not None:

@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from stabledub_core.errors import SelectiveScanInputError
 from stabledub_core.ops import selective_scan_cpu
 from stabledub_core.ops.kernels import try_import
 
@@ -56,10 +57,6 @@ MIN_AUTO_CHUNK = 16
 LOOP_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _MAMBA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
-
-
-class SelectiveScanInputError(ValueError):
-    """Raised when the tensors given to the selective scan have inconsistent shapes or unsupported dtypes."""
 
 
 class ScanBackend(enum.Enum):

@@ -37,6 +37,8 @@ from typing import Optional
 
 import torch
 
+from stabledub_core.errors import SelectiveScanInputError
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.c"
@@ -279,8 +281,8 @@ def _forward(prep: _Prepared, keep_states: bool, keep_last: bool, states: Option
     if states is None and keep_states:
         states = prep.u.new_empty(shape, dtype=torch.float32)
     elif states is not None and (states.shape != shape or states.dtype != torch.float32 or not states.is_contiguous()):
-        raise ValueError(f"states must be a contiguous fp32 tensor of shape {shape}, got {tuple(states.shape)} "
-                         f"{states.dtype}")
+        raise SelectiveScanInputError(f"states must be a contiguous fp32 tensor of shape {shape}, got "
+                                      f"{tuple(states.shape)} {states.dtype}")
     last = prep.u.new_empty((batch, d_state, dim), dtype=torch.float32) if keep_last else None
     runs = _work_split(batch, dim, prep.groups, torch.get_num_threads())
 
@@ -393,7 +395,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         raise RuntimeError("the CPU selective-scan kernel is not available here (see the log); use "
                            "selective_scan, which falls back to the pure PyTorch scan")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+        raise SelectiveScanInputError(f"chunk_size must be a positive integer, got {chunk_size}")
     out, last_state = _CompiledSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                    bool(return_last_state), int(chunk_size), bool(reverse))
     return (out, last_state) if return_last_state else out

@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
+from stabledub_core.errors import CompositeError
+
 if TYPE_CHECKING:
     from stabledub_core.masks.crop_spans import Window
 
 Box = tuple[int, int, int, int]
-
-
-class CompositeError(ValueError):
-    """Raised for frames, crops, boxes or masks whose shapes do not fit together."""
 
 
 def resize_square(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -21,20 +21,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from stabledub_core.errors import ConditionError, HabitFileNotFoundError
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.sampler import ClipConditions
 
 HABIT_FORMAT = "stabledub.habit"
 HABIT_FORMAT_VERSION = "1"
 _HABIT_KEY = "habit"
-
-
-class ConditionError(ValueError):
-    """Invalid condition inputs."""
-
-
-class HabitFileNotFoundError(FileNotFoundError):
-    """A saved habit vector is missing."""
 
 
 class HabitModule(Protocol):

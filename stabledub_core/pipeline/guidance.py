@@ -38,6 +38,8 @@ from typing import Mapping
 
 import torch
 
+from stabledub_core.errors import GuidanceError
+
 
 class Branch(enum.Enum):
     """One condition set of eq. 7. The value is ``(drop_audio, drop_habit)`` for the habit module."""
@@ -57,10 +59,6 @@ class Branch(enum.Enum):
 
 # Fixed evaluation order of the branches inside a batched forward.
 BRANCH_ORDER: tuple[Branch, ...] = (Branch.UNCOND, Branch.AUDIO, Branch.FULL)
-
-
-class GuidanceError(ValueError):
-    """Invalid guidance scales or branch predictions."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from stabledub_core.errors import SamplerError
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import GuidancePlan
 from stabledub_core.pipeline.sampler import (
@@ -97,8 +98,8 @@ def invert_clip(
         ``(F, 4, h, w)`` float32 latents on the CPU to pass as ``init_latents`` to the sampler.
     """
     if tuple(latents.shape) != tuple(conditions.masked.shape):
-        raise ValueError(f"source latents {tuple(latents.shape)} do not match the conditions' "
-                         f"{tuple(conditions.masked.shape)}")
+        raise SamplerError(f"source latents {tuple(latents.shape)} do not match the conditions' "
+                           f"{tuple(conditions.masked.shape)}")
     conditional = GuidancePlan.from_scales(1.0, 1.0)  # only eps(a, h)
     denoiser = WindowedDenoiser(model_fn, conditions, conditional, config.window, config.overlap,
                                 config.window_batch_size, device, dtype, should_stop)

@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 import torch
 
+from stabledub_core.errors import SamplerError
 from stabledub_core.models.unet import build_unet_input
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import Branch, GuidancePlan
@@ -49,10 +50,6 @@ from stabledub_core.pipeline.windows import (
 )
 
 LATENT_CHANNELS = 4
-
-
-class SamplerError(ValueError):
-    """Inconsistent sampler inputs."""
 
 
 class Denoiser(Protocol):

@@ -20,6 +20,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from stabledub_core.errors import OptionError
+
 # SD 1.5's noise schedule, shared by every solver.
 SD15_NOISE_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -63,7 +65,7 @@ class SchedulerKind(enum.Enum):
         try:
             return cls(str(name).lower())
         except ValueError:
-            raise ValueError(f"unknown scheduler {name!r}; choose one of {[k.value for k in cls]}") from None
+            raise OptionError(f"unknown scheduler {name!r}; choose one of {[k.value for k in cls]}") from None
 
 
 SCHEDULERS: dict[SchedulerKind, SchedulerSpec] = {

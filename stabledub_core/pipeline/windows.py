@@ -24,12 +24,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from stabledub_core.errors import SamplerWindowError
+
 DEFAULT_WINDOW = 16
 DEFAULT_OVERLAP = 8  # 50% as in EdiDub: window edges then change no faster than window interiors
-
-
-class WindowError(ValueError):
-    """Invalid window or chunk parameters."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,11 @@ class FrameWindow:
 
 def _check(num_frames: int, window: int, overlap: int) -> None:
     if num_frames < 1:
-        raise WindowError(f"need at least one frame, got num_frames={num_frames}")
+        raise SamplerWindowError(f"need at least one frame, got num_frames={num_frames}")
     if window < 1:
-        raise WindowError(f"window must be >= 1 frame, got {window}")
+        raise SamplerWindowError(f"window must be >= 1 frame, got {window}")
     if not 0 <= overlap < window:
-        raise WindowError(f"overlap must be in [0, window) = [0, {window}), got {overlap}")
+        raise SamplerWindowError(f"overlap must be in [0, window) = [0, {window}), got {overlap}")
 
 
 def plan_frame_windows(num_frames: int, window: int = DEFAULT_WINDOW,
@@ -155,7 +153,7 @@ def plan_chunks(num_frames: int, windows_per_chunk: int, window: int = DEFAULT_W
         Chunks in order covering ``[0, num_frames)``; no frame is dropped.
     """
     if windows_per_chunk < 1:
-        raise WindowError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
+        raise SamplerWindowError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
     windows = plan_frame_windows(num_frames, window, overlap)
     chunks: list[Chunk] = []
     for k in range(0, len(windows), windows_per_chunk):
@@ -189,10 +187,10 @@ class ChunkStitcher:
             ``(start, frames)``: frames ``[start, start + len(frames))`` of the clip that are now final.
         """
         if self._index >= len(self._chunks):
-            raise WindowError("all chunks were already pushed")
+            raise SamplerWindowError("all chunks were already pushed")
         chunk = self._chunks[self._index]
         if values.shape[0] != chunk.length:
-            raise WindowError(f"chunk {self._index} covers {chunk.length} frames, got {values.shape[0]}")
+            raise SamplerWindowError(f"chunk {self._index} covers {chunk.length} frames, got {values.shape[0]}")
         self._index += 1
         if chunk.blend:
             prev = self._tail
@@ -211,7 +209,7 @@ class ChunkStitcher:
     def finish(self) -> None:
         """Check that every chunk was pushed."""
         if self._index != len(self._chunks):
-            raise WindowError(f"{len(self._chunks) - self._index} chunk(s) were never pushed")
+            raise SamplerWindowError(f"{len(self._chunks) - self._index} chunk(s) were never pushed")
 
 
 def stitch_images(chunks: list[Chunk], generate: Callable[[int, Chunk], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
@@ -234,7 +232,7 @@ def stitch_images(chunks: list[Chunk], generate: Callable[[int, Chunk], np.ndarr
 def iter_window_batches(windows: list[FrameWindow], batch_size: int) -> Iterator[list[int]]:
     """Group the indices of consecutive windows of equal length into batches of at most ``batch_size``."""
     if batch_size < 1:
-        raise WindowError(f"window batch size must be >= 1, got {batch_size}")
+        raise SamplerWindowError(f"window batch size must be >= 1, got {batch_size}")
     batch: list[int] = []
     for i, w in enumerate(windows):
         if batch and (len(batch) == batch_size or windows[batch[0]].length != w.length):

@@ -1,0 +1,54 @@
+"""Which errors the CLI turns into one line: StableDubError only; any other exception is a bug and propagates."""
+
+import argparse
+import signal
+
+import pytest
+
+from stabledub_core.cli import main as cli
+from stabledub_core.errors import NoFaceError, OptionError
+
+
+def _raising(error):
+    def command(args):
+        raise error
+    return command
+
+
+@pytest.fixture
+def run_failing(monkeypatch):
+    """Run the CLI's dispatcher on a command that raises the given error."""
+    def run(error, debug=False):
+        command = _raising(error)
+        monkeypatch.setattr(cli, "_run_preview", command, raising=False)  # a dispatch dict of _run_* functions
+        return cli._main(argparse.Namespace(command="preview", debug=debug, run=command))  # or set_defaults(run=)
+    return run
+
+
+@pytest.mark.parametrize("error", [OptionError("bad value\n   for  --frames"), NoFaceError("no face in the video")])
+def test_a_stabledub_error_is_one_line_and_exit_2(run_failing, capsys, error):
+    assert run_failing(error) == cli.EXIT_USER_ERROR == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stabledub: error: ")
+    assert "Traceback" not in err
+    assert err.strip().endswith(" ".join(str(error).split()))
+
+
+def test_debug_shows_the_stabledub_error_traceback(run_failing):
+    with pytest.raises(OptionError):
+        run_failing(OptionError("bad value"), debug=True)
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), FileNotFoundError("a bug"), TypeError("a bug"),
+                                   RuntimeError("a bug")])
+def test_other_errors_are_bugs_and_propagate(run_failing, capsys, error):
+    with pytest.raises(type(error), match="a bug"):
+        run_failing(error)
+    assert "stabledub: error" not in capsys.readouterr().err
+
+
+def test_the_sigterm_handler_is_restored_after_a_bug(run_failing):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError):
+        run_failing(ValueError("a bug"))
+    assert signal.getsignal(signal.SIGTERM) is before

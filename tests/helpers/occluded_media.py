@@ -1,5 +1,4 @@
-"""Real-media fixtures for the masks tests (face_occluded.mp4 with its landmarks and microphone mask), and checks of
-the microphone rule itself."""
+"""Real-media fixtures for the masks and compositing tests: face_occluded.mp4 with its landmarks and microphone mask."""
 
 from __future__ import annotations
 
@@ -90,28 +89,3 @@ def occluded_microphone(media_dir: Path, face_model_path: Path) -> np.ndarray:
 def occluded(media_dir: Path, face_model_path: Path) -> tuple[np.ndarray, FaceTrack]:
     path = media_dir / "face_occluded.mp4"
     return read_video(path)[0], track_video(path, face_model_path)
-
-
-def test_face_found_in_every_frame(media_dir, face_model_path):
-    frames, track = occluded(media_dir, face_model_path)
-    assert frames.shape == (75, 512, 512, 3)
-    assert (track.status != TrackStatus.MISSING).all()
-    # README: lip centre near (223, 146) in the photo.
-    lips = track.landmarks[0, list(regions.LIP_CENTRES)].mean(axis=0)
-    assert np.abs(lips - (223, 146)).max() < 12
-
-
-def test_microphone_rule_finds_the_microphone_only_from_frame_37(media_dir, face_model_path):
-    _, track = occluded(media_dir, face_model_path)
-    mic = occluded_microphone(media_dir, face_model_path)
-    area = mic.sum(axis=(1, 2))
-    assert area[:MIC_FROM].max() == 0  # no microphone: no dark grey blob on the lower face
-    assert area[MIC_FROM:].min() > 300
-    # It sits on the image-right mouth corner (landmark 291), not on the image-left one (61).
-    for i in (MIC_FROM, 50):
-        right = np.round(track.landmarks[i, regions.MOUTH_CORNERS[1]]).astype(int)
-        left = np.round(track.landmarks[i, regions.MOUTH_CORNERS[0]]).astype(int)
-        ys, xs = np.nonzero(mic[i])
-        assert np.hypot(xs - right[0], ys - right[1]).min() < 8
-        assert np.hypot(xs - left[0], ys - left[1]).min() > 12
-        assert xs.mean() > (left[0] + right[0]) / 2 + 5

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from media_factory import count_frames, decode_native, pattern, tone, write_video, write_wav
+from helpers.media_factory import count_frames, decode_native, pattern, tone, write_video, write_wav
 from stabledub_core.media.audio import probe_audio
 from stabledub_core.errors import NoVideoStreamError, NotAMediaFileError, OptionError
 from stabledub_core.media.video import Run, VideoReader, VideoWriter

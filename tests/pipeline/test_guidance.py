@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from sampler_stubs import TargetDenoiser, make_conditions
+from helpers.sampler_stubs import TargetDenoiser, make_conditions
 from stabledub_core.pipeline.guidance import Branch, GuidanceError, GuidancePlan, dual_cfg
 from stabledub_core.pipeline.sampler import WindowedDenoiser
 

@@ -9,7 +9,7 @@ import pytest
 from stabledub_core.masks.crop_spans import plan_windows
 from stabledub_core.pipeline.composite import (CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back,
                                                 paste_windows)
-from test_masks_media import occluded, with_missing, with_status
+from helpers.occluded_media import occluded, with_missing, with_status
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from media_factory import count_frames, decode_native, tone, write_video
+from helpers.media_factory import count_frames, decode_native, tone, write_video
 from stabledub_core.errors import NoFaceError
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, dub_video

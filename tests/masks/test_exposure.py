@@ -10,7 +10,7 @@ import pytest
 
 from stabledub_core.masks import exposure
 from stabledub_core.masks.crop_spans import feathered_rect, plan_windows
-from test_masks_media import MIC_FROM, occluded, occluded_microphone
+from helpers.occluded_media import MIC_FROM, occluded, occluded_microphone
 
 GRID = 16
 SIZE = 256

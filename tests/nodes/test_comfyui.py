@@ -3,7 +3,7 @@
 The server runs from a temporary base directory (``--base-directory``: custom_nodes with a link to this repository,
 models, input, output), on the CPU, bound to 127.0.0.1 only; nothing is written into ``COMFYUI_DIR``. Run it with
 a Python that has ComfyUI's requirements, e.g. ``COMFYUI_DIR=/path/to/ComfyUI python -m pytest
-tests/test_nodes_comfyui.py``.
+tests/nodes/test_comfyui.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 300
 RUN_TIMEOUT = 600
 

@@ -12,7 +12,7 @@ import torch
 
 from stabledub_core.ops import selective_scan, selective_scan_ref
 
-from test_selective_scan import BWD_TOL, FWD_TOL, make_inputs, rel_error
+from helpers.scan_inputs import BWD_TOL, FWD_TOL, make_inputs, rel_error
 
 cpu_module = importlib.import_module("stabledub_core.ops.selective_scan_cpu")
 scan_module = importlib.import_module("stabledub_core.ops.selective_scan")

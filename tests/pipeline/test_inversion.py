@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sampler_stubs import LinearDenoiser, make_conditions
+from helpers.sampler_stubs import LinearDenoiser, make_conditions
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.inversion import ddim_invert, invert_clip
 from stabledub_core.pipeline.sampler import SamplerConfig, denoise_chunk, sample_clip

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from media_factory import tone, write_video, write_wav
+from helpers.media_factory import tone, write_video, write_wav
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None):

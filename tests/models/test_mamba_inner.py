@@ -8,7 +8,7 @@ import torch
 from stabledub_core.models import mamba as mamba_module
 from stabledub_core.models.mamba import Mamba
 
-from test_selective_scan import rel_error
+from helpers.scan_inputs import rel_error
 
 cpu_module = importlib.import_module("stabledub_core.ops.selective_scan_cpu")
 inner_module = importlib.import_module("stabledub_core.models.mamba_inner")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sampler_stubs import TargetDenoiser, make_conditions, smooth_target
+from helpers.sampler_stubs import TargetDenoiser, make_conditions, smooth_target
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.sampler import (

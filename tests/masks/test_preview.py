@@ -9,7 +9,7 @@ from stabledub_core.masks import exposure
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.preview import PreviewStyle, main, preview_strip, render_frame
 from stabledub_core.masks.crop_spans import plan_windows
-from test_masks_media import occluded, with_missing
+from helpers.occluded_media import occluded, with_missing
 
 
 def _has_colour(image: np.ndarray, colour, tolerance: int = 40) -> int:

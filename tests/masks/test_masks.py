@@ -9,7 +9,7 @@ from stabledub_core.masks import mouth_masks, regions
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.config import MaskConfig
 from stabledub_core.masks.crop_spans import WindowPlanError, feathered_rect, plan_windows
-from test_masks_media import occluded, with_missing, with_status
+from helpers.occluded_media import occluded, with_missing, with_status
 
 
 @pytest.fixture(scope="module")

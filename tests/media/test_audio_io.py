@@ -3,7 +3,7 @@ import wave
 import numpy as np
 import pytest
 
-from media_factory import decode_native, tone, write_video, write_wav
+from helpers.media_factory import decode_native, tone, write_video, write_wav
 from stabledub_core.media.audio import load_audio, load_encoder_input, probe_audio, to_encoder_input
 from stabledub_core.errors import EmptyMediaError, InputFileNotFoundError, NoAudioStreamError, NotAMediaFileError
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from media_factory import count_frames, decode_native, tone, write_video, write_wav
-from sampler_stubs import LinearDenoiser
+from helpers.media_factory import count_frames, decode_native, tone, write_video, write_wav
+from helpers.sampler_stubs import LinearDenoiser
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.errors import OptionError

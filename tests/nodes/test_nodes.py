@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "comfyui_stabledub"
 CHECKPOINT = "stabledub_tiny_demo.safetensors"  # the name the workflows use
 FACE_MODEL = "face_landmarker.task"

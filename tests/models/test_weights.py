@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sd_layout import small_sd_unet, write_sd_files
+from helpers.sd_layout import small_sd_unet, write_sd_files
 from stabledub_core.models.checkpoint import CheckpointError, PickleRefusedError, read_safetensors
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
@@ -137,7 +137,7 @@ def test_full_sd15_layout_maps_onto_the_sd15_unet_on_meta():
     """SD 1.5's real U-Net layout (meta tensors, no memory): every SD tensor but attn1 finds its place."""
     from diffusers import UNet2DConditionModel
 
-    from sd_layout import diffusers_to_ldm_unet_key
+    from helpers.sd_layout import diffusers_to_ldm_unet_key
     from stabledub_core.models.unet import StableDubUNet
     from stabledub_core.models.weights import WeightInitReport, init_unet_from_sd
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 
 from stabledub_core.face.landmarker import LandmarkerMode, MediaPipeLandmarker
 from stabledub_core.face.track import FaceTracker
-from stabledub_core.masks.crop_spans import plan_windows
+from stabledub_core.masks.crop_spans import plan_crop_spans
 from stabledub_core.pipeline.composite import PasteWeight, crop_frames, paste_back
 from stabledub_core.media.video import VideoReader
 
@@ -87,7 +87,7 @@ def time_per_frame(frames: np.ndarray, fps: float, model: Path) -> tuple[dict[st
     for start in range(0, len(frames), WINDOW):
         sub = track[start:start + WINDOW]
         begin = time.perf_counter()
-        planned = plan_windows(sub, window=WINDOW, crop_size=CROP_SIZE)
+        planned = plan_crop_spans(sub, length=WINDOW, crop_size=CROP_SIZE)
         elapsed = time.perf_counter() - begin
         times["masks"].extend([elapsed / len(sub)] * len(sub))
         windows.extend((start, w) for w in planned)
@@ -158,7 +158,7 @@ def main() -> None:
                        "machine whose speed drifts from minute to minute; mediapipe_alone = a bare VIDEO-mode landmarker "
                        "(one face) on the same frames in the same repeat; tracking is FaceTracker (MediaPipe VIDEO mode + "
                        "smoothing/gap filling + the face count every face_count_interval frames, its cost spread "
-                       "over blocks of that many frames before the median); masks = plan_windows per 16-frame window without coarse masks "
+                       "over blocks of that many frames before the median); masks = plan_crop_spans per 16-frame window without coarse masks "
                        "(inference); crops = crop_frames to 512; paste = paste_back (in place) of unmodified crops "
                        "with a PasteWeight prepared once per window (its cost shared by the window's frames)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

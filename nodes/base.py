@@ -6,14 +6,17 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from stabledub_core.runtime import Interrupted
+
+from . import comfy_env
+
 # Custom ComfyUI types of the pack (values only StableDub nodes produce and consume).
 MODEL = "STABLEDUB_MODEL"  # ModelHandle
 TRACK = "STABLEDUB_TRACK"  # stabledub_core.face.track.FaceTrack
-WINDOWS = "STABLEDUB_WINDOWS"  # list[stabledub_core.masks.crop_spans.Window]
+CROP_PLAN = "STABLEDUB_CROP_PLAN"  # stabledub_core.masks.crop_spans.CropPlan: crop window and Mu of every frame
 
 FPS = ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
                  "tooltip": "frame rate of the frames (e.g. from StableDub Load Video)"})
-SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF})
 
 
 @dataclass
@@ -38,18 +41,18 @@ class ModelHandle:
     def lip_size(self) -> int:
         return int(self.model.config.habit.lip_size)
 
+    @property
+    def window(self) -> int:
+        return int(self.model.config.num_frames)
+
 
 def interruptible(function):
     """Make the core's ``Interrupted`` (raised when ``should_stop()`` was True) ComfyUI's interruption."""
-    from stabledub_core.runtime import Interrupted
-
     @functools.wraps(function)
     def run(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except Interrupted as exc:
-            from .comfy_env import raise_interrupt
-
-            raise_interrupt(exc)
+            comfy_env.raise_interrupt(exc)
 
     return run

@@ -1,17 +1,16 @@
-"""Compositing nodes: model-resolution face crops out of the frames, generated crops back into them."""
+"""Compositing nodes: model-resolution face crops out of the frames, generated crops back into them.
+
+The core is imported inside the node methods, not at the top: it pulls torch, diffusers, OpenCV and PyAV,
+and ComfyUI imports every node pack at start-up (``tests/nodes/test_nodes.py`` checks that importing the
+pack loads none of them).
+"""
 
 from __future__ import annotations
 
-from stabledub_core.pipeline import dub, frame_source
-
 from . import comfy_env, convert
-from .base import SEED, TRACK, WINDOWS, interruptible
-
-
-def reference_strategies() -> list[str]:
-    from stabledub_core.masks.reference import ReferenceStrategy
-
-    return [s.value for s in ReferenceStrategy]
+from .base import CROP_PLAN, TRACK, interruptible
+from .face import ANY_RATE
+from .widgets import widget
 
 
 class StableDubCropFaces:
@@ -26,21 +25,26 @@ class StableDubCropFaces:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.options import ConditionOptions, SamplingOptions
+
         return {"required": {
             "images": ("IMAGE",),
             "track": (TRACK,),
-            "windows": (WINDOWS,),
-            "reference": (reference_strategies(), {"tooltip": "how the appearance reference frame is chosen"}),
-            "seed": SEED,
+            "crop_plan": (CROP_PLAN,),
+            "reference": widget(ConditionOptions, "reference"),
+            "seed": widget(SamplingOptions, "seed"),
         }}
 
     @interruptible
-    def crop(self, images, track, windows, reference, seed):
-        source = frame_source.FrameSource(convert.image_in(images), 25)  # crops do not depend on the rate
-        size = windows[0].crop_size
-        crops = frame_source.window_crops(source, windows, size, should_stop=comfy_env.should_stop)
-        image = dub.reference_image(source, track, reference, seed)
-        appearance = frame_source.window_crops(source, windows, size, image=image, should_stop=comfy_env.should_stop)
+    def crop(self, images, track, crop_plan, reference, seed):
+        from stabledub_core.media.frames import FrameSource
+        from stabledub_core.pipeline.modular import crop_clip
+        from stabledub_core.pipeline.stages import reference_frame
+
+        source = FrameSource(convert.image_in(images), ANY_RATE)
+        crops = crop_clip(source, crop_plan, should_stop=comfy_env.should_stop)
+        image = reference_frame(source, track, reference, seed)
+        appearance = crop_clip(source, crop_plan, image=image, should_stop=comfy_env.should_stop)
         return convert.image_out(crops), convert.image_out(appearance)
 
 
@@ -57,18 +61,21 @@ class StableDubPasteBack:
         return {"required": {
             "images": ("IMAGE",),
             "crops": ("IMAGE", {"tooltip": "generated crops, one per frame, any square size"}),
-            "windows": (WINDOWS,),
+            "crop_plan": (CROP_PLAN,),
             "color_match": ("BOOLEAN", {"default": False,
                                         "tooltip": "match the generated colours to the frame around the mask"}),
         }, "optional": {"masks": ("MASK", {"tooltip": "blending masks in crop coordinates (default: Mu)"})}}
 
     @interruptible
-    def paste(self, images, crops, windows, color_match, masks=None):
-        source = frame_source.FrameSource(convert.image_in(images), 25)
+    def paste(self, images, crops, crop_plan, color_match, masks=None):
+        from stabledub_core.media.frames import FrameSource
+        from stabledub_core.pipeline.modular import paste_clip
+
+        source = FrameSource(convert.image_in(images), ANY_RATE)
         convert.image_in(crops, "crops")
         masks = None if masks is None else convert.mask_in(masks)
-        frames = frame_source.paste_clip(source, crops, windows, masks, color_match, comfy_env.Progress(len(images)),
-                                         comfy_env.should_stop)
+        frames = paste_clip(source, crops, crop_plan, masks, color_match, comfy_env.Progress(len(images)),
+                            comfy_env.should_stop)
         return (convert.image_out(frames),)
 
 

@@ -1,11 +1,17 @@
-"""Face nodes: landmark tracking and the lip crops of the lip-habit segment."""
+"""Face nodes: landmark tracking and the lip crops of the lip-habit segment.
+
+The core is imported inside the node methods, not at the top: it pulls torch, diffusers, OpenCV and PyAV,
+and ComfyUI imports every node pack at start-up (``tests/nodes/test_nodes.py`` checks that importing the
+pack loads none of them).
+"""
 
 from __future__ import annotations
 
-from stabledub_core.pipeline import dub, frame_source
-
 from . import comfy_env, convert
-from .base import FPS, MODEL, SEED, TRACK, interruptible
+from .base import FPS, MODEL, TRACK, interruptible
+from .widgets import widget
+
+ANY_RATE = 25  # frame rate given to sources whose result does not depend on it (crops, masks)
 
 
 class StableDubTrackFaces:
@@ -27,10 +33,12 @@ class StableDubTrackFaces:
 
     @interruptible
     def track(self, images, fps, face_model):
-        source = frame_source.FrameSource(convert.image_in(images), fps)
-        progress = comfy_env.Progress(len(images))
-        return (frame_source.track_clip(source, comfy_env.model_path("mediapipe", face_model), progress,
-                                        comfy_env.should_stop),)
+        from stabledub_core.media.frames import FrameSource
+        from stabledub_core.pipeline.stages import track_faces
+
+        source = FrameSource(convert.image_in(images), fps)
+        return (track_faces(source, comfy_env.model_path("mediapipe", face_model),
+                            on_progress=comfy_env.Progress(len(images)), should_stop=comfy_env.should_stop),)
 
 
 class StableDubLipCrops:
@@ -43,17 +51,22 @@ class StableDubLipCrops:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.options import ConditionOptions, SamplingOptions
+
         return {"required": {
             "model": (MODEL, {"tooltip": "sets the lip crop size"}),
             "images": ("IMAGE",),
             "track": (TRACK,),
-            "frames": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "K, crops in the segment"}),
-            "seed": SEED,
+            "habit_frames": widget(ConditionOptions, "habit_frames"),
+            "seed": widget(SamplingOptions, "seed"),
         }}
 
-    def crop(self, model, images, track, frames, seed):
-        source = frame_source.FrameSource(convert.image_in(images), 25)  # the crops do not depend on the rate
-        return (convert.image_out(dub.habit_crops(source, track, model.lip_size, frames, seed)),)
+    def crop(self, model, images, track, habit_frames, seed):
+        from stabledub_core.media.frames import FrameSource
+        from stabledub_core.pipeline.stages import habit_lip_crops
+
+        source = FrameSource(convert.image_in(images), ANY_RATE)
+        return (convert.image_out(habit_lip_crops(source, track, model.lip_size, habit_frames, seed)),)
 
 
 NODES = {

@@ -1,13 +1,17 @@
-"""Loader and file nodes: StableDub checkpoints, videos in and out, the length policy."""
+"""Loader and file nodes: StableDub checkpoints, videos in and out, the length policy.
+
+The core is imported inside the node methods, not at the top: it pulls torch, diffusers, OpenCV and PyAV,
+and ComfyUI imports every node pack at start-up (``tests/nodes/test_nodes.py`` checks that importing the
+pack loads none of them).
+"""
 
 from __future__ import annotations
 
 import os
 
-from stabledub_core.pipeline import frame_source
-
 from . import comfy_env, convert
 from .base import FPS, MODEL, ModelHandle, interruptible
+from .widgets import widget, widgets
 
 IN_CHECKPOINT = "(in checkpoint)"
 NOT_NEEDED = "(not needed)"
@@ -37,7 +41,7 @@ class StableDubLoadModel:
         }}
 
     def load(self, ckpt_name, dtype, vae_name=IN_CHECKPOINT, wav2vec2=NOT_NEEDED):
-        import comfy.model_management as mm
+        import comfy.model_management as mm  # ComfyUI's: imported when a node runs, never at import time
 
         from stabledub_core.models.checkpoint import load_checkpoint
 
@@ -74,7 +78,9 @@ class StableDubLoadVideo:
 
     @interruptible
     def load(self, video, frame_load_cap=0):
-        clip = frame_source.read_clip(comfy_env.input_path(video), frame_load_cap, comfy_env.should_stop)
+        from stabledub_core.media.clip import read_clip
+
+        clip = read_clip(comfy_env.input_path(video), frame_load_cap, comfy_env.should_stop)
         return (convert.image_out(clip.frames), convert.audio_out(clip.waveform, clip.sample_rate), float(clip.fps))
 
 
@@ -89,17 +95,21 @@ class StableDubSaveVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.options import OutputOptions
+
         return {"required": {
             "images": ("IMAGE",),
             "fps": FPS,
             "filename_prefix": ("STRING", {"default": "StableDub"}),
             "format": (["mp4", "mov", "mkv"],),
-            "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "x264 quality (lower is better)"}),
+            "crf": widget(OutputOptions, "crf"),
         }, "optional": {"audio": ("AUDIO",)}}
 
     @interruptible
-    def save(self, images, fps, filename_prefix, format="mp4", crf=18, audio=None):
+    def save(self, images, fps, filename_prefix, format, crf, audio=None):
         import folder_paths
+
+        from stabledub_core.media.clip import write_clip
 
         convert.image_in(images)
         root = folder_paths.get_output_directory()
@@ -107,8 +117,8 @@ class StableDubSaveVideo:
             filename_prefix, root, images.shape[2], images.shape[1])
         filename = f"{name}_{counter:05}.{format}"
         waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
-        path = frame_source.write_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
-                                       should_stop=comfy_env.should_stop)
+        path = write_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
+                           should_stop=comfy_env.should_stop)
         result = {"filename": filename, "subfolder": subfolder, "type": "output"}
         return {"ui": {"stabledub_videos": [result]}, "result": (str(path),)}
 
@@ -123,21 +133,23 @@ class StableDubFitLength:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from stabledub_core.media.length_policy import LengthPolicy
+        from stabledub_core.pipeline.options import LengthOptions
 
         return {"required": {
             "images": ("IMAGE",),
             "audio": ("AUDIO",),
             "fps": FPS,
-            "length_policy": ([p.value for p in LengthPolicy], {"default": LengthPolicy.PING_PONG.value}),
+            **widgets(LengthOptions, "length_policy"),
         }}
 
     def fit(self, images, audio, fps, length_policy):
         import torch
 
+        from stabledub_core.media.length_policy import fit_length
+
         convert.image_in(images)
         waveform, rate = convert.audio_in(audio)
-        fitted = frame_source.fit_length(len(images), fps, waveform, rate, length_policy)
+        fitted = fit_length(len(images), fps, waveform, rate, length_policy)
         return images[torch.from_numpy(fitted.index)], convert.audio_out(fitted.waveform, rate)
 
 

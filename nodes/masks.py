@@ -1,4 +1,9 @@
-"""Mask nodes: union-mask windows and crop boxes, occluder exposure (with the patch editor), previews."""
+"""Mask nodes: crop spans and union masks, occluder exposure (with the patch editor), previews.
+
+The core is imported inside the node methods, not at the top: it pulls torch, diffusers, OpenCV and PyAV,
+and ComfyUI imports every node pack at start-up (``tests/nodes/test_nodes.py`` checks that importing the
+pack loads none of them).
+"""
 
 from __future__ import annotations
 
@@ -7,43 +12,40 @@ import uuid
 
 import numpy as np
 
-from stabledub_core.pipeline import frame_source
-
 from . import convert
-from .base import MODEL, TRACK, WINDOWS
+from .base import CROP_PLAN, MODEL, TRACK
+from .widgets import widget, widgets
 
-DEFAULT_GRID = 16
 EMPTY_PATCHES = '{"grid": 16, "cells": []}'
 
 
 class StableDubPlanMasks:
-    """Windows of frames sharing one crop box and one feathered union mask Mu (the mouth region to inpaint)."""
+    """Crop spans: frames sharing one crop box and one feathered union mask Mu (the mouth region to inpaint)."""
 
     CATEGORY = "StableDub/masks"
-    RETURN_TYPES = (WINDOWS, "MASK")
-    RETURN_NAMES = ("windows", "union_masks")
+    RETURN_TYPES = (CROP_PLAN, "MASK")
+    RETURN_NAMES = ("crop_plan", "union_masks")
     FUNCTION = "plan"
-    DESCRIPTION = "union_masks: each frame's Mu in crop coordinates (F, S, S), S = the model's crop size."
+    DESCRIPTION = ("crop_plan: the crop box and Mu of every frame, one span per window of the model's length; "
+                   "union_masks: each frame's Mu in crop coordinates (F, S, S), S = the model's crop size.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        from stabledub_core.masks.config import MaskConfig
+        from stabledub_core.pipeline.options import MaskOptions
 
         return {"required": {
-            "model": (MODEL, {"tooltip": "sets the crop size"}),
+            "model": (MODEL, {"tooltip": "sets the crop size and the window length"}),
             "track": (TRACK,),
-            "window": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "frames sharing a box and a mask"}),
-            "mask_margin": ("FLOAT", {"default": MaskConfig.coarse_dilation, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "widening of the mouth mask, as a fraction of the face width"}),
+            "mask_margin": widget(MaskOptions, "mask_margin"),
         }}
 
-    def plan(self, model, track, window, mask_margin):
-        from stabledub_core.masks.config import MaskConfig
-        from stabledub_core.masks.crop_spans import plan_windows
+    def plan(self, model, track, mask_margin):
+        from stabledub_core.pipeline.modular import mask_clip, plan_masks
+        from stabledub_core.pipeline.options import MaskOptions
 
-        windows = plan_windows(track, window=window, overlap=0, crop_size=model.crop_size,
-                               config=MaskConfig(coarse_dilation=mask_margin))
-        return windows, convert.mask_out(frame_source.exposure_masks(windows, len(track)))
+        options = MaskOptions(mask_margin=mask_margin)
+        crop_plan = plan_masks(track, model.crop_size, model.window, options)
+        return crop_plan, convert.mask_out(mask_clip(crop_plan, options))
 
 
 class StableDubOccluderExposure:
@@ -62,16 +64,15 @@ class StableDubOccluderExposure:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.options import MaskOptions
+
         return {"required": {
-            "windows": (WINDOWS,),
+            "crop_plan": (CROP_PLAN,),
             "images": ("IMAGE",),
             "patches": ("STRING", {"default": EMPTY_PATCHES, "multiline": False,
                                    "tooltip": 'exposed patches {"grid": G, "cells": [[row, col], ...]} in crop '
                                               "coordinates, kept in every frame (edited by clicking the preview)"}),
-            "grid": ("INT", {"default": DEFAULT_GRID, "min": 1, "max": 64,
-                             "tooltip": "patches per crop side (editor and occluder)"}),
-            "min_fraction": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 1.0, "step": 0.01,
-                                       "tooltip": "occluder coverage that exposes a patch"}),
+            **widgets(MaskOptions, "occluder_grid", "occluder_fraction"),
             "preview_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000}),
         }, "optional": {"occluder": ("MASK", {"tooltip": "white where an occluder is, frame coordinates; one "
                                                          "mask or one per frame"})}}
@@ -79,7 +80,8 @@ class StableDubOccluderExposure:
     @classmethod
     def VALIDATE_INPUTS(cls, patches):
         """Reject a malformed patch list when the prompt is queued, before anything runs."""
-        from stabledub_core.masks.exposure import ExposedPatches, ExposureError
+        from stabledub_core.errors import ExposureError
+        from stabledub_core.masks.exposure import ExposedPatches
 
         try:
             ExposedPatches.from_json(patches or EMPTY_PATCHES)
@@ -87,22 +89,24 @@ class StableDubOccluderExposure:
             return f"patches: {error}"
         return True
 
-    def expose(self, windows, images, patches, grid, min_fraction, preview_frame, occluder=None):
+    def expose(self, crop_plan, images, patches, occluder_grid, occluder_fraction, preview_frame, occluder=None):
         from stabledub_core.masks.exposure import ExposedPatches, union_cells
-        from stabledub_core.pipeline.composite import crop_frames
+        from stabledub_core.pipeline.modular import mask_clip, occluded_cells
+        from stabledub_core.pipeline.options import MaskOptions
+        from stabledub_core.pipeline.stages import crop_frame
 
+        options = MaskOptions(occluder_grid=occluder_grid, occluder_fraction=occluder_fraction)
         painted = ExposedPatches.from_json(patches or EMPTY_PATCHES)
-        occluded = {}
+        crop_plan.check_frames(len(images))
         if occluder is not None:
             occluder = convert.mask_in(occluder, "occluder")
-            occluded = frame_source.occluder_patches(windows, len(images), occluder, grid, min_fraction)
-        masks = frame_source.exposure_masks(windows, len(images), painted, occluded)
+        masks = mask_clip(crop_plan, options, painted, occluder, tuple(images.shape[1:3]))
         index = min(preview_frame, len(images) - 1)
-        window = frame_source.frame_windows(windows, len(images))[index]
-        crop = crop_frames(convert.image_uint8(images[index:index + 1]), window.box, window.crop_size)[0]
-        from_occluder = occluded.get(index)
-        ui = {"stabledub_preview": [_save_preview(crop)], "stabledub_grid": [grid],
-              "stabledub_union_cells": union_cells(window.union_mask, grid).astype(int).tolist(),
+        span = crop_plan.span_at(index)[0]
+        crop = crop_frame(convert.image_uint8(images[index:index + 1])[0], span, crop_plan.crop_size)
+        from_occluder = None if occluder is None else occluded_cells(crop_plan, index, options, occluder)
+        ui = {"stabledub_preview": [_save_preview(crop)], "stabledub_grid": [occluder_grid],
+              "stabledub_union_cells": union_cells(span.union_mask, occluder_grid).astype(int).tolist(),
               "stabledub_occluder_cells": [] if from_occluder is None else [list(c) for c in from_occluder.cells]}
         return {"ui": ui, "result": (convert.mask_out(masks),)}
 
@@ -110,7 +114,7 @@ class StableDubOccluderExposure:
 def _save_preview(image: np.ndarray) -> dict:
     """Write a preview PNG to ComfyUI's temp folder; the UI's image reference."""
     import cv2
-    import folder_paths
+    import folder_paths  # ComfyUI's: imported when a node runs, never at import time
 
     folder = folder_paths.get_temp_directory()
     os.makedirs(folder, exist_ok=True)
@@ -132,18 +136,18 @@ class StableDubPreview:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE",),
-            "windows": (WINDOWS,),
+            "crop_plan": (CROP_PLAN,),
             "frames": ("INT", {"default": 6, "min": 1, "max": 64, "tooltip": "tiles, spread over the clip"}),
             "tile": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 16}),
         }}
 
-    def preview(self, images, windows, frames, tile):
+    def preview(self, images, crop_plan, frames, tile):
         from stabledub_core.masks.preview import PreviewStyle, render_frame
 
-        owners = frame_source.frame_windows(windows, len(images))
+        crop_plan.check_frames(len(images))
         indices = np.unique(np.linspace(0, len(images) - 1, frames).round().astype(int))
-        tiles = [render_frame(convert.image_uint8(images[i:i + 1])[0], int(i), owners[i], style=PreviewStyle(tile))
-                 for i in indices]
+        tiles = [render_frame(convert.image_uint8(images[i:i + 1])[0], int(i), crop_plan.span_at(int(i))[0],
+                              style=PreviewStyle(tile)) for i in indices]
         return (convert.image_out(np.stack(tiles)),)
 
 

@@ -36,7 +36,7 @@ callers that do not know this module can still catch it. The tree::
         +-- TrackError                               landmarks, statuses and frame times that do not fit together
         +-- LandmarkShapeError                       landmarks are not (..., 478, 2)
         +-- CropBoxError                             a crop box that is empty
-        +-- WindowPlanError                          crop windows that cannot be planned (masks)
+        +-- CropSpanError                          crop windows that cannot be planned (masks)
         +-- ExposureError                            exposed patches, occluder masks, exposure schedules
         +-- SelectiveScanInputError, CausalConvInputError            tensors given to an op (ops)
         +-- MambaInputError, UNetInputError, HabitInputError, VAEInputError,
@@ -152,7 +152,7 @@ class CropBoxError(InvalidInputError):
     """A crop box is empty (x1 <= x0)."""
 
 
-class WindowPlanError(InvalidInputError):
+class CropSpanError(InvalidInputError):
     """Crop-window parameters or tracks that cannot be planned (masks.crop_spans)."""
 
 
@@ -189,7 +189,7 @@ class AudioEncoderError(InvalidInputError):
 
 
 class AudioContextError(InvalidInputError):
-    """Invalid arguments to the per-frame audio context windows (models.audio_context.frame_windows)."""
+    """Invalid arguments to the per-frame audio context windows (models.audio_context.frame_audio_context)."""
 
 
 class GuidanceError(InvalidInputError):

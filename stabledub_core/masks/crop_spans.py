@@ -1,19 +1,20 @@
-"""Windows of frames sharing one crop box and one feathered union mask Mu (paper Sec. III-C).
+"""Spans of frames sharing one crop box and one feathered union mask Mu (paper Sec. III-C).
 
-Mu unions the horizontal and vertical extents of the window's coarse masks Mc - a rectangle spanning their min..max
+Mu unions the horizontal and vertical extents of the span's coarse masks Mc - a rectangle spanning their min..max
 extents - and blurs its boundary outwards, so it only marks the approximate mouth position and removes the
 audio-related jaw motion from the mask. The crop box is a fixed square, much larger than Mu, so the network sees a
-continuous signal across the window; boxes are smoothed across windows so crops do not jump between windows.
+continuous signal across the span; boxes are smoothed across spans so crops do not jump between spans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from stabledub_core.errors import WindowPlanError
+from stabledub_core.errors import CropSpanError
 from stabledub_core.face.track import FaceTrack, TrackStatus
 from stabledub_core.masks import mouth_masks
 from stabledub_core.masks.boxes import Box, box_around, box_scale, smooth_boxes
@@ -21,20 +22,20 @@ from stabledub_core.masks.config import MaskConfig
 
 
 @dataclass(eq=False)
-class Window:
-    """One window of frames sharing a crop box and a union mask.
+class CropSpan:
+    """One span of frames sharing a crop box and a union mask.
 
     Attributes:
-        start: first frame of the window.
+        start: first frame of the span.
         stop: one past its last frame.
         box: (x0, y0, x1, y1) square crop box in source pixels, clamped to the frame.
         union_mask: (S, S) float32 in [0, 1]: feathered Mu in crop coordinates at crop size S.
         active: (n,) bool, frames with a tracked face (status not MISSING); inactive frames pass through unchanged.
-        union_rect: (x0, y0, x1, y1) float, Mu's hard rectangle in source pixels (NaN for a pass-through window).
+        union_rect: (x0, y0, x1, y1) float, Mu's hard rectangle in source pixels (NaN for a pass-through span).
         feather: width of Mu's soft edge outside ``union_rect``, in source pixels.
-        own_start: first frame this window writes when windows overlap (the overlap is split at its middle).
+        own_start: first frame this span writes when spans overlap (the overlap is split at its middle).
         own_stop: one past the last frame it writes.
-        landmarks: (n, 478, 2) float32 the window's landmarks in crop coordinates (NaN for frames without a face).
+        landmarks: (n, 478, 2) float32 the span's landmarks in crop coordinates (NaN for frames without a face).
         coarse_dilation: Mc's widening as a fraction of the face width.
 
     ``coarse_masks`` ((n, S, S) float32 Mc per frame in crop coordinates, zeros for frames without a face; for the
@@ -55,7 +56,7 @@ class Window:
 
     @property
     def passthrough(self) -> bool:
-        """True when no frame of the window has a face: its frames are returned unchanged."""
+        """True when no frame of the span has a face: its frames are returned unchanged."""
         return not bool(self.active.any())
 
     @cached_property
@@ -73,7 +74,7 @@ class Window:
         return int(self.union_mask.shape[-1])
 
     def to_crop(self, points: np.ndarray) -> np.ndarray:
-        """Maps (..., 2) source pixel (x, y) into this window's crop coordinates."""
+        """Maps (..., 2) source pixel (x, y) into this span's crop coordinates."""
         x0, y0 = self.box[:2]
         return (np.asarray(points, np.float32) - np.array([x0, y0], np.float32)) * box_scale(self.box, self.crop_size)
 
@@ -112,11 +113,11 @@ def feathered_rect(rect: np.ndarray, feather: float, size: int) -> np.ndarray:
     return out
 
 
-def _window_ranges(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    stride = window - overlap
+def _span_ranges(num_frames: int, length: int, overlap: int) -> list[tuple[int, int]]:
+    stride = length - overlap
     ranges = []
     for start in range(0, num_frames, stride):
-        stop = min(start + window, num_frames)
+        stop = min(start + length, num_frames)
         ranges.append((start, stop))
         if stop == num_frames:
             break
@@ -131,46 +132,46 @@ def _union_rect(extents: np.ndarray, feather: float) -> tuple[np.ndarray, float]
     return rect, feather * float(max(rect[2] - rect[0], rect[3] - rect[1]))
 
 
-def plan_windows(
+def plan_crop_spans(
     track: FaceTrack,
-    window: int = 16,
+    length: int = 16,
     overlap: int = 0,
     crop_size: int = 512,
     config: MaskConfig | None = None,
     previous_box: Box | None = None,
-) -> list[Window]:
-    """Splits a track into windows and computes each window's crop box, Mu and per-frame Mc.
+) -> list[CropSpan]:
+    """Splits a track into spans and computes each span's crop box, Mu and per-frame Mc.
 
-    MISSING frames are left out of the unions; a window with no tracked frame is a pass-through window (its
+    MISSING frames are left out of the unions; a span with no tracked frame is a pass-through span (its
     masks are all zero and its box follows its neighbours').
 
     Args:
         track: the face track of the whole clip.
-        window: frames per window.
-        overlap: frames shared by consecutive windows (0: the windows partition the clip).
+        length: frames per span.
+        overlap: frames shared by consecutive spans (0: the spans partition the clip).
         crop_size: side S of the model-resolution crops.
         config: mask geometry; defaults to ``MaskConfig()``.
-        previous_box: when a long video is planned in groups of windows, the box of the last window of the
+        previous_box: when a long video is planned in groups of spans, the box of the last span of the
             previous group: smoothing continues from it so crops do not jump between groups.
 
     Returns:
-        The windows in frame order; their frame indices count from the track's first frame (for a streamed
+        The spans in frame order; their frame indices count from the track's first frame (for a streamed
         chunk, add ``track.start`` for video indices).
     """
     config = config or MaskConfig()
-    if window < 1 or not 0 <= overlap < window:
-        raise WindowPlanError(f"need window >= 1 and 0 <= overlap < window, got window={window}, overlap={overlap}")
+    if length < 1 or not 0 <= overlap < length:
+        raise CropSpanError(f"need length >= 1 and 0 <= overlap < length, got length={length}, overlap={overlap}")
     if crop_size < 8:
-        raise WindowPlanError(f"crop_size must be at least 8 pixels, got {crop_size}")
+        raise CropSpanError(f"crop_size must be at least 8 pixels, got {crop_size}")
     status = np.asarray(track.status)
     landmarks = np.asarray(track.landmarks, np.float32)
     if landmarks.shape[0] != status.shape[0]:
-        raise WindowPlanError(f"track has {landmarks.shape[0]} landmark frames but {status.shape[0]} statuses")
+        raise CropSpanError(f"track has {landmarks.shape[0]} landmark frames but {status.shape[0]} statuses")
     if status.shape[0] == 0:
-        raise WindowPlanError("the track has no frames")
+        raise CropSpanError("the track has no frames")
     active = (status != TrackStatus.MISSING) & np.isfinite(landmarks).all(axis=(1, 2))  # (F,)
     extents = mouth_masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
-    ranges = _window_ranges(len(status), window, overlap)
+    ranges = _span_ranges(len(status), length, overlap)
 
     rects, feathers, reaches = [], [], []
     for start, stop in ranges:
@@ -183,22 +184,104 @@ def plan_windows(
     boxes = smooth_boxes(np.array(wanted), np.array(reaches), config.box_smoothing, track.frame_size,
                          previous=previous_box)
 
-    windows = []
+    spans = []
     for k, ((start, stop), box, rect, feather) in enumerate(zip(ranges, boxes, rects, feathers)):
         scale = box_scale(box, crop_size)
-        window_active = active[start:stop].copy()
-        if window_active.any():
+        span_active = active[start:stop].copy()
+        if span_active.any():
             offset = np.array([box[0], box[1], box[0], box[1]], np.float64)
             union = feathered_rect((rect - offset) * scale, feather * scale, crop_size)
         else:
             union = np.zeros((crop_size, crop_size), np.float32)
         crop_landmarks = (landmarks[start:stop] - np.array(box[:2], np.float32)) * np.float32(scale)
-        crop_landmarks[~window_active] = np.nan
+        crop_landmarks[~span_active] = np.nan
         own_start = 0 if k == 0 else (start + ranges[k - 1][1]) // 2
         own_stop = len(status) if k == len(ranges) - 1 else (ranges[k + 1][0] + stop) // 2
-        windows.append(Window(start=start, stop=stop, box=box, union_mask=union,
-                              active=window_active, union_rect=tuple(float(v) for v in rect),
+        spans.append(CropSpan(start=start, stop=stop, box=box, union_mask=union,
+                              active=span_active, union_rect=tuple(float(v) for v in rect),
                               feather=float(feather), own_start=own_start, own_stop=own_stop,
                               landmarks=crop_landmarks, coarse_dilation=config.coarse_dilation))
-    return windows
+    return spans
 
+
+
+SPANS_PER_GROUP = 8  # spans planned together by CropPlan (box smoothing runs within a group, then continues)
+
+
+class CropPlan:
+    """Crop boxes and union masks of every frame of a clip, planned in groups of spans on demand.
+
+    The one planner of the pipeline: the streaming dub asks it frame by frame, the modular graph's Plan Masks node
+    hands the same object to the crop, exposure and paste nodes. Spans are aligned to multiples of ``span_length``
+    output frames (the model's window), so a frame gets the same box in every sampler chunk that contains it;
+    boxes continue smoothly from one group to the next.
+
+    Args:
+        track: The face track of the source frames.
+        crop_size: Side S of the model-resolution crops.
+        span_length: Frames sharing one crop box and one union mask (the model's window, ``config.num_frames``).
+        config: Mask geometry.
+        index: ``(F_out,)`` source frame of each output frame (a length plan's), default every source frame once.
+        keep_all: Keep every planned group (random access; in-memory clips). False keeps only the last two
+            groups, so memory does not grow with the video's length (streaming, frames asked in order).
+    """
+
+    def __init__(self, track: FaceTrack, crop_size: int, span_length: int, config: MaskConfig | None = None,
+                 index: np.ndarray | None = None, keep_all: bool = True):
+        self.track, self.crop_size, self.span_length = track, int(crop_size), int(span_length)
+        self.config = config or MaskConfig()
+        self.index = np.arange(len(track)) if index is None else np.asarray(index, np.int64)
+        self.keep_all = keep_all
+        self.group = self.span_length * SPANS_PER_GROUP
+        self._groups: dict[int, list[CropSpan]] = {}
+
+    def __len__(self) -> int:
+        """Output frames the plan covers."""
+        return len(self.index)
+
+    def _plan(self, g: int) -> list[CropSpan]:
+        """The spans of group ``g``, planning the groups before it first (each continues its predecessor's box)."""
+        if g not in self._groups:
+            first = g
+            while first > 0 and first - 1 not in self._groups:
+                first -= 1
+            for k in range(first, g + 1):
+                self._add_group(k)
+        return self._groups[g]
+
+    def _add_group(self, g: int) -> None:
+        previous = self._groups[g - 1][-1].box if g > 0 else None  # boxes continue smoothly across groups
+        first = g * self.group
+        frames = self.index[first:first + self.group]
+        sub = FaceTrack(self.track.landmarks[frames], self.track.status[frames], self.track.frame_size)
+        spans = [dataclasses.replace(w, start=w.start + first, stop=w.stop + first,
+                                       own_start=w.own_start + first, own_stop=w.own_stop + first)
+                   for w in plan_crop_spans(sub, length=self.span_length, overlap=0, crop_size=self.crop_size,
+                                         config=self.config, previous_box=previous)]
+        if not self.keep_all:
+            self._groups = {k: v for k, v in self._groups.items() if k == g - 1}
+        self._groups[g] = spans
+
+    def span_at(self, i: int) -> tuple[CropSpan, int]:
+        """``(span, offset)``: the span of output frame ``i`` and ``i``'s position in it."""
+        if not 0 <= i < len(self.index):
+            raise CropSpanError(f"frame {i} is outside the plan's {len(self.index)} frames")
+        span = self._plan(i // self.group)[(i % self.group) // self.span_length]
+        return span, i - span.start
+
+    def spans(self) -> list[CropSpan]:
+        """Every span in frame order."""
+        return [w for g in range(-(-len(self.index) // self.group)) for w in self._plan(g)]
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raise a clear error if the plan was made for a clip of another length."""
+        if num_frames != len(self.index):
+            raise CropSpanError(f"the masks were planned for {len(self.index)} frames but the clip has "
+                                  f"{num_frames}: plan them on the same frames")
+
+
+def single_frame_span(span: CropSpan, offset: int) -> CropSpan:
+    """A one-frame view of a span (for per-frame occluder exposure)."""
+    return dataclasses.replace(span, start=0, stop=1, own_start=0, own_stop=1,
+                               active=span.active[offset:offset + 1],
+                               landmarks=span.landmarks[offset:offset + 1])

@@ -30,7 +30,7 @@ import numpy as np
 from stabledub_core.errors import ExposureError
 
 if TYPE_CHECKING:
-    from stabledub_core.masks.crop_spans import Window
+    from stabledub_core.masks.crop_spans import CropSpan
 
 
 DEFAULT_GRID = 16  # patches per crop side
@@ -157,7 +157,7 @@ def from_list(cells: list, grid: int) -> ExposedPatches:
     return ExposedPatches(grid=grid, cells=[tuple(cell) for cell in cells])
 
 
-def _occluder_frames(occluder: np.ndarray, window: "Window") -> np.ndarray:
+def _occluder_frames(occluder: np.ndarray, window: "CropSpan") -> np.ndarray:
     """The occluder mask for the window's frames as (n, H, W) float32 in [0, 1]."""
     occluder = np.asarray(occluder)
     if occluder.dtype == np.uint8:
@@ -178,7 +178,7 @@ def _occluder_frames(occluder: np.ndarray, window: "Window") -> np.ndarray:
 
 def from_occluder(
     occluder: np.ndarray,
-    window: "Window",
+    window: "CropSpan",
     grid: int,
     min_fraction: float = 0.2,
     within_union: bool = True,

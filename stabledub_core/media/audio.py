@@ -27,6 +27,7 @@ from stabledub_core.errors import (
     InputFileNotFoundError,
     NoAudioStreamError,
     NotAMediaFileError,
+    OptionError,
     require_file,
 )
 
@@ -408,3 +409,13 @@ class AudioMuxer:
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
+
+def check_waveform(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A ``(C, S)`` waveform with sound as float32, and a positive sample rate (clear errors otherwise)."""
+    waveform = np.asarray(waveform, np.float32)
+    if waveform.ndim != 2 or waveform.shape[1] == 0:
+        raise EmptyMediaError(f"the speech must be a (channels, samples) waveform with sound, got shape "
+                              f"{waveform.shape}")
+    if sample_rate <= 0:
+        raise OptionError(f"the speech's sample rate must be > 0, got {sample_rate}")
+    return waveform

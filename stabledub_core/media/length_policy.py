@@ -33,6 +33,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from stabledub_core.errors import EmptyMediaError, OptionError
+from stabledub_core.media.audio import check_waveform, fit_samples
+from stabledub_core.media.frames import frame_rate
 from stabledub_core.media.video import Run
 
 
@@ -169,3 +171,36 @@ def plan_length(policy: "LengthPolicy | str", num_frames: int, fps: Fraction, au
         raise AssertionError(f"{policy.value}: runs cover {sum(r.count for r in runs)} frames, expected {count}")
     samples = audio_samples if keeps_audio or count == m else int(round(Fraction(count) / fps * sample_rate))
     return LengthPlan(policy, count, runs, samples, samples != audio_samples, fps)
+
+
+@dataclass
+class FittedClip:
+    """Frames and speech of equal duration after a length policy.
+
+    Attributes:
+        index: ``(F_out,)`` source frame index of each output frame.
+        waveform: ``(C, S_out)`` float32 speech cut or padded as the policy says.
+        audio_changed: False when the speech is untouched.
+    """
+
+    index: np.ndarray
+    waveform: np.ndarray
+    audio_changed: bool
+
+
+def fit_length(num_frames: int, fps, waveform: np.ndarray, sample_rate: int, policy) -> FittedClip:
+    """Apply a length policy (``pipeline/length_policy.py``) to a clip of ``num_frames`` frames and a waveform.
+
+    Args:
+        num_frames: Frames of the video.
+        fps: Its frame rate.
+        waveform: ``(C, S)`` float32 speech.
+        sample_rate: Its rate.
+        policy: A :class:`~stabledub_core.media.length_policy.LengthPolicy` or its name.
+
+    Returns:
+        The :class:`FittedClip` (the frames themselves are picked by the caller with ``index``).
+    """
+    waveform = check_waveform(waveform, sample_rate)
+    plan = plan_length(policy, num_frames, frame_rate(fps), waveform.shape[1], sample_rate)
+    return FittedClip(plan.index_array(), fit_samples(waveform, plan.audio_samples), plan.audio_changed)

@@ -35,7 +35,7 @@ def uniform_frame_times(num_frames: int, fps: float, start: float = 0.0) -> np.n
     return start + np.arange(num_frames, dtype=np.float64) / float(fps)
 
 
-def frame_windows(
+def frame_audio_context(
     features: torch.Tensor,
     feature_rate: float,
     frame_times,

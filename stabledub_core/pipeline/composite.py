@@ -16,7 +16,7 @@ import numpy as np
 from stabledub_core.errors import CompositeError
 
 if TYPE_CHECKING:
-    from stabledub_core.masks.crop_spans import Window
+    from stabledub_core.masks.crop_spans import CropSpan
 
 Box = tuple[int, int, int, int]
 
@@ -133,7 +133,7 @@ def _check_box(box: Box, frame_size: tuple[int, int]) -> None:
     height, width = frame_size
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and x1 - x0 == y1 - y0):
         raise CompositeError(f"crop box {box} is not a square inside the {width}x{height} frame: plan it with "
-                             "stabledub_core.masks.crop_spans.plan_windows")
+                             "stabledub_core.masks.crop_spans.plan_crop_spans")
 
 
 def crop_frames(frames: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -218,14 +218,14 @@ def paste_back(
     return out
 
 
-def paste_windows(frames: np.ndarray, crops: np.ndarray, windows: Sequence["Window"], start: int = 0,
+def paste_windows(frames: np.ndarray, crops: np.ndarray, windows: Sequence["CropSpan"], start: int = 0,
                   color_match: bool = False, inplace: bool = False) -> np.ndarray:
     """Pastes crops of consecutive frames back, each frame with the window that owns it.
 
     Args:
         frames: (n, H, W, 3) uint8 frames ``start .. start + n`` of the clip.
         crops: (n, s, s, 3) uint8 generated crops of the same frames.
-        windows: the clip's windows from ``plan_windows``.
+        windows: the clip's windows from ``plan_crop_spans``.
         start: clip index of ``frames[0]``.
         color_match: see :func:`paste_back`.
         inplace: write into ``frames``.

@@ -153,7 +153,7 @@ def branch_tokens(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, bran
 
     Args:
         habit: the habit module.
-        audio: ``(F, T, C_a)`` per-frame audio windows (``audio.windows.frame_windows``).
+        audio: ``(F, T, C_a)`` per-frame audio windows (``audio.windows.frame_audio_context``).
         v: ``(C,)`` habit vector.
         branches: the branches to compute (``GuidancePlan.branches``).
         device, dtype: where the module runs.

@@ -32,6 +32,7 @@ from stabledub_core.errors import SamplerError
 from stabledub_core.models.unet import build_unet_input
 from stabledub_core.runtime import Interrupted
 from stabledub_core.pipeline.guidance import Branch, GuidancePlan
+from stabledub_core.pipeline.options import SamplingOptions, stream_seed
 from stabledub_core.pipeline.schedulers import (
     SchedulerKind,
     make_scheduler,
@@ -48,9 +49,6 @@ from stabledub_core.pipeline.windows import (
     plan_frame_windows,
     window_weights,
 )
-
-LATENT_CHANNELS = 4
-
 
 class Denoiser(Protocol):
     """The U-Net's forward contract."""
@@ -126,13 +124,13 @@ class ClipConditions:
     def validate(self, branches: tuple[Branch, ...]) -> None:
         """Check shapes and that every needed branch has tokens."""
         f = self.num_frames
-        if self.masked.dim() != 4 or self.masked.shape[1] != LATENT_CHANNELS:
-            raise SamplerError(f"masked latents must be (F, 4, h, w), got {tuple(self.masked.shape)}")
-        hw = tuple(self.masked.shape[2:])
+        if self.masked.dim() != 4:
+            raise SamplerError(f"masked latents must be (F, C, h, w), got {tuple(self.masked.shape)}")
+        c, hw = self.masked.shape[1], tuple(self.masked.shape[2:])
         if tuple(self.mask.shape) != (f, 1, *hw):
             raise SamplerError(f"mask must be (F, 1, h, w) = {(f, 1, *hw)}, got {tuple(self.mask.shape)}")
-        if tuple(self.appearance.shape) not in ((LATENT_CHANNELS, *hw), (f, LATENT_CHANNELS, *hw)):
-            raise SamplerError(f"appearance latent must be (4, h, w) or (F, 4, h, w) with h, w = {hw}, "
+        if tuple(self.appearance.shape) not in ((c, *hw), (f, c, *hw)):
+            raise SamplerError(f"appearance latent must be (C, h, w) or (F, C, h, w) with C, h, w = {(c, *hw)}, "
                                f"got {tuple(self.appearance.shape)}")
         missing = [b.name for b in branches if b not in self.tokens]
         if missing:
@@ -170,10 +168,10 @@ class SamplerConfig:
         shared_noise: see :class:`ClipNoise`.
     """
 
-    scheduler: SchedulerKind = SchedulerKind.DDIM
-    num_inference_steps: int = 30
-    scale_audio: float = 2.0
-    scale_habit: float = 1.5
+    scheduler: SchedulerKind = SchedulerKind(SamplingOptions.scheduler)
+    num_inference_steps: int = SamplingOptions.steps
+    scale_audio: float = SamplingOptions.audio_scale
+    scale_habit: float = SamplingOptions.habit_scale
     window: int = DEFAULT_WINDOW
     overlap: int = DEFAULT_OVERLAP
     window_batch_size: int = 1
@@ -185,6 +183,13 @@ class SamplerConfig:
         self.scheduler = SchedulerKind.parse(self.scheduler)
         if self.num_inference_steps < 1:
             raise SamplerError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+    @classmethod
+    def from_options(cls, options: SamplingOptions, window: int) -> "SamplerConfig":
+        """The sampler settings of the pipeline's sampling options for a model with ``window``-frame windows."""
+        return cls(scheduler=options.scheduler, num_inference_steps=options.steps, scale_audio=options.audio_scale,
+                   scale_habit=options.habit_scale, window=window, overlap=options.overlap,
+                   seed=stream_seed(options.seed, "noise"))
 
     @property
     def guidance(self) -> GuidancePlan:
@@ -302,7 +307,7 @@ def denoise_chunk(
     if (noise is None) == (init_latents is None):
         raise SamplerError("give exactly one of noise (fresh sampling) or init_latents (from inversion)")
     start = noise if noise is not None else init_latents
-    shape = (conditions.num_frames, LATENT_CHANNELS, *conditions.masked.shape[2:])
+    shape = tuple(conditions.masked.shape)  # the latent channels are the VAE's (the masked crops' latents)
     if tuple(start.shape) != shape:
         raise SamplerError(f"initial latents must be {shape}, got {tuple(start.shape)}")
     denoiser = WindowedDenoiser(model_fn, conditions, config.guidance, config.window, config.overlap,

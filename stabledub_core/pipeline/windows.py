@@ -24,10 +24,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from stabledub_core.models.config import StableDubConfig
+from stabledub_core.pipeline.options import SamplingOptions
+
 from stabledub_core.errors import SamplerWindowError
 
-DEFAULT_WINDOW = 16
-DEFAULT_OVERLAP = 8  # 50% as in EdiDub: window edges then change no faster than window interiors
+DEFAULT_WINDOW = StableDubConfig.num_frames  # the model's window (read from the loaded model's config)
+DEFAULT_OVERLAP = SamplingOptions.overlap
 
 
 @dataclass(frozen=True)

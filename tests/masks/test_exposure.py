@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.masks import exposure
-from stabledub_core.masks.crop_spans import feathered_rect, plan_windows
+from stabledub_core.masks.crop_spans import feathered_rect, plan_crop_spans
 from helpers.occluded_media import MIC_FROM, occluded, occluded_microphone
 
 GRID = 16
@@ -19,7 +19,7 @@ SIZE = 256
 @pytest.fixture(scope="module")
 def mic_case(media_dir, face_model_path):
     _, track = occluded(media_dir, face_model_path)
-    return plan_windows(track, window=16, crop_size=SIZE), occluded_microphone(media_dir, face_model_path), track
+    return plan_crop_spans(track, length=16, crop_size=SIZE), occluded_microphone(media_dir, face_model_path), track
 
 
 def _cell_distance_to(mask_crop: np.ndarray, cells) -> np.ndarray:

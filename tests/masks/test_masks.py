@@ -8,7 +8,7 @@ import pytest
 from stabledub_core.masks import mouth_masks, regions
 from stabledub_core.masks.boxes import clamp_box
 from stabledub_core.masks.config import MaskConfig
-from stabledub_core.masks.crop_spans import WindowPlanError, feathered_rect, plan_windows
+from stabledub_core.masks.crop_spans import CropSpanError, feathered_rect, plan_crop_spans
 from helpers.occluded_media import occluded, with_missing, with_status
 
 
@@ -43,7 +43,7 @@ def test_coarse_mask_contains_detailed_mask_and_stays_in_its_extents(clip):
 
 def test_union_mask_is_one_per_window_and_contains_every_frames_masks(clip):
     _, track = clip
-    windows = plan_windows(track, window=16, crop_size=256)
+    windows = plan_crop_spans(track, length=16, crop_size=256)
     assert [(w.start, w.stop) for w in windows] == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 75)]
     for window in windows:
         assert window.union_mask.shape == (256, 256) and window.union_mask.dtype == np.float32
@@ -62,8 +62,8 @@ def test_union_mask_is_one_per_window_and_contains_every_frames_masks(clip):
 def test_boxes_are_square_inside_the_frame_contain_mu_and_move_smoothly(clip):
     _, track = clip
     height, width = track.frame_size
-    smooth = plan_windows(track, window=8, crop_size=256)
-    raw = plan_windows(track, window=8, crop_size=256, config=MaskConfig(box_smoothing=0.0))
+    smooth = plan_crop_spans(track, length=8, crop_size=256)
+    raw = plan_crop_spans(track, length=8, crop_size=256, config=MaskConfig(box_smoothing=0.0))
     for window in smooth:
         x0, y0, x1, y1 = window.box
         assert x1 - x0 == y1 - y0 and 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height
@@ -82,9 +82,9 @@ def test_boxes_are_square_inside_the_frame_contain_mu_and_move_smoothly(clip):
 
 def test_groups_planned_separately_continue_smoothly_from_the_previous_box(clip):
     _, track = clip
-    first = plan_windows(track[0:32], window=8, crop_size=64)
-    cold = plan_windows(track[32:64], window=8, crop_size=64)
-    warm = plan_windows(track[32:64], window=8, crop_size=64, previous_box=first[-1].box)
+    first = plan_crop_spans(track[0:32], length=8, crop_size=64)
+    cold = plan_crop_spans(track[32:64], length=8, crop_size=64)
+    warm = plan_crop_spans(track[32:64], length=8, crop_size=64, previous_box=first[-1].box)
 
     def centre(box):
         return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
@@ -97,7 +97,7 @@ def test_groups_planned_separately_continue_smoothly_from_the_previous_box(clip)
 def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     _, track = clip
     missing = [3, 4, 5] + list(range(16, 32))
-    windows = plan_windows(with_missing(track, missing), window=16, crop_size=128)
+    windows = plan_crop_spans(with_missing(track, missing), length=16, crop_size=128)
     assert not windows[0].active[[3, 4, 5]].any() and windows[0].active[[0, 1, 2, 6]].all()
     expected = mouth_masks.coarse_extents(track.landmarks[[0, 1, 2, *range(6, 16)]], MaskConfig().coarse_dilation)
     np.testing.assert_allclose(windows[0].union_rect, [*expected[:, :2].min(0), *expected[:, 2:].max(0)], rtol=1e-5)
@@ -111,7 +111,7 @@ def test_missing_frames_are_left_out_and_an_empty_window_passes_through(clip):
     neighbours = np.stack([centre_side(windows[0].box), centre_side(windows[2].box)])
     middle = centre_side(windows[1].box)
     assert ((neighbours.min(0) - 1 <= middle) & (middle <= neighbours.max(0) + 1)).all()
-    everything = plan_windows(with_missing(track, list(range(75))), window=16, crop_size=128)
+    everything = plan_crop_spans(with_missing(track, list(range(75))), length=16, crop_size=128)
     assert all(w.passthrough for w in everything)
 
 
@@ -125,7 +125,7 @@ def test_any_frame_size(clip, frame_size, scale, offset):
     _, track = clip
     moved = with_status(track, landmarks=track.landmarks * scale + np.array(offset, np.float32),
                         frame_size=frame_size)
-    windows = plan_windows(moved, window=16, crop_size=64)
+    windows = plan_crop_spans(moved, length=16, crop_size=64)
     height, width = frame_size
     for window in windows:
         x0, y0, x1, y1 = window.box
@@ -137,7 +137,7 @@ def test_any_frame_size(clip, frame_size, scale, offset):
 
 def test_overlapping_windows_split_ownership(clip):
     _, track = clip
-    windows = plan_windows(track, window=16, overlap=4, crop_size=64)
+    windows = plan_crop_spans(track, length=16, overlap=4, crop_size=64)
     assert [(w.start, w.stop) for w in windows][:2] == [(0, 16), (12, 28)]
     owned = np.concatenate([np.arange(w.own_start, w.own_stop) for w in windows])
     np.testing.assert_array_equal(owned, np.arange(75))
@@ -146,8 +146,8 @@ def test_overlapping_windows_split_ownership(clip):
 
 def test_bad_input_is_rejected(clip):
     _, track = clip
-    with pytest.raises(WindowPlanError, match="overlap"):
-        plan_windows(track, window=8, overlap=8)
+    with pytest.raises(CropSpanError, match="overlap"):
+        plan_crop_spans(track, length=8, overlap=8)
     with pytest.raises(ValueError, match="478"):
         mouth_masks.coarse_extents(np.zeros((3, 68, 2)), 0.1)
     with pytest.raises(ValueError, match="box_scale"):

@@ -1,27 +1,19 @@
-"""The ComfyUI node pack without ComfyUI: stand-in ``folder_paths`` / ``comfy`` modules, the real core and media.
-
-The stand-ins record progress-bar updates, can simulate the Cancel button after a given number of interruption
-polls, and give temporary model/input/output folders. The package's root ``__init__.py`` is imported as the
-package ``comfyui_stabledub``, as ComfyUI does.
-"""
+"""The ComfyUI node pack without ComfyUI (the stand-ins of ``helpers/comfy_stub.py``), the real core and media."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE = "comfyui_stabledub"
+from helpers.comfy_stub import PACKAGE, REPO, micro_config, run_node
+
 CHECKPOINT = "stabledub_tiny_demo.safetensors"  # the name the workflows use
 FACE_MODEL = "face_landmarker.task"
 VIDEO = "face_occluded.mp4"
@@ -31,138 +23,6 @@ WORKFLOWS = REPO / "workflows"
 # Core ComfyUI nodes the workflows use: inputs and output types (the test does not have ComfyUI).
 CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",)), "PreviewImage": ({"images": ("IMAGE",)}, ())}
 WORKFLOW_NAMES = ("stabledub_dub", "stabledub_modular")
-
-
-class FakeComfy:
-    """State behind the stand-in modules."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.progress: list[tuple[int, int]] = []  # (value, total) updates of every progress bar
-        self.polls = 0  # interruption checks so far
-        self.interrupt_after: int | None = None  # polls after which processing_interrupted() turns True
-        self.emptied = 0  # soft_empty_cache calls
-        for sub in ("models/stabledub", "models/mediapipe", "models/vae", "models/wav2vec2", "input", "output",
-                    "temp"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-
-    def modules(self) -> dict[str, types.ModuleType]:
-        state = self
-        fp = types.ModuleType("folder_paths")
-        fp.models_dir = str(self.root / "models")
-        fp.folder_names_and_paths = {"vae": ([str(self.root / "models" / "vae")], {".safetensors"})}
-
-        def get_folder_paths(name):
-            return list(fp.folder_names_and_paths[name][0])
-
-        def get_filename_list(name):
-            paths, extensions = fp.folder_names_and_paths[name]
-            found = []
-            for folder in paths:
-                for base, _, files in os.walk(folder):
-                    found += [os.path.relpath(os.path.join(base, f), folder) for f in files
-                              if not extensions or os.path.splitext(f)[1].lower() in extensions]
-            return sorted(found)
-
-        def get_full_path(name, filename):
-            for folder in fp.folder_names_and_paths[name][0]:
-                path = os.path.join(folder, filename)
-                if os.path.isfile(path):
-                    return path
-            return None
-
-        def get_save_image_path(prefix, output_dir, width=0, height=0):
-            folder = os.path.join(output_dir, os.path.dirname(prefix))
-            os.makedirs(folder, exist_ok=True)
-            return folder, os.path.basename(prefix), len(os.listdir(folder)) + 1, os.path.dirname(prefix), prefix
-
-        fp.get_folder_paths = get_folder_paths
-        fp.get_filename_list = get_filename_list
-        fp.get_full_path = get_full_path
-        fp.get_save_image_path = get_save_image_path
-        fp.get_input_directory = lambda: str(self.root / "input")
-        fp.get_output_directory = lambda: str(self.root / "output")
-        fp.get_temp_directory = lambda: str(self.root / "temp")
-        fp.get_annotated_filepath = lambda name: str(self.root / "input" / name)
-
-        comfy = types.ModuleType("comfy")
-        comfy.__path__ = []
-        utils = types.ModuleType("comfy.utils")
-
-        class ProgressBar:
-            def __init__(self, total, node_id=None):
-                self.total = total
-
-            def update_absolute(self, value, total=None, preview=None):
-                self.total = total if total is not None else self.total
-                state.progress.append((value, self.total))
-
-        utils.ProgressBar = ProgressBar
-        mm = types.ModuleType("comfy.model_management")
-
-        class InterruptProcessingException(Exception):
-            pass
-
-        def processing_interrupted():
-            state.polls += 1
-            return state.interrupt_after is not None and state.polls > state.interrupt_after
-
-        def throw_exception_if_processing_interrupted():
-            if processing_interrupted():
-                state.interrupt_after = None
-                raise InterruptProcessingException()
-
-        def soft_empty_cache(force=False):
-            state.emptied += 1
-
-        mm.InterruptProcessingException = InterruptProcessingException
-        mm.processing_interrupted = processing_interrupted
-        mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
-        mm.get_torch_device = lambda: torch.device("cpu")
-        mm.unet_offload_device = lambda: torch.device("cpu")
-        mm.soft_empty_cache = soft_empty_cache
-        comfy.utils, comfy.model_management = utils, mm
-        return {"folder_paths": fp, "comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm}
-
-
-def import_package():
-    """Import the repository's root ``__init__.py`` as a package, as ComfyUI loads custom nodes."""
-    for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
-        del sys.modules[name]
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
-    """Stand-in ComfyUI modules in ``sys.modules`` (removed afterwards) and the node pack imported with them."""
-    fake = FakeComfy(tmp_path_factory.mktemp("comfyui"))
-    saved = {name: sys.modules.get(name) for name in fake.modules()}
-    sys.modules.update(fake.modules())
-    fake.package = import_package()
-    fake.nodes = fake.package.NODE_CLASS_MAPPINGS
-    yield fake
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
-
-
-def micro_config():
-    """The tiny preset shrunk further (64-pixel crops, 16 channels): the same code path in a few seconds."""
-    from stabledub_core.models.config import get_preset
-
-    cfg = get_preset("tiny")
-    return dataclasses.replace(
-        cfg, resolution=64,
-        unet=dataclasses.replace(cfg.unet, block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
-                                 cross_attention_dim=16, mamba_d_state=4, attention_head_dim=2),
-        habit=dataclasses.replace(cfg.habit, hidden_size=16, out_size=16, vit_hidden_size=16, vit_layers=1),
-        vae=dataclasses.replace(cfg.vae, block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64))
 
 
 @pytest.fixture(scope="module")
@@ -177,17 +37,6 @@ def installed(comfy, media_dir, face_model_path):
     for name in (VIDEO, SPEECH):
         os.symlink(media_dir / name, comfy.root / "input" / name)
     return comfy
-
-
-def run_node(comfy, node_id, **inputs):
-    """Call a node as ComfyUI does; returns the result tuple (and keeps the UI part in ``comfy.ui``)."""
-    cls = comfy.nodes[node_id]
-    out = getattr(cls(), cls.FUNCTION)(**inputs)
-    if isinstance(out, dict):
-        comfy.ui = out.get("ui")
-        out = out["result"]
-    assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
-    return out
 
 
 # -- structure ----------------------------------------------------------------------------------------------------
@@ -252,18 +101,19 @@ def chain(installed):
     c.progress.clear()
     (out["track"],) = run_node(c, "StableDubTrackFaces", images=out["images"], fps=out["fps"], face_model=FACE_MODEL)
     out["track_progress"] = list(c.progress)
-    out["windows"], out["union"] = run_node(c, "StableDubPlanMasks", model=out["model"], track=out["track"], window=16,
-                                            mask_margin=0.06)
+    out["crop_plan"], out["union"] = run_node(c, "StableDubPlanMasks", model=out["model"], track=out["track"],
+                                              mask_margin=0.06)
     occluder = torch.zeros(1, 512, 512)
     occluder[:, 140:200, 150:200] = 1  # a hand over the left half of the mouth
-    (out["masks"],) = run_node(c, "StableDubOccluderExposure", windows=out["windows"], images=out["images"],
-                               patches='{"grid": 16, "cells": [[10, 7], [10, 8]]}', grid=16, min_fraction=0.2,
+    (out["masks"],) = run_node(c, "StableDubOccluderExposure", crop_plan=out["crop_plan"], images=out["images"],
+                               patches='{"grid": 16, "cells": [[10, 7], [10, 8]]}', occluder_grid=16,
+                               occluder_fraction=0.2,
                                preview_frame=3, occluder=occluder)
     out["ui"] = c.ui
     out["crops"], out["appearance"] = run_node(c, "StableDubCropFaces", images=out["images"], track=out["track"],
-                                               windows=out["windows"], reference="closed_lips", seed=0)
+                                               crop_plan=out["crop_plan"], reference="closed_lips", seed=0)
     (out["lips"],) = run_node(c, "StableDubLipCrops", model=out["model"], images=out["images"], track=out["track"],
-                              frames=8, seed=0)
+                              habit_frames=8, seed=0)
     c.progress.clear()
     (out["generated"],) = run_node(c, "StableDubSample", model=out["model"], crops=out["crops"], masks=out["masks"],
                                    appearance=out["appearance"], lip_crops=out["lips"], audio=out["audio"],
@@ -285,7 +135,7 @@ def test_chain_types_and_shapes(chain, installed):
     for name in ("crops", "appearance", "generated"):
         assert chain[name].shape == (FRAMES, 64, 64, 3) and chain[name].dtype == torch.float32, name
     assert chain["lips"].shape == (8, 32, 32, 3)
-    assert chain["sample_progress"][-1] == (FRAMES, FRAMES)
+    assert chain["sample_progress"][-1] == (2, 2)  # sampler steps: 2 steps of the clip's one chunk
     assert installed.emptied >= 1  # the model went back to the offload device
 
 
@@ -319,26 +169,27 @@ def test_exposure_keeps_painted_and_occluded_patches(chain, installed):
 
 
 def test_paste_back_any_crop_size(chain, installed):
-    images, windows = chain["images"], chain["windows"]
+    images, crop_plan = chain["images"], chain["crop_plan"]
+    first = crop_plan.span_at(0)[0]
     generated = chain["generated"]
-    (pasted,) = run_node(installed, "StableDubPasteBack", images=images, crops=generated, windows=windows,
+    (pasted,) = run_node(installed, "StableDubPasteBack", images=images, crops=generated, crop_plan=crop_plan,
                          color_match=False, masks=chain["masks"])
     big = torch.nn.functional.interpolate(generated.permute(0, 3, 1, 2), scale_factor=2, mode="bicubic")
     big = big.clamp(0, 1).permute(0, 2, 3, 1)
-    (pasted2,) = run_node(installed, "StableDubPasteBack", images=images, crops=big, windows=windows,
+    (pasted2,) = run_node(installed, "StableDubPasteBack", images=images, crops=big, crop_plan=crop_plan,
                           color_match=True)
     assert pasted.shape == pasted2.shape == images.shape
     for out in (pasted, pasted2):
         changed = (out != images).any(dim=-1)  # (F, H, W)
         assert changed.any(dim=(1, 2)).all()  # every frame got its mouth replaced
-        x0, y0, x1, y1 = windows[0].box
+        x0, y0, x1, y1 = first.box
         outside = torch.ones_like(changed)
         outside[:, y0:y1, x0:x1] = False
-        assert not (changed[:windows[0].stop] & outside[:windows[0].stop]).any()  # nothing outside the box
+        assert not (changed[:first.stop] & outside[:first.stop]).any()  # nothing outside the box
 
 
 def test_preview_and_save(chain, installed):
-    (tiles,) = run_node(installed, "StableDubPreview", images=chain["images"], windows=chain["windows"], frames=3,
+    (tiles,) = run_node(installed, "StableDubPreview", images=chain["images"], crop_plan=chain["crop_plan"], frames=3,
                         tile=128)
     assert tiles.shape == (3, 128, 128, 3)
     (path,) = run_node(installed, "StableDubSaveVideo", images=chain["generated"], fps=25.0,
@@ -347,7 +198,7 @@ def test_preview_and_save(chain, installed):
     assert installed.ui["stabledub_videos"][0]["subfolder"] == "nodes"
     assert [p.name for p in Path(path).parent.iterdir()] == [Path(path).name]  # no temporary file left
 
-    from stabledub_core.pipeline.frame_source import read_clip
+    from stabledub_core.media.clip import read_clip
 
     clip = read_clip(path)
     assert clip.frames.shape == (FRAMES, 64, 64, 3) and clip.waveform is not None
@@ -380,7 +231,7 @@ def test_core_errors_reach_the_user(chain, installed):
 
     with pytest.raises(StableDubError, match="planned for 20 frames but the clip has 10"):
         run_node(installed, "StableDubPasteBack", images=chain["images"][:10], crops=chain["generated"][:10],
-                 windows=chain["windows"], color_match=False)
+                 crop_plan=chain["crop_plan"], color_match=False)
     with pytest.raises(StableDubError, match="not an AUDIO value"):
         run_node(installed, "StableDubFitLength", images=chain["images"], audio=None, fps=25.0,
                  length_policy="pingpong")

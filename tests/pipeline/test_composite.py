@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stabledub_core.masks.crop_spans import plan_windows
+from stabledub_core.masks.crop_spans import plan_crop_spans
 from stabledub_core.pipeline.composite import (CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back,
                                                 paste_windows)
 from helpers.occluded_media import occluded, with_missing, with_status
@@ -27,7 +27,7 @@ def _mask_in_frame(window, frame_size) -> np.ndarray:
 
 
 def _round_trip(frames, track, crop_size=512, upscale=1, windows=None):
-    windows = windows or plan_windows(track, window=8, crop_size=crop_size)
+    windows = windows or plan_crop_spans(track, length=8, crop_size=crop_size)
     crops = np.concatenate([crop_frames(frames[w.start:w.stop], w.box, crop_size) for w in windows])
     if upscale != 1:
         crops = np.stack([cv2.resize(c, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
@@ -63,7 +63,7 @@ def test_crops_at_2x_and_4x_size_paste_correctly(clip):
 
 def test_missing_frame_passes_through_unchanged(clip):
     frames, track = clip
-    windows = plan_windows(with_missing(track, [2, 11]), window=8, crop_size=128)
+    windows = plan_crop_spans(with_missing(track, [2, 11]), length=8, crop_size=128)
     crops = np.full((len(frames), 128, 128, 3), 255, np.uint8)  # obviously different content
     out = paste_windows(frames, crops, windows)
     assert np.array_equal(out[2], frames[2]) and np.array_equal(out[11], frames[11])
@@ -91,7 +91,7 @@ def test_odd_portrait_and_4k_frames(clip, frame_size, scale, count, min_psnr):
 def test_color_match_removes_a_colour_cast(clip):
     frames, track = clip
     frames = frames[:4]
-    windows = plan_windows(track[0:4], window=4, crop_size=256)
+    windows = plan_crop_spans(track[0:4], length=4, crop_size=256)
     window = windows[0]
     crops = crop_frames(frames, window.box, 256).astype(np.int16)
     cast = np.clip(crops + np.array([40, -10, -25]), 0, 255).astype(np.uint8)
@@ -107,7 +107,7 @@ def test_color_match_removes_a_colour_cast(clip):
 
 def test_prepared_weight_pastes_the_same(clip):
     frames, track = clip
-    window = plan_windows(track[0:4], window=4, crop_size=128)[0]
+    window = plan_crop_spans(track[0:4], length=4, crop_size=128)[0]
     crops = np.full((4, 128, 128, 3), 200, np.uint8)
     weight = PasteWeight.prepare(window.union_mask, window.box[2] - window.box[0])
     assert np.array_equal(paste_back(frames[:4], crops, window.box, weight),
@@ -118,7 +118,7 @@ def test_prepared_weight_pastes_the_same(clip):
 
 def test_bad_shapes_are_rejected(clip):
     frames, track = clip
-    window = plan_windows(track, window=8, crop_size=64)[0]
+    window = plan_crop_spans(track, length=8, crop_size=64)[0]
     with pytest.raises(CompositeError, match="uint8"):
         crop_frames(frames[:2].astype(np.float32), window.box, 64)
     with pytest.raises(CompositeError, match="square"):

@@ -12,11 +12,16 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from helpers.media_factory import count_frames, decode_native, tone, write_video
 from stabledub_core.errors import NoFaceError
 from stabledub_core.runtime import Interrupted
-from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, dub_video
+from stabledub_core.media.frames import FrameSource
+from stabledub_core.media.length_policy import fit_length
+from stabledub_core.pipeline.chunk_model import SourceSpeech
+from stabledub_core.pipeline.dub import dub_clip, dub_video
+from stabledub_core.pipeline.options import DubOptions
 
 NTSC = Fraction(30000, 1001)
 SIZE = 192
@@ -27,14 +32,19 @@ class InvertCrops:
 
     crop_size = 64
     lip_size = 32
+    window = 16
     steps = 2  # sampler steps reported per chunk
 
     def __init__(self):
         self.calls = []
 
-    def begin(self, wave16, frame_times, lip_crops, source=None):
-        self.times = frame_times
+    def encode_habit(self, lip_crops):
         self.lips = lip_crops
+        return torch.from_numpy(lip_crops.reshape(len(lip_crops), -1).mean(axis=1).astype(np.float32))
+
+    def begin(self, wave16, frame_times, habit, source=None):
+        self.times = frame_times
+        self.habit = habit
 
     def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
         self.calls.append((start, len(crops)))
@@ -68,7 +78,7 @@ def face_video(tmp_path_factory, face_frames):
 
 
 def options(face_model_path, **kw):
-    return DubOptions(face_model=face_model_path, x264_preset="ultrafast", **kw)
+    return DubOptions.from_values(face_model=face_model_path, x264_preset="ultrafast", **kw)
 
 
 def decoded_frames(path):
@@ -77,7 +87,7 @@ def decoded_frames(path):
 
 
 def test_keep_video_length_pad_and_44k_stereo_timing(tmp_path, face_video, media_dir, face_model_path):
-    speech = media_dir / "speech_en_44k_stereo.wav"
+    speech = media_dir / "speech_es_44k_stereo.wav"
     out = tmp_path / "pad.mp4"
     model = InvertCrops()
     result = dub_video(face_video, speech, model, out, options(face_model_path, length_policy="pad"))
@@ -95,13 +105,13 @@ def test_keep_video_length_pad_and_44k_stereo_timing(tmp_path, face_video, media
 
 
 def test_follow_audio_loop_keeps_speech_bit_exact(tmp_path, face_video, media_dir, face_model_path):
-    speech = media_dir / "speech_en_44k_stereo.wav"
+    speech = media_dir / "speech_es_44k_stereo.wav"
     out = tmp_path / "loop.mp4"
     result = dub_video(face_video, speech, InvertCrops(), out, options(face_model_path, length_policy="loop"))
     source = decode_native(speech)
     n, rate, video_seconds = count_frames(out)
     assert n == result.num_frames == round(source.shape[1] / 44100 * NTSC)
-    assert result.audio_bit_exact and result.audio_codec == "alac"
+    assert result.audio_bit_exact and result.sink.audio.codec == "alac"
     np.testing.assert_array_equal(decode_native(out), source)
     assert abs(source.shape[1] / 44100 - video_seconds) <= 1 / float(NTSC)
     # The mouth region is replaced (inverted), the corner of the frame is not.
@@ -115,11 +125,11 @@ def test_own_aac_track_is_copied(tmp_path, short_video, face_model_path):
     model, events = InvertCrops(), []
     result = dub_video(short_video, None, model, out, options(face_model_path, length_policy="freeze"),
                        on_progress=lambda *event: events.append(event))
-    assert result.audio_bit_exact and result.audio_codec == "aac"
+    assert result.audio_bit_exact and result.sink.audio.codec == "aac"
     steps = [(done, total) for stage, done, total in events if stage == "sample"]  # per sampler step
     total = InvertCrops.steps * len(model.calls)
     assert steps == [(done, total) for done in range(1, total + 1)]
-    assert events[-1] == ("dub", 24, 24)
+    assert events[-1] == ("paste", 24, 24)
     np.testing.assert_array_equal(decode_native(out), decode_native(short_video))
 
 
@@ -157,8 +167,6 @@ def test_interruption_leaves_no_file(tmp_path, short_video, face_model_path, aft
 
 def test_per_frame_occluder_follows_the_source_frames(face_frames, face_model_path):
     """An (F_src, H, W) occluder is looked up by each output frame's source frame (here through a ping-pong)."""
-    from stabledub_core.pipeline.frame_source import FrameSource, dub_clip, fit_length
-
     frames = np.stack(face_frames[:24])
     speech = tone(40 / 25, 16000)
     occluder = np.zeros((24, SIZE, SIZE), np.float32)

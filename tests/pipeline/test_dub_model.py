@@ -12,7 +12,10 @@ from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.errors import OptionError
 from stabledub_core.models.vae import decode_latents, encode_frames
-from stabledub_core.pipeline.dub import DubOptions, SourceSpeech, StableDubChunkModel, StageClock, dub_video
+from stabledub_core.pipeline.chunk_model import SourceSpeech, StableDubChunkModel
+from stabledub_core.pipeline.dub import dub_video
+from stabledub_core.pipeline.options import DubOptions, RuntimeOptions, SamplingOptions
+from stabledub_core.runtime import StageTimer
 
 SIZE = 160
 
@@ -27,7 +30,7 @@ def test_tiny_model_end_to_end(tmp_path, media_dir, face_model_path):
     model = StableDub.from_config(get_preset("tiny"))
     out = tmp_path / "o.mp4"
     result = dub_video(video, speech_path, model, out,
-                       DubOptions(face_model=face_model_path, steps=1, x264_preset="ultrafast"))
+                       DubOptions.from_values(face_model=face_model_path, steps=1, x264_preset="ultrafast"))
     n, _, seconds = count_frames(out)
     assert n == result.num_frames == 20
     np.testing.assert_array_equal(decode_native(out), decode_native(speech_path))
@@ -39,8 +42,6 @@ def test_tiny_model_end_to_end(tmp_path, media_dir, face_model_path):
     diff = np.abs(dubbed[10].astype(int) - source[10]).sum(axis=2)  # (H, W)
     assert diff[:15, :15].mean() < 12  # outside the mouth: unchanged up to re-encoding (sum of 3 channels)
     assert diff.max() > 60  # inside: generated (random weights)
-
-
 
 
 def test_inversion_starts_from_the_source_crops(media_dir):
@@ -65,9 +66,10 @@ def test_inversion_starts_from_the_source_crops(media_dir):
     roundtrip = roundtrip.permute(0, 2, 3, 1).numpy() * 255
     error = {}
     for steps, invert in ((100, False), (20, True), (100, True)):
-        chunk = StableDubChunkModel(model, DubOptions(steps=steps, audio_scale=1.0, habit_scale=1.0))
-        chunk.begin(wave, times, lips, source=SourceSpeech(wave, times) if invert else None)
-        clock = StageClock()
+        chunk = StableDubChunkModel(model, SamplingOptions(steps=steps, audio_scale=1.0, habit_scale=1.0),
+                                    RuntimeOptions())
+        chunk.begin(wave, times, chunk.encode_habit(lips), source=SourceSpeech(wave, times) if invert else None)
+        clock = StageTimer()
         out = chunk.generate(0, crops, masks, crops, clock, None)
         assert ("invert" in clock.seconds) == invert
         error[steps, invert] = np.abs(out.astype(np.float32) - roundtrip).mean()
@@ -84,7 +86,7 @@ def test_inversion_through_the_pipeline_needs_the_videos_speech(tmp_path, media_
     silent = write_video(tmp_path / "silent.mp4", 12, fps=25, size=(SIZE, SIZE), frames=frames)
     torch.manual_seed(0)
     model = StableDub.from_config(get_preset("tiny"))
-    options = DubOptions(face_model=face_model_path, steps=1, x264_preset="ultrafast", invert=True)
+    options = DubOptions.from_values(face_model=face_model_path, steps=1, x264_preset="ultrafast", invert=True)
     speech = write_wav(tmp_path / "s.wav", tone(12 / 25, 16000, freq=220.0), 16000)
     result = dub_video(video, speech, model, tmp_path / "o.mp4", options)
     assert "invert" in result.seconds and count_frames(tmp_path / "o.mp4")[0] == result.num_frames

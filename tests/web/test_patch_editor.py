@@ -44,7 +44,7 @@ await ext.beforeRegisterNodeDef(NodeType, { name: "StableDubOccluderExposure" })
 const node = new NodeType();
 node.widgets = [
     { name: "patches", value: '{"grid": 16, "cells": []}' },
-    { name: "grid", value: 16 },
+    { name: "occluder_grid", value: 16 },
 ];
 const dom = [];
 node.addDOMWidget = (name, type, element, options) => { dom.push({ name, options }); return {}; };

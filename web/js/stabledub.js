@@ -22,7 +22,7 @@ function widget(node, name) {
 }
 
 function readPatches(node) {
-    const grid = widget(node, "grid")?.value ?? 16;
+    const grid = widget(node, "occluder_grid")?.value ?? 16;
     try {
         const parsed = JSON.parse(widget(node, "patches")?.value || "{}");
         if (parsed.grid === grid && Array.isArray(parsed.cells)) {
@@ -166,7 +166,7 @@ app.registerExtension({
                 serialize: false, // the patches live in the `patches` STRING widget
                 getMinHeight: () => EDITOR_HEIGHT,
             });
-            const grid = widget(this, "grid");
+            const grid = widget(this, "occluder_grid");
             if (grid) {
                 const gridCallback = grid.callback;
                 grid.callback = (value) => {

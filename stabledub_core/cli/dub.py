@@ -1,0 +1,144 @@
+"""``dub`` and ``demo``: a video and speech in, the dubbed video out (the streaming pipeline, ``pipeline/dub.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from stabledub_core.cli.common import ASSETS, FACE_MODEL_HELP, ProgressLine, find_face_model
+from stabledub_core.cli.options import add_option_arguments, options_from_args
+from stabledub_core.errors import CheckpointError, require_file
+from stabledub_core.models.checkpoint import load_checkpoint, save_checkpoint
+from stabledub_core.models.config import get_preset
+from stabledub_core.models.stabledub import StableDub
+from stabledub_core.pipeline.chunk_model import torch_dtype
+from stabledub_core.pipeline.conditions import load_habit_vector, save_habit_vector
+from stabledub_core.pipeline.dub import DubResult, check_inputs, dub_video
+from stabledub_core.pipeline.options import DubOptions
+
+DUB_EPILOG = FACE_MODEL_HELP + """
+
+Length policies (when speech and video durations differ):
+  trim      cut whichever is longer
+  pad       keep the video's length; pad the speech with silence (or cut it)
+  loop      keep the whole speech; restart the video as often as needed
+  pingpong  keep the whole speech; play the video forwards and backwards (default)
+  freeze    keep the whole speech; hold the last frame
+When both already match (to within half a frame) the speech goes into the output untouched, bit for bit.
+
+Reference strategies (the frame that gives the face's appearance):
+  closed_lips            the frame with the most closed lips (no lip shape leaks into the dub; default)
+  nearest_pose           the frame whose head pose is closest to the clip's mean pose
+  closed_lips_near_pose  closed lips among the frames near the mean pose
+  random                 a seeded random tracked frame
+"""
+
+DEMO_STEPS = 4  # quick: the 75 frames of the bundled clip, the speech cut to them
+DEMO_LENGTH_POLICY = "trim"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser)
+    files = parser.add_argument_group("conditions files")
+    files.add_argument("--face-model", type=Path, default=None, metavar="PATH",
+                       help="MediaPipe face_landmarker.task (default: ./models/mediapipe/face_landmarker.task, "
+                            "else the bundled assets/face_landmarker.task)")
+    files.add_argument("--occluder-mask", type=Path, default=None, metavar="PNG",
+                       help="image at the video's size, white where something covers the mouth (kept as is)")
+    files.add_argument("--habit", type=Path, default=None, metavar="FILE",
+                       help="use this saved lip-habit vector (.safetensors, from --save-habit) instead of the "
+                            "video's own lips, e.g. the habit of another video of the speaker")
+    files.add_argument("--save-habit", type=Path, default=None, metavar="FILE",
+                       help="save the lip-habit vector the dub used (.safetensors) for --habit")
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="also write frames, fps and seconds per stage to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+
+
+def add_parsers(sub, description: str) -> None:
+    """Register ``dub`` and ``demo`` on the subcommand parsers."""
+    dub = sub.add_parser("dub", help="dub a video with new speech", description=description, epilog=DUB_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = dub.add_argument_group("files")
+    io.add_argument("--video", type=Path, required=True, help="video with a face (mp4, mov, mkv, ...)")
+    io.add_argument("--audio", type=Path, default=None,
+                    help="new speech: any audio or video file (default: the video's own audio track)")
+    io.add_argument("--checkpoint", type=Path, required=True, help="StableDub weights (.safetensors)")
+    io.add_argument("--preset", choices=["sd15", "tiny"], default=None,
+                    help="refuse a checkpoint of another model size")
+    io.add_argument("--out", type=Path, required=True, help="output video (.mp4, .mov, .mkv, .m4v)")
+    io.add_argument("--vae", type=Path, default=None,
+                    help="SD 1.5 VAE (file or diffusers folder) if the checkpoint does not contain it")
+    io.add_argument("--wav2vec2", type=Path, default=None,
+                    help="local wav2vec2 folder if the checkpoint uses the wav2vec2 audio encoder")
+    _add_common(dub)
+    dub.set_defaults(run=run_dub)
+    demo = sub.add_parser("demo", help="dub the bundled assets with a tiny UNTRAINED model (checks the install)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DUB_EPILOG)
+    demo.add_argument("--out", type=Path, default=Path("out") / "demo.mp4", help="default: out/demo.mp4")
+    _add_common(demo)
+    demo.set_defaults(steps=DEMO_STEPS, length_policy=DEMO_LENGTH_POLICY, run=run_demo)
+
+
+def _options(args) -> DubOptions:
+    return options_from_args(args, face_model=find_face_model(args.face_model))
+
+
+def load_model(path: Path, preset: str | None, options: DubOptions, vae: Path | None = None,
+               wav2vec2: Path | None = None):
+    """Load a ``.safetensors`` StableDub checkpoint on the options' device and dtype (pickles are refused)."""
+    path = require_file(path, "checkpoint")
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a .safetensors file; pickled checkpoints "
+                              "(.ckpt/.pt/.bin) are refused because loading them can run code")
+    return load_checkpoint(path, options.runtime.device, torch_dtype(options.runtime.dtype), expect_preset=preset,
+                           vae_path=vae, wav2vec2_path=wav2vec2)
+
+
+def _dub(args, video: Path, audio: Path | None, model, options: DubOptions) -> DubResult:
+    """Run the dub with the command's habit files, progress line and report."""
+    habit = None
+    if args.habit is not None:
+        habit = load_habit_vector(args.habit, expected_size=int(model.config.habit.hidden_size)).vector
+    result = dub_video(video, audio, model, args.out, options, occluder_mask=args.occluder_mask,
+                       on_progress=ProgressLine(not args.quiet and sys.stderr.isatty()), habit=habit)
+    if args.save_habit is not None:
+        save_habit_vector(args.save_habit, result.habit, {"video": str(video), "preset": model.config.preset})
+    if args.report is not None:
+        args.report.write_text(json.dumps({
+            "path": str(result.sink.path), "num_frames": result.num_frames, "fps": float(result.fps),
+            "audio_codec": result.sink.audio.codec, "audio_bit_exact": result.audio_bit_exact,
+            "faceless_frames": result.faceless_frames, "seconds": result.seconds}, indent=1))
+    return result
+
+
+def run_dub(args) -> int:
+    """``python -m stabledub_core dub``."""
+    check_inputs(args.video, args.audio, args.out)
+    options = _options(args)
+    model = load_model(args.checkpoint, args.preset, options, args.vae, args.wav2vec2)
+    result = _dub(args, args.video, args.audio, model, options)
+    print(f"wrote {result.sink.path} ({result.num_frames} frames at {float(result.fps):.3f} fps, audio "
+          f"{result.sink.audio.codec}{', bit-exact' if result.audio_bit_exact else ''}; "
+          f"{result.faceless_frames} frames without a face left unchanged)")
+    return 0
+
+
+def run_demo(args) -> int:
+    """``python -m stabledub_core demo``: the bundled clip and speech with a tiny random-weights model."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out.parent / "demo_tiny_untrained.safetensors"
+    print("NOTE: the demo model has RANDOM, UNTRAINED weights; the mouth region will be noise, not speech. "
+          "It checks that the whole pipeline runs.")
+    torch.manual_seed(0)
+    save_checkpoint(StableDub.from_config(get_preset("tiny")), checkpoint)
+    options = _options(args)
+    model = load_model(checkpoint, "tiny", options)
+    result = _dub(args, ASSETS / "face_occluded.mp4", ASSETS / "speech_es.wav", model, options)
+    print(f"wrote {result.sink.path} ({result.num_frames} frames) with the untrained tiny model ({checkpoint})")
+    return 0

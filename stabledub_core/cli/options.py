@@ -1,0 +1,41 @@
+"""Command-line flags made from the pipeline's option dataclasses (``pipeline/options.py``).
+
+Every flag's default, choices and help come from the option's field, so ``--help`` shows exactly the defaults of the
+Python API and the node widgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stabledub_core.pipeline.options import STAGE_OPTIONS, DubOptions, option_fields
+
+GROUPS = ("sampling", "masks", "conditions", "length", "output", "runtime")  # the stages with flags, in --help
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: ``audio_scale`` -> ``--audio-scale``."""
+    return "--" + name.replace("_", "-")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option of every stage in :data:`GROUPS`, grouped by stage."""
+    for stage in GROUPS:
+        group = parser.add_argument_group(stage)
+        for f in option_fields(STAGE_OPTIONS[stage]):
+            meta = f.metadata
+            if not meta["flag"]:
+                continue
+            text = f"{meta['help']} (default: %(default)s)"
+            if isinstance(f.default, bool):
+                group.add_argument(flag(f.name), action="store_true", default=f.default, help=text)
+            else:
+                group.add_argument(flag(f.name), type=type(f.default), choices=meta["choices"], default=f.default,
+                                   help=text)
+
+
+def options_from_args(args: argparse.Namespace, **extra) -> DubOptions:
+    """The :class:`DubOptions` of parsed arguments (flags of :func:`add_option_arguments`, plus ``extra``)."""
+    values = {f.name: getattr(args, f.name) for kind in STAGE_OPTIONS.values() for f in option_fields(kind)
+              if hasattr(args, f.name)}
+    return DubOptions.from_values(**values, **extra)

@@ -1,0 +1,201 @@
+"""The model side of the pipeline: generate one chunk of crops (audio context, habit tokens, VAE, sampler, decode).
+
+:class:`ChunkModel` is the seam between the orchestration and the network: the stages hand it model-resolution
+crops, masks and appearance crops of a chunk of frames and get generated crops back. :class:`StableDubChunkModel`
+implements it for a ``StableDub`` model; tests give light stand-ins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from stabledub_core.errors import OptionError
+from stabledub_core.masks.exposure import to_latent
+from stabledub_core.media.audio import ENCODER_SAMPLE_RATE, fit_samples
+from stabledub_core.models.audio_context import frame_audio_context
+from stabledub_core.models.checkpoint import load_checkpoint
+from stabledub_core.models.vae import decode_latents, encode_frames
+from stabledub_core.pipeline.composite import resize_square
+from stabledub_core.pipeline.conditions import branch_tokens, habit_vector
+from stabledub_core.pipeline.guidance import Branch
+from stabledub_core.pipeline.inversion import invert_clip
+from stabledub_core.pipeline.options import RuntimeOptions, SamplingOptions
+from stabledub_core.pipeline.sampler import ClipConditions, SamplerConfig, denoise_chunk
+from stabledub_core.runtime import StageTimer, StopCheck
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a dtype option (``float32``, ``float16``, ``bfloat16``)."""
+    if name not in DTYPES:
+        raise OptionError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class SourceSpeech:
+    """The speech the source frames were filmed with, for DDIM inversion (``SamplingOptions.invert``).
+
+    Attributes:
+        wave16: ``(S16,)`` float32 16 kHz mono source speech.
+        frame_times: ``(F_out,)`` time (s) in it of the source frame shown at each output frame.
+    """
+
+    wave16: np.ndarray
+    frame_times: np.ndarray
+
+    @classmethod
+    def covering(cls, wave16: np.ndarray, frame_times: np.ndarray, fps) -> "SourceSpeech":
+        """The speech padded with silence to the last frame's end (a video may outlast its own audio track)."""
+        covered = int(np.ceil((float(np.max(frame_times)) + 1.0 / float(fps)) * ENCODER_SAMPLE_RATE))
+        return cls(fit_samples(wave16, max(len(wave16), covered)), np.asarray(frame_times, np.float64))
+
+
+class ChunkModel(Protocol):
+    """What the orchestration needs from a model (see :class:`StableDubChunkModel`)."""
+
+    crop_size: int  # side S of the model's crops
+    lip_size: int  # side of the lip crops of the habit vector
+    window: int  # frames per sampler window (the model's training length)
+
+    def encode_habit(self, lip_crops: np.ndarray) -> torch.Tensor:
+        """The lip-habit vector ``(C,)`` of K lip crops ``(K, s, s, 3)`` uint8 (any size s)."""
+
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, habit: torch.Tensor,
+              source: SourceSpeech | None = None) -> None:
+        """Start a clip: its 16 kHz mono speech, output frame times (s) and habit vector ``(C,)``; with ``source``,
+        start every chunk from the DDIM inversion of its source crops under that speech."""
+
+    def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
+                 clock: StageTimer, should_stop: StopCheck | None,
+                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Dub output frames ``[start, start + n)``.
+
+        Args:
+            start: Output index of the first frame (selects the shared noise and the audio).
+            crops: ``(n, S, S, 3)`` uint8 source crops.
+            masks: ``(n, S, S)`` float32 inpainting masks (1 = generate, 0 = keep).
+            appearance: ``(n, S, S, 3)`` uint8 crops of the appearance reference frame.
+            clock: Stage timer to account the model's stages in.
+            should_stop: Interruption check.
+            on_step: Called as ``on_step(done, total)`` after every sampler step of the chunk.
+
+        Returns:
+            ``(n, S, S, 3)`` uint8 generated crops.
+        """
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(n, S, S, 3)`` uint8 -> ``(n, 3, S, S)`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+
+
+class StableDubChunkModel:
+    """:class:`ChunkModel` for a ``StableDub`` model: VAE, audio encoder, lip-habit tokens, sampler with dual CFG.
+
+    Args:
+        model: A ``StableDub`` (``.config``, ``.unet``, ``.habit``, ``.audio_encoder``, ``.vae``).
+        sampling: Sampler settings.
+        runtime: Device and dtype.
+    """
+
+    def __init__(self, model, sampling: SamplingOptions, runtime: RuntimeOptions):
+        self.model = model.eval()
+        self.config = model.config
+        self.crop_size = int(self.config.resolution)
+        self.lip_size = int(self.config.habit.lip_size)
+        self.window = int(self.config.num_frames)
+        self.device = torch.device(runtime.device)
+        self.dtype = torch_dtype(runtime.dtype)
+        self.sampler = SamplerConfig.from_options(sampling, self.window)
+        self._noise = None
+        self._v = None
+
+    def encode_habit(self, lip_crops: np.ndarray) -> torch.Tensor:
+        lips = np.stack([resize_square(crop, self.lip_size) for crop in lip_crops])
+        return habit_vector(self.model.habit, lips, self.device, self.dtype)
+
+    def begin(self, wave16: np.ndarray, frame_times: np.ndarray, habit: torch.Tensor,
+              source: SourceSpeech | None = None) -> None:
+        self.wave16 = wave16
+        self.times = np.asarray(frame_times, np.float64)
+        self.source = source
+        self._v = habit.to(self.device, self.dtype)
+        latent = self.crop_size // 2 ** (len(self.config.vae.block_out_channels) - 1)
+        self._noise = self.sampler.clip_noise((self.config.vae.latent_channels, latent, latent))
+
+    def _audio_context(self, wave16: np.ndarray, times: np.ndarray) -> torch.Tensor:
+        """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
+        encoder = self.model.audio_encoder
+        audio_cfg = self.config.audio
+        margin = audio_cfg.window_seconds + 1.0  # seconds of context around the chunk
+        a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
+        b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(wave16))
+        segment = torch.from_numpy(np.ascontiguousarray(wave16[a:max(b, a + 1)]))[None]
+        with torch.no_grad():
+            features = encoder(segment.to(self.device))[0].float().cpu()  # (T_feat, C_a)
+        return frame_audio_context(features, encoder.frame_rate, times - a / ENCODER_SAMPLE_RATE,
+                             audio_cfg.tokens_per_frame, audio_cfg.window_seconds,
+                             feature_offset=getattr(encoder, "time_offset", 0.0))
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
+        n = len(crops)
+        factor = self.crop_size // self._noise.shape[-1]
+        vae = self.model.vae
+        with torch.no_grad():
+            with clock.stage("audio"):
+                audio = self._audio_context(self.wave16, self.times[start:start + n])  # (n, T, C_a)
+                tokens = branch_tokens(self.model.habit, audio, self._v, self.sampler.guidance.branches,
+                                       self.device, self.dtype)  # branch -> (n, T', C_cross)
+            with clock.stage("vae_encode"):
+                hide = (masks > 0)[..., None]  # (n, S, S, 1)
+                masked = encode_frames(vae, _to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
+                # The reference crop is the same for all frames of a window: encode each distinct one once
+                unique, inverse = np.unique(appearance.reshape(n, -1), axis=0, return_inverse=True)
+                app = encode_frames(vae, _to_tensor(unique.reshape(-1, *appearance.shape[1:]))).float().cpu()
+                app = app[torch.from_numpy(inverse.reshape(-1))]  # (n, 4, h, w)
+                mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
+            start_latents = {"noise": self._noise.frames(start, start + n)}
+            if self.source is not None:
+                with clock.stage("invert"):  # EdiDub: the source crops' latents walked back to the first step
+                    source_audio = self._audio_context(self.source.wave16, self.source.frame_times[start:start + n])
+                    source_tokens = branch_tokens(self.model.habit, source_audio, self._v, (Branch.FULL,),
+                                                  self.device, self.dtype)
+                    clean = encode_frames(vae, _to_tensor(crops)).float().cpu()
+                    start_latents = {"init_latents": invert_clip(
+                        self.model.unet, ClipConditions(masked, mask, app, source_tokens), clean, self.sampler,
+                        self.device, self.dtype, should_stop=should_stop)}
+            with clock.stage("sample"):
+                conditions = ClipConditions(masked, mask, app, tokens)
+                latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
+                                        device=self.device, dtype=self.dtype, on_step=on_step,
+                                        should_stop=should_stop)
+            with clock.stage("vae_decode"):
+                images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
+        return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def as_chunk_model(model, sampling: SamplingOptions, runtime: RuntimeOptions) -> ChunkModel:
+    """The :class:`ChunkModel` of a model.
+
+    Args:
+        model: A :class:`ChunkModel` (returned as it is), a ``StableDub`` model, or a checkpoint path (loaded on
+            ``runtime.device`` in ``runtime.dtype``).
+        sampling: Sampler settings.
+        runtime: Device and dtype.
+
+    Returns:
+        The :class:`ChunkModel`.
+    """
+    if hasattr(model, "generate") and hasattr(model, "begin"):
+        return model
+    if isinstance(model, (str, Path)):
+        model = load_checkpoint(model, device=runtime.device, dtype=torch_dtype(runtime.dtype))
+    return StableDubChunkModel(model, sampling, runtime)
+

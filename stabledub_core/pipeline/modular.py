@@ -1,0 +1,174 @@
+"""The stages over a whole clip in memory, one function per node of the modular ComfyUI graph.
+
+    Track Faces -> Plan Masks -> (Occluder Exposure) -> Crop Faces -> Lip Crops -> Sample -> Paste Back
+
+Each function maps the per-frame stage of ``pipeline/stages.py`` over the clip, so the graph computes exactly what
+the streaming dub computes for the same frames, options and seed; what it adds is that every intermediate is a value
+a user can look at, replace or feed from other packs (restore or upscale the crops before pasting them back, give an
+occluder MASK from a segmentation node).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stabledub_core.errors import OptionError
+from stabledub_core.face.track import FaceTrack
+from stabledub_core.masks.crop_spans import CropPlan
+from stabledub_core.masks.exposure import ExposedPatches
+from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
+from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
+from stabledub_core.pipeline.options import DubOptions, MaskOptions
+from stabledub_core.pipeline.stages import (
+    Compositor,
+    check_occluder,
+    crop_frame,
+    generate_chunks,
+    inpaint_mask,
+    occluder_cells,
+)
+from stabledub_core.runtime import ProgressCallback, StageTimer, StopCheck, check_interrupt
+
+
+def plan_masks(track: FaceTrack, crop_size: int, window: int, options: MaskOptions) -> CropPlan:
+    """The crop spans of every frame of a clip (kept in memory for the other nodes).
+
+    Args:
+        track: The clip's face track.
+        crop_size: The model's crop size (``config.resolution``).
+        window: The model's window (``config.num_frames``).
+        options: Mask geometry.
+    """
+    return CropPlan(track, crop_size, window, options.mask_config(), keep_all=True)
+
+
+def crop_clip(source: FrameSource, plan: CropPlan, image: np.ndarray | None = None,
+              should_stop: StopCheck | None = None) -> np.ndarray:
+    """Model-resolution crops of every frame with its span's box.
+
+    Args:
+        source: The clip.
+        plan: Its crop spans.
+        image: Crop this one ``(H, W, 3)`` image (the appearance reference frame) with every frame's box instead.
+        should_stop: Polled per frame.
+
+    Returns:
+        ``(F, S, S, 3)`` uint8.
+    """
+    plan.check_frames(source.num_frames)
+    out = np.empty((source.num_frames, plan.crop_size, plan.crop_size, 3), np.uint8)
+    for i in range(source.num_frames):
+        check_interrupt(should_stop)
+        out[i] = crop_frame(source.image(i) if image is None else image, plan.span_at(i)[0], plan.crop_size)
+    return out
+
+
+def mask_clip(plan: CropPlan, options: MaskOptions, patches: ExposedPatches | None = None,
+              occluder: np.ndarray | None = None, frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Inpainting masks of every frame: its span's Mu with the exposed patches set to 0 (crop coordinates).
+
+    Args:
+        plan: The clip's crop spans.
+        options: Occluder grid and coverage.
+        patches: Patches exposed in every frame (the editor's).
+        occluder: ``(H, W)``, ``(1, H, W)`` or ``(F, H, W)`` float occluder mask in frame coordinates.
+        frame_size: ``(H, W)`` of the frames (needed with ``occluder``).
+
+    Returns:
+        ``(F, S, S)`` float32, 1 = inpaint, 0 = keep the source pixels.
+    """
+    n = len(plan)
+    if occluder is not None:
+        occluder = check_occluder(occluder, n, frame_size or plan.track.frame_size)
+    out = np.empty((n, plan.crop_size, plan.crop_size), np.float32)
+    for i in range(n):
+        span, offset = plan.span_at(i)
+        out[i] = inpaint_mask(span, offset, options, patches, None if occluder is None else occluder[i])
+    return out
+
+
+def occluded_cells(plan: CropPlan, index: int, options: MaskOptions, occluder: np.ndarray) -> ExposedPatches:
+    """The patches an occluder exposes in frame ``index`` (what the patch editor shows)."""
+    span, offset = plan.span_at(index)
+    frame = check_occluder(occluder, len(plan), plan.track.frame_size)[index]
+    return occluder_cells(span, offset, options, frame)
+
+
+def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray, wave16: np.ndarray, fps,
+                   habit: np.ndarray | torch.Tensor, options: DubOptions | None = None,
+                   on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
+                   source_wave16: np.ndarray | None = None) -> np.ndarray:
+    """Dub model-resolution crops with a model: the chunk loop of the streaming dub over crops in memory.
+
+    Args:
+        model: A ``StableDub`` or any :class:`~stabledub_core.pipeline.chunk_model.ChunkModel`.
+        crops: ``(F, S, S, 3)`` uint8 source crops at the model's resolution.
+        masks: ``(F, S, S)`` float32 inpainting masks (1 = generate).
+        appearance: ``(F, S, S, 3)`` uint8 appearance reference crops.
+        wave16: ``(S16,)`` float32 16 kHz mono speech; frame ``i`` is at ``i / fps`` seconds.
+        fps: Frame rate of the crops.
+        habit: ``(K, s, s, 3)`` uint8 lip crops of the habit segment (any clip of the same speaker), or a saved
+            ``(C,)`` habit vector.
+        options: :class:`DubOptions` (sampling, runtime).
+        on_progress: Called as ``on_progress("sample", steps done, steps of all chunks)``.
+        should_stop: Interruption check.
+        source_wave16: ``(S16,)`` float32 16 kHz mono speech the crops were filmed with (same timing as
+            ``wave16``): when given, every chunk starts from the DDIM inversion of its crops under it.
+
+    Returns:
+        ``(F, S, S, 3)`` uint8 generated crops.
+    """
+    options = options or DubOptions()
+    chunk_model = as_chunk_model(model, options.sampling, options.runtime)
+    n, size = len(crops), chunk_model.crop_size
+    for name, value, shape in (("crops", crops, (n, size, size, 3)), ("masks", masks, (n, size, size)),
+                               ("appearance", appearance, (n, size, size, 3))):
+        if tuple(value.shape) != shape:
+            raise OptionError(f"{name} must be {shape} for {n} frames at the model's {size}-pixel resolution, got "
+                              f"{tuple(value.shape)}: crop them with the model's crop size")
+    rate = frame_rate(fps)
+    times = np.arange(n) / float(rate)
+    v = habit if isinstance(habit, torch.Tensor) else chunk_model.encode_habit(habit)
+    source = None if source_wave16 is None else SourceSpeech.covering(source_wave16, times, rate)
+    chunk_model.begin(np.asarray(wave16, np.float32), times, v, source=source)
+
+    def inputs(chunk):
+        part = slice(chunk.start, chunk.stop)
+        return crops[part], masks[part], appearance[part]
+
+    out = np.empty((n, size, size, 3), np.uint8)
+    for start, final in generate_chunks(chunk_model, n, inputs, options.sampling, StageTimer(), on_progress,
+                                        should_stop):
+        out[start:start + len(final)] = final
+    return out
+
+
+def paste_clip(source: FrameSource, crops, plan: CropPlan, masks: np.ndarray | None = None,
+               color_match: bool = False, on_progress: ProgressCallback | None = None,
+               should_stop: StopCheck | None = None) -> np.ndarray:
+    """Composite generated crops into every frame with its span's box and mask (the streaming dub's paste loop).
+
+    Args:
+        source: The original clip.
+        crops: ``(F, s, s, 3)`` generated crops of any size ``s`` (uint8 or float in [0, 1]).
+        plan: The clip's crop spans.
+        masks: ``(F, S, S)`` blending masks in crop coordinates (e.g. from :func:`mask_clip`); default each window's
+            Mu.
+        color_match: Match the generated region's colours to the source around the mask.
+        on_progress: Called as ``on_progress("paste", done, total)``.
+        should_stop: Polled per frame.
+
+    Returns:
+        ``(F, H, W, 3)`` uint8; frames without a face are unchanged.
+    """
+    n = source.num_frames
+    plan.check_frames(n)
+    if len(crops) != n or (masks is not None and len(masks) != n):
+        raise OptionError(f"{n} frames but {len(crops)} crops" + ("" if masks is None else f" and {len(masks)} "
+                          "masks") + ": give one crop (and mask) per frame")
+    sink = FrameSink(n, source.size)
+    compositor = Compositor(plan, sink, n, color_match=color_match, on_progress=on_progress,
+                            should_stop=should_stop)
+    compositor.write(0, (source.image(i) for i in range(n)), crops, masks)
+    return sink.result()

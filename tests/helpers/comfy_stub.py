@@ -1,0 +1,147 @@
+"""A stand-in ComfyUI for the node tests: ``folder_paths`` / ``comfy`` modules, the pack imported as ComfyUI does.
+
+The stand-ins record progress-bar updates, can simulate the Cancel button after a given number of interruption
+polls, and give temporary model/input/output folders. The package's root ``__init__.py`` is imported as the
+package ``comfyui_stabledub``, as ComfyUI does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from stabledub_core.models.config import get_preset
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "comfyui_stabledub"
+
+
+class FakeComfy:
+    """State behind the stand-in modules."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.progress: list[tuple[int, int]] = []  # (value, total) updates of every progress bar
+        self.polls = 0  # interruption checks so far
+        self.interrupt_after: int | None = None  # polls after which processing_interrupted() turns True
+        self.emptied = 0  # soft_empty_cache calls
+        for sub in ("models/stabledub", "models/mediapipe", "models/vae", "models/wav2vec2", "input", "output",
+                    "temp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def modules(self) -> dict[str, types.ModuleType]:
+        state = self
+        fp = types.ModuleType("folder_paths")
+        fp.models_dir = str(self.root / "models")
+        fp.folder_names_and_paths = {"vae": ([str(self.root / "models" / "vae")], {".safetensors"})}
+
+        def get_folder_paths(name):
+            return list(fp.folder_names_and_paths[name][0])
+
+        def get_filename_list(name):
+            paths, extensions = fp.folder_names_and_paths[name]
+            found = []
+            for folder in paths:
+                for base, _, files in os.walk(folder):
+                    found += [os.path.relpath(os.path.join(base, f), folder) for f in files
+                              if not extensions or os.path.splitext(f)[1].lower() in extensions]
+            return sorted(found)
+
+        def get_full_path(name, filename):
+            for folder in fp.folder_names_and_paths[name][0]:
+                path = os.path.join(folder, filename)
+                if os.path.isfile(path):
+                    return path
+            return None
+
+        def get_save_image_path(prefix, output_dir, width=0, height=0):
+            folder = os.path.join(output_dir, os.path.dirname(prefix))
+            os.makedirs(folder, exist_ok=True)
+            return folder, os.path.basename(prefix), len(os.listdir(folder)) + 1, os.path.dirname(prefix), prefix
+
+        fp.get_folder_paths = get_folder_paths
+        fp.get_filename_list = get_filename_list
+        fp.get_full_path = get_full_path
+        fp.get_save_image_path = get_save_image_path
+        fp.get_input_directory = lambda: str(self.root / "input")
+        fp.get_output_directory = lambda: str(self.root / "output")
+        fp.get_temp_directory = lambda: str(self.root / "temp")
+        fp.get_annotated_filepath = lambda name: str(self.root / "input" / name)
+
+        comfy = types.ModuleType("comfy")
+        comfy.__path__ = []
+        utils = types.ModuleType("comfy.utils")
+
+        class ProgressBar:
+            def __init__(self, total, node_id=None):
+                self.total = total
+
+            def update_absolute(self, value, total=None, preview=None):
+                self.total = total if total is not None else self.total
+                state.progress.append((value, self.total))
+
+        utils.ProgressBar = ProgressBar
+        mm = types.ModuleType("comfy.model_management")
+
+        class InterruptProcessingException(Exception):
+            pass
+
+        def processing_interrupted():
+            state.polls += 1
+            return state.interrupt_after is not None and state.polls > state.interrupt_after
+
+        def throw_exception_if_processing_interrupted():
+            if processing_interrupted():
+                state.interrupt_after = None
+                raise InterruptProcessingException()
+
+        def soft_empty_cache(force=False):
+            state.emptied += 1
+
+        mm.InterruptProcessingException = InterruptProcessingException
+        mm.processing_interrupted = processing_interrupted
+        mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+        mm.get_torch_device = lambda: torch.device("cpu")
+        mm.unet_offload_device = lambda: torch.device("cpu")
+        mm.soft_empty_cache = soft_empty_cache
+        comfy.utils, comfy.model_management = utils, mm
+        return {"folder_paths": fp, "comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm}
+
+
+def import_package():
+    """Import the repository's root ``__init__.py`` as a package, as ComfyUI loads custom nodes."""
+    for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
+        del sys.modules[name]
+    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def micro_config():
+    """The tiny preset shrunk further (64-pixel crops, 16 channels): the same code path in a few seconds."""
+    cfg = get_preset("tiny")
+    return dataclasses.replace(
+        cfg, resolution=64,
+        unet=dataclasses.replace(cfg.unet, block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
+                                 cross_attention_dim=16, mamba_d_state=4, attention_head_dim=2),
+        habit=dataclasses.replace(cfg.habit, hidden_size=16, out_size=16, vit_hidden_size=16, vit_layers=1),
+        vae=dataclasses.replace(cfg.vae, block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64))
+
+
+def run_node(comfy, node_id, **inputs):
+    """Call a node as ComfyUI does; returns the result tuple (and keeps the UI part in ``comfy.ui``)."""
+    cls = comfy.nodes[node_id]
+    out = getattr(cls(), cls.FUNCTION)(**inputs)
+    if isinstance(out, dict):
+        comfy.ui = out.get("ui")
+        out = out["result"]
+    assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
+    return out

@@ -1,24 +1,19 @@
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STABLEDUB_SHARED", REPO.parent / "shared"))
-MEDIA = SHARED / "media"
-FACE_MODEL = SHARED / "models" / "face_landmarker.task"
+from helpers.repo_media import FACE_MODEL, build_media
 
 
 @pytest.fixture(scope="session")
-def media_dir() -> Path:
-    if not MEDIA.is_dir():
-        pytest.fail(f"test media not found at {MEDIA}: check out ../shared beside the repository "
-                    "or set STABLEDUB_SHARED")
-    return MEDIA
+def media_dir(tmp_path_factory) -> Path:
+    """The real-media test files (face_pan.mp4, face_occluded.mp4, astronaut.png, speech_es.wav,
+    speech_es_44k_stereo.wav), made once per session in a temporary folder from files in the repository: see
+    tests/helpers/repo_media.py."""
+    return build_media(tmp_path_factory.mktemp("media"))
 
 
 @pytest.fixture(scope="session")
 def face_model_path() -> Path:
-    if not FACE_MODEL.is_file():
-        pytest.fail(f"MediaPipe model not found at {FACE_MODEL}")
+    """The bundled MediaPipe Face Landmarker model, assets/face_landmarker.task."""
     return FACE_MODEL

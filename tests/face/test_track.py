@@ -16,7 +16,7 @@ from stabledub_core.face.track import TrackBuilder
 
 around = FineSearch.around
 
-ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # from the media README
+ASTRONAUT_LIP_CENTRE = np.array([223.0, 146.0])  # helpers/repo_media.py
 ASTRONAUT_CORNERS = np.array([[202.0, 139.0], [244.0, 141.0]])
 
 

@@ -36,7 +36,7 @@ def test_crop_is_centred_on_the_mouth_of_the_photo(astronaut, astronaut_landmark
     crops = lip_crops(astronaut[None], astronaut_landmarks[None], size=96)
     assert crops.shape == (1, 96, 96, 3) and crops.dtype == np.uint8
     matrix = lip_crop_matrices(astronaut_landmarks[None], 96)[0]
-    # The README's lip centre lands in the middle of the crop, its mouth corners left and right of it.
+    # The photo's lip centre lands in the middle of the crop, its mouth corners left and right of it.
     assert np.linalg.norm(apply(matrix, (223, 146)) - 48) < 4
     left, right = apply(matrix, (202, 139)), apply(matrix, (244, 141))
     assert 10 < left[0] < 38 and 58 < right[0] < 86 and abs(left[1] - 48) < 10 and abs(right[1] - 48) < 10

@@ -14,7 +14,7 @@ def test_face_found_in_every_frame(media_dir, face_model_path):
     frames, track = occluded(media_dir, face_model_path)
     assert frames.shape == (75, 512, 512, 3)
     assert (track.status != TrackStatus.MISSING).all()
-    # README: lip centre near (223, 146) in the photo.
+    # helpers/repo_media.py: lip centre near (223, 146) in the photo.
     lips = track.landmarks[0, list(regions.LIP_CENTRES)].mean(axis=0)
     assert np.abs(lips - (223, 146)).max() < 12
 

@@ -69,11 +69,11 @@ def test_resampling_is_band_limited_and_downmix_is_mean():
 
 
 def test_real_speech_files(media_dir):
-    wave, rate = load_audio(media_dir / "speech_en_44k_stereo.wav")
+    wave, rate = load_audio(media_dir / "speech_es_44k_stereo.wav")
     assert rate == 44100 and wave.shape[0] == 2
-    info = probe_audio(media_dir / "speech_en_44k_stereo.wav")
+    info = probe_audio(media_dir / "speech_es_44k_stereo.wav")
     assert info.num_samples == wave.shape[1] and info.is_integer_pcm
-    native = decode_native(media_dir / "speech_en_44k_stereo.wav")
+    native = decode_native(media_dir / "speech_es_44k_stereo.wav")
     np.testing.assert_array_equal(native.astype(np.float32) / 32768, wave)
 
 

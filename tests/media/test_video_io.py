@@ -50,7 +50,7 @@ def test_frames_at_any_order(tmp_path):
 
 def test_reader_errors(tmp_path, media_dir):
     with pytest.raises(NoVideoStreamError, match="no video stream"):
-        VideoReader(media_dir / "speech_en.wav")
+        VideoReader(media_dir / "speech_es.wav")
     fake = tmp_path / "fake.mp4"
     fake.write_text("hello\n")
     with pytest.raises(NotAMediaFileError):
@@ -101,7 +101,7 @@ def test_aac_track_is_copied_bit_exact(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
 def test_wav_track_is_lossless(tmp_path, media_dir, suffix):
-    src = media_dir / "speech_en_44k_stereo.wav"
+    src = media_dir / "speech_es_44k_stereo.wav"
     info = probe_audio(src)
     n = round(info.duration * 25)
     out = _write(tmp_path / f"o{suffix}", n, audio=info)
@@ -119,11 +119,11 @@ def test_24bit_wav_is_lossless(tmp_path):
 
 
 def test_changed_track_is_padded_and_cut(tmp_path, media_dir):
-    info = probe_audio(media_dir / "speech_en.wav")
+    info = probe_audio(media_dir / "speech_es.wav")
     longer = info.num_samples + 22050
     out = _write(tmp_path / "pad.mp4", 10, audio=info, audio_samples=longer)
     got = decode_native(out)
-    src = decode_native(media_dir / "speech_en.wav")
+    src = decode_native(media_dir / "speech_es.wav")
     assert got.shape == (1, longer)
     np.testing.assert_array_equal(got[:, : info.num_samples], src)
     assert not got[:, info.num_samples:].any()

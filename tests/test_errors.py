@@ -107,7 +107,7 @@ def test_the_merged_and_renamed_classes():
     from stabledub_core.models import audio_context, checkpoint
     from stabledub_core.pipeline import windows
 
-    assert checkpoint.CheckpointError is errors.CheckpointError
-    assert issubclass(checkpoint.PickleRefusedError, errors.CheckpointError)
+    assert checkpoint.CheckpointError is errors.CheckpointError  # one CheckpointError, not a second local one
+    assert issubclass(errors.PickleRefusedError, errors.CheckpointError)
     assert audio_context.AudioContextError is not windows.SamplerWindowError
     assert not hasattr(windows, "WindowError") and not hasattr(audio_context, "WindowError")

@@ -14,111 +14,34 @@ Which parts are stored is decided by the config, not by the preset name (:func:`
   comes from its own folder; only the learned layer-mixing weights are stored). The built-in mel encoder is stored
   whole.
 - ``vae``: only when ``VAEConfig.in_checkpoint`` is True (the ``tiny`` preset's VAE, so the demo is one file);
-  otherwise the VAE comes from its own file (SD 1.5's VAE, see ``models.weights``).
+  otherwise the VAE comes from its own file (SD 1.5's VAE, see ``models.vae.load_sd_vae``).
 
 Loading validates the format, the preset (``expect_preset``), and every name and shape, and says exactly what is
-wrong. Pickle files (.ckpt/.pt/.pth/.bin/.pkl) are refused: they can run code when loaded.
+wrong. Pickle files (.ckpt/.pt/.pth/.bin/.pkl) are refused: they can run code when loaded
+(``models.safetensors_io``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from stabledub_core.errors import CheckpointError, PickleRefusedError, WeightsNotFoundError
+from stabledub_core.errors import CheckpointError
+from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
 from stabledub_core.models.config import StableDubConfig
+from stabledub_core.models.habit import LipHabitModulation
+from stabledub_core.models.safetensors_io import check_safetensors_file
+from stabledub_core.models.stabledub import StableDub
+from stabledub_core.models.unet import StableDubUNet
+from stabledub_core.models.vae import load_sd_vae
 
 FORMAT = "stabledub-checkpoint"
 FORMAT_VERSION = "1"
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-
-def _pickle_error(path: Path, why: str) -> PickleRefusedError:
-    return PickleRefusedError(
-        f"{path.name} looks like a pickle file ({why}); pickles can run arbitrary code when loaded and are refused. "
-        "Convert it to .safetensors first, e.g. in Python: safetensors.torch.save_file("
-        "torch.load(path, weights_only=True)['state_dict'], 'model.safetensors')")
-
-
-def _looks_like_pickle(head: bytes) -> bool:
-    """torch.save writes a zip archive ("PK\\x03\\x04"); older pickles start with the PROTO opcode 0x80."""
-    return head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and head[1] <= 5)
-
-
-def check_safetensors_file(path) -> dict[str, str]:
-    """Check that ``path`` is a complete safetensors file and return its metadata.
-
-    Args:
-        path: the file.
-
-    Returns:
-        the ``__metadata__`` dict (empty when there is none).
-
-    Raises:
-        WeightsNotFoundError: no such file.
-        PickleRefusedError: a pickle suffix, or pickle/zip content.
-        CheckpointError: not safetensors, or truncated.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weight file not found: {path}")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise _pickle_error(path, f"suffix {path.suffix}")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        header_len = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
-        header_bytes = fh.read(min(header_len, size))
-    try:
-        header = json.loads(header_bytes)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except ValueError as err:  # includes JSONDecodeError and UnicodeDecodeError
-        if _looks_like_pickle(raw):
-            raise _pickle_error(path, "zip/pickle content") from None
-        if 8 + header_len > size and header_bytes.startswith(b"{"):
-            raise CheckpointError(f"{path} is truncated: its header needs {8 + header_len} bytes, the file has "
-                                  f"{size}; re-download or re-save it") from None
-        raise CheckpointError(f"{path} is not a safetensors file ({type(err).__name__}: {err})") from None
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise CheckpointError(f"{path} is truncated: its tensors need {8 + header_len + end} bytes, the file has "
-                              f"{size}; re-download or re-save it")
-    return dict(header.get("__metadata__") or {})
-
-
-def read_safetensors(path, names=None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read tensors from a checked safetensors file.
-
-    Args:
-        path: the file.
-        names: the tensor names to read (default all); names not in the file are an error.
-        device: where to put the tensors.
-    """
-    from safetensors import safe_open
-
-    check_safetensors_file(path)
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
-        keys = set(fh.keys())
-        wanted = keys if names is None else list(names)
-        missing = [n for n in wanted if n not in keys]
-        if missing:
-            raise CheckpointError(f"{path} lacks {len(missing)} tensors, e.g. {missing[:5]}")
-        return {n: fh.get_tensor(n) for n in wanted}
-
-
-def safetensors_keys(path) -> list[str]:
-    """Names of the tensors in a checked safetensors file."""
-    from safetensors import safe_open
-
-    check_safetensors_file(path)
-    with safe_open(str(path), framework="pt") as fh:
-        return list(fh.keys())
 
 
 # ------------------------------------------------------------------------------------------------- model checkpoints
@@ -153,8 +76,6 @@ def save_checkpoint(model, path, metadata: dict[str, str] | None = None) -> Path
     Returns:
         the path written.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"StableDub checkpoints are .safetensors files, got {path.name}")
@@ -187,7 +108,7 @@ def read_checkpoint_config(path) -> StableDubConfig:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is a safetensors file but not a StableDub checkpoint (no "
                               f"format={FORMAT!r} metadata). To start from Stable Diffusion 1.5 weights use "
-                              "stabledub_core.models.weights.init_from_sd15 instead")
+                              "python -m stabledub_core init (stabledub_core.models.weights.init_from_sd15) instead")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path.name} has checkpoint format version {meta.get('format_version')!r}; this "
                               f"code reads version {FORMAT_VERSION!r}: update ComfyUI-StableDub")
@@ -241,13 +162,6 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     Returns:
         the ``StableDub`` model in eval mode.
     """
-    from safetensors import safe_open
-
-    from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
-    from stabledub_core.models.habit import LipHabitModulation
-    from stabledub_core.models.stabledub import StableDub
-    from stabledub_core.models.unet import StableDubUNet
-
     path = Path(path)
     config = read_checkpoint_config(path)
     if expect_preset is not None and config.preset != expect_preset:
@@ -277,7 +191,5 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
     if leftover:  # cannot happen after check_state; guards against silent partial loads
         raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(set(leftover))}")
     if not config.vae.in_checkpoint:
-        from stabledub_core.models.weights import load_sd_vae
-
         load_sd_vae(model.vae, vae_path, config.vae)
     return model.to(device=device or "cpu", dtype=dtype).eval()

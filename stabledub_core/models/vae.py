@@ -1,4 +1,7 @@
-"""The VAE: diffusers ``AutoencoderKL`` with SD's layout built in code, and frame <-> latent helpers.
+"""The VAE: diffusers ``AutoencoderKL`` with SD's layout built in code, SD 1.5 VAE loading, frame <-> latent helpers.
+
+SD's VAE weights come from an original single file (``first_stage_model.*``, converted with diffusers' own
+converter) or a diffusers folder (:func:`load_sd_vae`).
 
 Latents are *scaled* (multiplied by ``VAEConfig.scaling_factor``, SD's 0.18215) so they have roughly unit variance,
 as the diffusion U-Net expects. Frames are float (N, 3, H, W) in [0, 1]. Encoding and decoding run in chunks of
@@ -13,6 +16,9 @@ import torch
 
 from stabledub_core.errors import OptionError, VAEInputError, VAEWeightsError, WeightsNotFoundError
 from stabledub_core.models.config import VAEConfig
+from stabledub_core.models.safetensors_io import read_safetensors, safetensors_keys
+
+LDM_VAE_PREFIX = "first_stage_model."
 
 
 def vae_diffusers_config(config: VAEConfig) -> dict:
@@ -26,7 +32,7 @@ def vae_diffusers_config(config: VAEConfig) -> dict:
 
 
 def build_vae(config: VAEConfig):
-    """Build a randomly initialised ``diffusers.AutoencoderKL`` (load weights with ``models.weights``).
+    """Build a randomly initialised ``diffusers.AutoencoderKL`` (load SD's weights with :func:`load_sd_vae`).
 
     Args:
         config: the VAE config (SD 1.5's by default).
@@ -48,7 +54,7 @@ def vae_state_dict_from_ldm(checkpoint: dict, vae) -> dict:
     """
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    vae_keys = {k: v for k, v in checkpoint.items() if k.startswith("first_stage_model.")}
+    vae_keys = {k: v for k, v in checkpoint.items() if k.startswith(LDM_VAE_PREFIX)}
     if not vae_keys:
         raise VAEWeightsError("the checkpoint holds no VAE tensors (no 'first_stage_model.*' names)")
     return convert_ldm_vae_checkpoint(vae_keys, dict(vae.config))
@@ -76,6 +82,32 @@ def load_vae_folder(folder, config: VAEConfig):
         if got != expected[key]:
             raise VAEWeightsError(f"the VAE in {folder} has {key}={got}, the model expects {expected[key]}")
     return vae
+
+
+def load_sd_vae(vae, source, config: VAEConfig) -> str:
+    """Load SD's VAE into ``vae`` from an original single file (``first_stage_model.*``) or a diffusers folder.
+
+    Args:
+        vae: the target ``AutoencoderKL``.
+        source: single-file ``.safetensors`` or diffusers folder (pipeline folder with ``vae/``, or a VAE folder).
+        config: the ``VAEConfig`` the weights must fit.
+
+    Returns:
+        a one-line description for the report.
+    """
+    source = Path(source)
+    if source.is_dir():
+        state = load_vae_folder(source, config).state_dict()
+        what = f"{len(state)} tensors loaded from the diffusers folder {source}"
+    else:
+        names = [k for k in safetensors_keys(source) if k.startswith(LDM_VAE_PREFIX)]
+        state = vae_state_dict_from_ldm(read_safetensors(source, names), vae)
+        what = f"{len(state)} tensors converted from {source.name}:first_stage_model.* (diffusers converter)"
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise VAEWeightsError(f"the VAE weights in {source} do not fit the configured VAE: {err}") from None
+    return what
 
 
 def _chunks(n: int, chunk: int):

@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stabledub_core.errors import WeightsNotFoundError
-from stabledub_core.models.checkpoint import CheckpointError, read_safetensors, safetensors_keys
+from stabledub_core.errors import CheckpointError, WeightsNotFoundError
+from stabledub_core.models.safetensors_io import read_safetensors, safetensors_keys
+from stabledub_core.models.vae import LDM_VAE_PREFIX, load_sd_vae
 
 LDM_UNET_PREFIX = "model.diffusion_model."
-LDM_VAE_PREFIX = "first_stage_model."
 
 # ---------------------------------------------------------------------------------------- LDM -> diffusers names
 
@@ -256,34 +256,6 @@ def _load_diffusers_folder(folder: Path):
         raise WeightsNotFoundError(f"no {unet_file.relative_to(folder)} in {folder} (found: {found or 'nothing'}); "
                                    "give a diffusers SD 1.5 folder with safetensors weights")
     return read_safetensors(unet_file)
-
-
-def load_sd_vae(vae: nn.Module, source, config) -> str:
-    """Load SD's VAE into ``vae`` from an original single file (``first_stage_model.*``) or a diffusers folder.
-
-    Args:
-        vae: the target ``AutoencoderKL``.
-        source: single-file ``.safetensors`` or diffusers folder (pipeline folder with ``vae/``, or a VAE folder).
-        config: the ``VAEConfig`` the weights must fit.
-
-    Returns:
-        a one-line description for the report.
-    """
-    from stabledub_core.models.vae import VAEWeightsError, load_vae_folder, vae_state_dict_from_ldm
-
-    source = Path(source)
-    if source.is_dir():
-        state = load_vae_folder(source, config).state_dict()
-        what = f"{len(state)} tensors loaded from the diffusers folder {source}"
-    else:
-        names = [k for k in safetensors_keys(source) if k.startswith(LDM_VAE_PREFIX)]
-        state = vae_state_dict_from_ldm(read_safetensors(source, names), vae)
-        what = f"{len(state)} tensors converted from {source.name}:first_stage_model.* (diffusers converter)"
-    try:
-        vae.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise VAEWeightsError(f"the VAE weights in {source} do not fit the configured VAE: {err}") from None
-    return what
 
 
 def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightInitReport:

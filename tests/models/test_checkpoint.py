@@ -6,8 +6,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from stabledub_core.models.checkpoint import (CheckpointError, PickleRefusedError, load_checkpoint,
-                                              read_checkpoint_config, save_checkpoint, stored_state_dict)
+from stabledub_core.errors import CheckpointError, PickleRefusedError
+from stabledub_core.models.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint, stored_state_dict
 from stabledub_core.models.config import AudioConfig, get_preset
 from stabledub_core.models.stabledub import StableDub
 
@@ -114,7 +114,7 @@ def test_save_is_atomic(tiny_model, tiny_file, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    monkeypatch.setattr("stabledub_core.models.checkpoint.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tiny_model, target)
     assert target.read_bytes() == before

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from helpers.sd_layout import small_sd_unet, write_sd_files
-from stabledub_core.models.checkpoint import CheckpointError, PickleRefusedError, read_safetensors
+from stabledub_core.errors import CheckpointError, PickleRefusedError
 from stabledub_core.models.config import get_preset
+from stabledub_core.models.safetensors_io import read_safetensors
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.vae import build_vae
 from stabledub_core.models.weights import init_from_sd15, ldm_unet_to_diffusers

@@ -4,12 +4,13 @@ speech) encoded into a video file atomically."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from stabledub_core.errors import EmptyMediaError, OptionError
+from stabledub_core.errors import EmptyMediaError
 from stabledub_core.media.audio import check_waveform, load_audio, probe_audio
 from stabledub_core.media.frames import FrameSource
 from stabledub_core.media.video import VideoReader, VideoWriter, output_format

@@ -8,15 +8,13 @@ after an upscaler or a face restorer); they are resampled to the box.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from stabledub_core.errors import CompositeError
 
-if TYPE_CHECKING:
-    from stabledub_core.masks.crop_spans import CropSpan
 
 Box = tuple[int, int, int, int]
 
@@ -215,33 +213,6 @@ def paste_back(
         # blendLinear computes round(a * w_a + b * w_b): where weight is 0 it returns the source byte exactly.
         region[rows, cols] = cv2.blendLinear(np.ascontiguousarray(generated[rows, cols]),
                                              np.ascontiguousarray(target), inside, inverse)
-    return out
-
-
-def paste_windows(frames: np.ndarray, crops: np.ndarray, windows: Sequence["CropSpan"], start: int = 0,
-                  color_match: bool = False, inplace: bool = False) -> np.ndarray:
-    """Pastes crops of consecutive frames back, each frame with the window that owns it.
-
-    Args:
-        frames: (n, H, W, 3) uint8 frames ``start .. start + n`` of the clip.
-        crops: (n, s, s, 3) uint8 generated crops of the same frames.
-        windows: the clip's windows from ``plan_crop_spans``.
-        start: clip index of ``frames[0]``.
-        color_match: see :func:`paste_back`.
-        inplace: write into ``frames``.
-
-    Returns:
-        (n, H, W, 3) uint8; frames of pass-through windows and MISSING frames are unchanged.
-    """
-    out = frames if inplace else np.array(frames, copy=True)
-    stop = start + len(frames)
-    for window in windows:
-        lo, hi = max(window.own_start, start), min(window.own_stop, stop)
-        if lo >= hi or window.passthrough:
-            continue
-        active = window.active[lo - window.start:hi - window.start]
-        paste_back(out[lo - start:hi - start], crops[lo - start:hi - start], window.box, window.union_mask,
-                   active=active, color_match=color_match, inplace=True)
     return out
 
 

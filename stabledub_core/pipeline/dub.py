@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Callable, ContextManager
 
 import cv2
@@ -45,7 +44,7 @@ from stabledub_core.media.audio import (
 from stabledub_core.media.frames import FrameSink, FrameSource
 from stabledub_core.media.length_policy import LengthPlan, LengthPolicy, plan_length
 from stabledub_core.media.video import VideoReader, VideoWriter, output_format
-from stabledub_core.pipeline.chunk_model import ChunkModel, SourceSpeech, as_chunk_model
+from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.options import DubOptions
 from stabledub_core.pipeline.stages import (
     Compositor,
@@ -107,7 +106,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
         wave16: ``(S16,)`` float32 16 kHz mono speech (the audio encoder's input).
         num_samples: Length of the speech at its own rate (the length policy works on it).
         sample_rate: That rate.
-        model: A ``StableDub`` model, a checkpoint path, or any :class:`ChunkModel`.
+        model: A ``StableDub`` model, a checkpoint path, or any ``chunk_model.ChunkModel``.
         options: :class:`DubOptions` (``output`` is the sink's business).
         open_sink: Called once as ``open_sink(plan, time_base)`` (``time_base``: the source's, for a variable-rate
             output, else None); returns a context manager whose value has ``write(image, time)``.
@@ -239,7 +238,7 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None, occlu
     Args:
         video: Video with a face.
         audio: Speech (any audio or video file); ``None`` uses the video's own audio track.
-        model: A ``StableDub`` model, a checkpoint path (``.safetensors``), or any :class:`ChunkModel`.
+        model: A ``StableDub`` model, a checkpoint path (``.safetensors``), or any ``chunk_model.ChunkModel``.
         out: Output path (.mp4, .m4v, .mov or .mkv); written atomically.
         options: :class:`DubOptions`.
         occluder_mask: Optional image file (H, W) of the video's size; white = an occluder in front of the mouth

@@ -42,11 +42,11 @@ from stabledub_core.pipeline.schedulers import (
 from stabledub_core.pipeline.windows import (
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
-    ChunkStitcher,
     FrameWindow,
     iter_window_batches,
     plan_chunks,
     plan_frame_windows,
+    stitch_chunks,
     window_weights,
 )
 
@@ -358,16 +358,15 @@ def sample_clip(
     f = conditions.num_frames
     chunks = plan_chunks(f, windows_per_chunk or 1 << 30, config.window, config.overlap)
     noise = None if init_latents is not None else config.clip_noise(tuple(conditions.masked.shape[1:]))
-    stitcher = ChunkStitcher(chunks)
-    pieces = []
     steps = config.num_inference_steps
-    for k, chunk in enumerate(chunks):
-        progress = None if on_step is None else (lambda d, _t, k=k: on_step(k * steps + d, len(chunks) * steps))
-        out = denoise_chunk(
+
+    def denoise(k: int, chunk) -> torch.Tensor:
+        progress = None if on_step is None else (lambda d, _t: on_step(k * steps + d, len(chunks) * steps))
+        return denoise_chunk(
             model_fn, conditions.slice(chunk.start, chunk.stop), config,
             noise=None if noise is None else noise.frames(chunk.start, chunk.stop),
             init_latents=None if init_latents is None else init_latents[chunk.start:chunk.stop],
             device=device, dtype=dtype, on_step=progress, should_stop=should_stop)
-        pieces.append(stitcher.push(out)[1])
-    stitcher.finish()
+
+    pieces = [final for _, final in stitch_chunks(chunks, denoise)]
     return torch.cat(pieces)

@@ -207,10 +207,8 @@ def generate_chunks(model: ChunkModel, num_frames: int, inputs: ChunkInputs, sam
     def generate(number: int, chunk: Chunk) -> np.ndarray:
         check_interrupt(should_stop)
         crops, masks, appearance = inputs(chunk)
-        on_step = None
-        if on_progress is not None:
-            def on_step(done: int, total: int) -> None:
-                on_progress("sample", number * total + done, len(chunks) * total)
+        on_step = None if on_progress is None else (
+            lambda done, total: on_progress("sample", number * total + done, len(chunks) * total))
         return model.generate(chunk.start, crops, masks, appearance, clock, should_stop, on_step=on_step)
 
     yield from stitch_images(chunks, generate)

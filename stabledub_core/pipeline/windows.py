@@ -215,21 +215,28 @@ class ChunkStitcher:
             raise SamplerWindowError(f"{len(self._chunks) - self._index} chunk(s) were never pushed")
 
 
-def stitch_images(chunks: list[Chunk], generate: Callable[[int, Chunk], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """Generate uint8 images chunk by chunk and yield them cross-faded, as soon as they are final.
+def stitch_chunks(chunks: list[Chunk], generate: Callable[[int, Chunk], torch.Tensor]
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The one chunk loop: generate chunk by chunk and yield the frames cross-faded, as soon as they are final.
 
     Args:
         chunks: The clip's chunks (:func:`plan_chunks`).
-        generate: ``generate(number, chunk) -> (chunk.length, ...)`` uint8 images of the chunk's frames.
+        generate: ``generate(number, chunk) -> (chunk.length, ...)`` per-frame output of the chunk (latents,
+            images...).
 
     Yields:
-        ``(start, images)``: frames ``[start, start + len(images))`` of the clip, uint8, in order.
+        ``(start, values)``: frames ``[start, start + len(values))`` of the clip, in order.
     """
     stitcher = ChunkStitcher(chunks)
     for number, chunk in enumerate(chunks):
-        start, final = stitcher.push(torch.from_numpy(generate(number, chunk)).float())
-        yield start, final.round().clamp(0, 255).to(torch.uint8).numpy()
+        yield stitcher.push(generate(number, chunk))
     stitcher.finish()
+
+
+def stitch_images(chunks: list[Chunk], generate: Callable[[int, Chunk], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`stitch_chunks` for uint8 images: the cross-faded frames are rounded back to uint8."""
+    for start, final in stitch_chunks(chunks, lambda number, chunk: torch.from_numpy(generate(number, chunk)).float()):
+        yield start, final.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def iter_window_batches(windows: list[FrameWindow], batch_size: int) -> Iterator[list[int]]:

@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from stabledub_core.masks.crop_spans import plan_crop_spans
-from stabledub_core.pipeline.composite import (CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back,
-                                                paste_windows)
+from stabledub_core.masks.crop_spans import CropPlan, plan_crop_spans
+from stabledub_core.media.frames import FrameSource
+from stabledub_core.pipeline.composite import CompositeError, PasteWeight, crop_frames, mask_to_box, paste_back
+from stabledub_core.pipeline.modular import crop_clip, paste_clip
 from helpers.occluded_media import occluded, with_missing, with_status
 
 
@@ -26,13 +27,15 @@ def _mask_in_frame(window, frame_size) -> np.ndarray:
     return out
 
 
-def _round_trip(frames, track, crop_size=512, upscale=1, windows=None):
-    windows = windows or plan_crop_spans(track, length=8, crop_size=crop_size)
-    crops = np.concatenate([crop_frames(frames[w.start:w.stop], w.box, crop_size) for w in windows])
+def _round_trip(frames, track, crop_size=512, upscale=1):
+    """Crop every frame with its span's box and paste the crops back (the pipeline's paste loop)."""
+    plan = CropPlan(track, crop_size, 8)
+    source = FrameSource(frames, 25)
+    crops = crop_clip(source, plan)
     if upscale != 1:
         crops = np.stack([cv2.resize(c, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
                           for c in crops])
-    return windows, crops, paste_windows(frames, crops, windows)
+    return plan.spans(), crops, paste_clip(source, crops, plan)
 
 
 def _check_round_trip(frames, windows, out, min_psnr):
@@ -63,9 +66,9 @@ def test_crops_at_2x_and_4x_size_paste_correctly(clip):
 
 def test_missing_frame_passes_through_unchanged(clip):
     frames, track = clip
-    windows = plan_crop_spans(with_missing(track, [2, 11]), length=8, crop_size=128)
+    plan = CropPlan(with_missing(track, [2, 11]), 128, 8)
     crops = np.full((len(frames), 128, 128, 3), 255, np.uint8)  # obviously different content
-    out = paste_windows(frames, crops, windows)
+    out = paste_clip(FrameSource(frames, 25), crops, plan)
     assert np.array_equal(out[2], frames[2]) and np.array_equal(out[11], frames[11])
     assert not np.array_equal(out[3], frames[3])
 

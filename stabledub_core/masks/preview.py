@@ -7,19 +7,13 @@ Each frame is shown around its window's crop box (with a margin, so the box itse
 * Mc: green outline; detailed mask: cyan outline; the landmarks these are built from: red dots,
 * crop box: magenta square; the label gives the frame index and window.
 
-Command line (writes a strip of N frames spread over the video)::
-
-    python -m stabledub_core.masks.preview VIDEO --out strip.png [--frames N] [--face-model face_landmarker.task]
-        [--exposure-rate R --seed S] [--occluder MASK.png] [--patches PATCHES.json]
+The command line that writes such a strip for a video is ``python -m stabledub_core preview``
+(``stabledub_core/cli/preview.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
@@ -28,7 +22,7 @@ import numpy as np
 from stabledub_core.masks import exposure as exposure_lib
 from stabledub_core.masks import mouth_masks, regions
 from stabledub_core.masks.boxes import box_scale, clamp_box
-from stabledub_core.masks.crop_spans import Window, plan_windows
+from stabledub_core.masks.crop_spans import CropSpan
 
 
 @dataclass
@@ -48,7 +42,7 @@ class PreviewStyle:
     text: tuple[int, int, int] = (255, 255, 255)
 
 
-def window_of(windows: Sequence[Window], index: int) -> Window:
+def span_of(windows: Sequence[CropSpan], index: int) -> CropSpan:
     """The window that owns clip frame ``index``."""
     for window in windows:
         if window.own_start <= index < window.own_stop:
@@ -65,7 +59,7 @@ def _tint(image: np.ndarray, weight: np.ndarray, colour: tuple[int, int, int], a
 def render_frame(
     frame: np.ndarray,
     index: int,
-    window: Window,
+    window: CropSpan,
     patches: exposure_lib.ExposedPatches | None = None,
     style: PreviewStyle | None = None,
 ) -> np.ndarray:
@@ -123,7 +117,7 @@ def render_frame(
 
 def preview_strip(
     frames: np.ndarray,
-    windows: Sequence[Window],
+    windows: Sequence[CropSpan],
     indices: Sequence[int],
     patches: Mapping[int, exposure_lib.ExposedPatches] | None = None,
     style: PreviewStyle | None = None,
@@ -141,114 +135,5 @@ def preview_strip(
         (tile, len(indices) * tile, 3) uint8 RGB.
     """
     patches = patches or {}
-    tiles = [render_frame(frames[i], i, window_of(windows, i), patches.get(i), style) for i in indices]
+    tiles = [render_frame(frames[i], i, span_of(windows, i), patches.get(i), style) for i in indices]
     return np.concatenate(tiles, axis=1)
-
-
-def _read_video(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_frames`` frames (F, H, W, 3) uint8 and their times in seconds."""
-    from stabledub_core.media.video import VideoReader
-
-    if not path.is_file():
-        raise FileNotFoundError(f"video not found: {path}")
-    images, times = [], []
-    with VideoReader(path) as reader:
-        for frame in reader.frames():
-            if len(images) >= max_frames:
-                break
-            images.append(frame.image)
-            times.append(frame.time)
-    if not images:
-        raise ValueError(f"no video frames could be decoded from {path}")
-    return np.stack(images), np.asarray(times)
-
-
-def _exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Sequence[Window],
-                     grid: int) -> dict[int, exposure_lib.ExposedPatches]:
-    """Exposed patches per clip frame from the command-line sources (at most one)."""
-    out: dict[int, exposure_lib.ExposedPatches] = {}
-    if args.patches is not None:
-        fixed = exposure_lib.ExposedPatches.from_json(Path(args.patches).read_text())
-        return {i: fixed for i in range(len(frames))}
-    if args.occluder is not None:
-        occluder = cv2.imread(str(args.occluder), cv2.IMREAD_GRAYSCALE)
-        if occluder is None:
-            raise FileNotFoundError(f"cannot read the occluder mask image {args.occluder}")
-        if occluder.shape != frames.shape[1:3]:
-            raise ValueError(f"occluder mask is {occluder.shape[1]}x{occluder.shape[0]}, the video is "
-                             f"{frames.shape[2]}x{frames.shape[1]}: give it at the video's size")
-        for window in windows:
-            for i, found in zip(range(window.start, window.stop), exposure_lib.from_occluder(occluder, window, grid)):
-                out[i] = found
-        return out
-    if args.exposure_rate > 0:
-        rng = np.random.default_rng(args.seed)
-        for window in windows:
-            for i in range(window.start, window.stop):
-                out[i] = exposure_lib.from_schedule(window.union_mask, grid, args.exposure_rate, rng)
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The preview command's arguments (also used by ``python -m stabledub_core preview``).
-
-    Args:
-        parser: The parser to add them to.
-    """
-    parser.add_argument("video", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    parser.add_argument("--frames", type=int, default=6, help="frames in the strip, spread over the video")
-    parser.add_argument("--face-model", type=Path, default=os.environ.get("STABLEDUB_FACE_MODEL"),
-                        help="MediaPipe face_landmarker.task (default: $STABLEDUB_FACE_MODEL)")
-    parser.add_argument("--window", type=int, default=16, help="frames per window")
-    parser.add_argument("--crop-size", type=int, default=512)
-    parser.add_argument("--grid", type=int, default=16, help="exposure patches per crop side")
-    parser.add_argument("--tile", type=int, default=256, help="pixels per preview tile")
-    parser.add_argument("--max-frames", type=int, default=1000, help="read at most this many frames")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--patches", type=Path, help="JSON exposed patches {grid, cells} for every frame")
-    source.add_argument("--occluder", type=Path, help="grayscale image, non-zero where an occluder is")
-    source.add_argument("--exposure-rate", type=float, default=0.0, help="random training-style exposure rate")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the preview strip of parsed :func:`add_arguments` arguments (``args.face_model`` must be set).
-
-    Args:
-        args: The parsed arguments.
-
-    Returns:
-        The exit status (0).
-    """
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-
-    from stabledub_core.face.track import FaceTracker  # MediaPipe is loaded only when the command runs
-
-    frames, times = _read_video(args.video, args.max_frames)
-    with FaceTracker(args.face_model) as tracker:
-        track = tracker.track(frames, times=times)
-    windows = plan_windows(track, window=args.window, crop_size=args.crop_size)
-    patches = _exposed_patches(args, frames, windows, args.grid)
-    indices = np.unique(np.linspace(0, len(frames) - 1, args.frames).round().astype(int))
-    strip = preview_strip(frames, windows, indices.tolist(), patches, PreviewStyle(tile=args.tile))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.out), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {args.out}")
-    print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]}, frames {indices.tolist()})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stabledub_core.masks.preview",
-                                     description="Write a PNG strip previewing StableDub's masks for a video.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.face_model is None:
-        parser.error("give --face-model PATH (MediaPipe face_landmarker.task) or set STABLEDUB_FACE_MODEL")
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

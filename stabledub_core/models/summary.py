@@ -1,18 +1,16 @@
-"""Print a per-module parameter table of a preset, built on the meta device (no memory, no weights).
+"""Per-module parameter tables of a preset, built on the meta device (no memory, no weights).
 
-Usage: ``python -m stabledub_core.models.summary sd15`` (or ``tiny``). The last line is ``parameters: N``, the size of
-the StableDub network (U-Net + lip-habit modulation + trainable audio head); the frozen pretrained parts (wav2vec2
-backbone, VAE) are listed above it separately.
+The last line of :func:`render` is ``parameters: N``, the size of the StableDub network (the U-Net, the lip-habit
+modulation and the trainable audio head); the frozen pretrained parts (wav2vec2 backbone, VAE) are listed above it
+separately. The command is ``python -m stabledub_core summary sd15`` (or ``tiny``; ``stabledub_core/cli/summary.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from stabledub_core.models.config import PRESETS, get_preset
+from stabledub_core.models.config import get_preset
 
 
 def _count(module: nn.Module, exclude: tuple[str, ...] = ()) -> int:
@@ -81,13 +79,3 @@ def render(preset: str) -> str:
     lines += [f"{name:<{width}}{count:>14,}" for name, count in frozen]
     lines.append(f"parameters: {total}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset", choices=sorted(PRESETS))
-    print(render(parser.parse_args(argv).preset))
-
-
-if __name__ == "__main__":
-    main()

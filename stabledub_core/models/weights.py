@@ -289,30 +289,3 @@ def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightIni
     if load_vae:
         report.vae = load_sd_vae(model.vae, source, model.config.vae)
     return report
-
-
-def main(argv=None) -> None:
-    """``python -m stabledub_core.models.weights SD15 --out init.safetensors [--preset sd15] [--report r.json]``:
-    write an SD-initialised StableDub checkpoint and print the report."""
-    import argparse
-
-    from stabledub_core.models.checkpoint import save_checkpoint
-    from stabledub_core.models.config import PRESETS, get_preset
-    from stabledub_core.models.stabledub import StableDub
-
-    parser = argparse.ArgumentParser(description="Initialise a StableDub checkpoint from SD 1.5 weights.")
-    parser.add_argument("source", help="SD 1.5 single-file .safetensors or diffusers folder")
-    parser.add_argument("--out", required=True, help="the StableDub .safetensors checkpoint to write")
-    parser.add_argument("--preset", default="sd15", choices=sorted(PRESETS))
-    parser.add_argument("--report", help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    model = StableDub.from_config(get_preset(args.preset))
-    report = init_from_sd15(model, args.source)
-    save_checkpoint(model, args.out, metadata={"initialised_from": str(args.source)})
-    if args.report:
-        Path(args.report).write_text(report.to_json())
-    print(report.to_text())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Preview images and the preview-strip command."""
+"""Preview images of the masks (the preview command: tests/cli/test_commands.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 
 from stabledub_core.masks import exposure
 from stabledub_core.masks.boxes import clamp_box
-from stabledub_core.masks.preview import PreviewStyle, main, preview_strip, render_frame
-from stabledub_core.masks.crop_spans import plan_windows
+from stabledub_core.masks.preview import PreviewStyle, preview_strip, render_frame
+from stabledub_core.masks.crop_spans import plan_crop_spans
 from helpers.occluded_media import occluded, with_missing
 
 
@@ -18,7 +18,7 @@ def _has_colour(image: np.ndarray, colour, tolerance: int = 40) -> int:
 
 def test_render_shows_box_masks_and_patches(media_dir, face_model_path):
     frames, track = occluded(media_dir, face_model_path)
-    windows = plan_windows(track[0:16], window=16, crop_size=256)
+    windows = plan_crop_spans(track[0:16], length=16, crop_size=256)
     style = PreviewStyle(tile=200)
     patches = exposure.from_list([[9, 9], [9, 10]], grid=16)
     plain = render_frame(frames[0], 0, windows[0], None, style)
@@ -44,14 +44,6 @@ def test_render_shows_box_masks_and_patches(media_dir, face_model_path):
     assert tinted[2] - tinted[0] > source[2] - source[0] + 40
     assert np.abs(plain[-3:, -3:].astype(int) - raw[-3:, -3:]).max() <= 1
 
-    strip = preview_strip(frames, plan_windows(with_missing(track, [5]), window=16, crop_size=256), [0, 5, 40],
+    strip = preview_strip(frames, plan_crop_spans(with_missing(track, [5]), length=16, crop_size=256), [0, 5, 40],
                           {0: patches}, style)
     assert strip.shape == (200, 600, 3)
-
-
-def test_preview_command_writes_a_png(media_dir, face_model_path, tmp_path):
-    out = tmp_path / "strip.png"
-    assert main([str(media_dir / "face_occluded.mp4"), "--out", str(out), "--frames", "3", "--tile", "128",
-                 "--face-model", str(face_model_path), "--exposure-rate", "0.3", "--max-frames", "40"]) == 0
-    image = cv2.imread(str(out))
-    assert image.shape == (128, 3 * 128, 3)

@@ -122,18 +122,6 @@ def test_refusals_and_missing_sources(tmp_path):
         init_from_sd15(model, tmp_path / "other.safetensors")
 
 
-def test_command_line_writes_an_initialised_checkpoint(sd_files, tmp_path, capsys):
-    from stabledub_core.models.checkpoint import load_checkpoint
-    from stabledub_core.models.weights import main
-
-    out, report = tmp_path / "init.safetensors", tmp_path / "report.json"
-    main([str(sd_files[3]), "--preset", "tiny", "--out", str(out), "--report", str(report)])
-    assert "self-attention replaced by spatial Mamba" in capsys.readouterr().out
-    loaded = load_checkpoint(out, expect_preset="tiny")
-    assert torch.equal(loaded.unet.conv_in.weight[:, :4], sd_files[0].conv_in.weight)
-    assert json.loads(report.read_text())["partial"][0][0] == "conv_in.weight"
-
-
 def test_full_sd15_layout_maps_onto_the_sd15_unet_on_meta():
     """SD 1.5's real U-Net layout (meta tensors, no memory): every SD tensor but attn1 finds its place."""
     from diffusers import UNet2DConditionModel

@@ -17,7 +17,6 @@ MODEL_FOLDERS = {
     "wav2vec2": set(),  # local transformers wav2vec2 folders (for sd15-size checkpoints)
 }
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def register_model_folders() -> None:
@@ -140,15 +139,6 @@ class Progress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.stages is None or stage in self.stages:
             self.bar.update_absolute(int(done), max(int(total), 1))
-
-
-def torch_dtype(name: str, device):
-    """The model dtype for a dtype choice: ``auto`` is float16 on a GPU and float32 elsewhere."""
-    import torch
-
-    if name == "auto":
-        name = "float16" if torch.device(device).type == "cuda" else "float32"
-    return name, getattr(torch, name)
 
 
 @contextmanager

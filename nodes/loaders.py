@@ -29,10 +29,11 @@ class StableDubLoadModel:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.options import RuntimeOptions
+
         return {"required": {
             "ckpt_name": (comfy_env.model_files("stabledub"), {"tooltip": "checkpoint in models/stabledub"}),
-            "dtype": (list(comfy_env.DTYPES), {"default": "auto",
-                                               "tooltip": "auto: float16 on a GPU, float32 on the CPU"}),
+            "dtype": widget(RuntimeOptions, "dtype"),
             "vae_name": ([IN_CHECKPOINT] + comfy_env.model_files("vae"),
                          {"tooltip": "SD 1.5 VAE, for checkpoints that do not store it"}),
             "wav2vec2": ([NOT_NEEDED] + comfy_env.model_subfolders("wav2vec2"),
@@ -44,10 +45,11 @@ class StableDubLoadModel:
         import comfy.model_management as mm  # ComfyUI's: imported when a node runs, never at import time
 
         from stabledub_core.models.checkpoint import load_checkpoint
+        from stabledub_core.pipeline.chunk_model import resolve_dtype, torch_dtype
 
-        name, torch_dtype = comfy_env.torch_dtype(dtype, mm.get_torch_device())
+        name = resolve_dtype(dtype, mm.get_torch_device())
         model = load_checkpoint(
-            comfy_env.model_path("stabledub", ckpt_name), device=mm.unet_offload_device(), dtype=torch_dtype,
+            comfy_env.model_path("stabledub", ckpt_name), device=mm.unet_offload_device(), dtype=torch_dtype(name),
             vae_path=None if vae_name == IN_CHECKPOINT else comfy_env.model_path("vae", vae_name),
             wav2vec2_path=None if wav2vec2 == NOT_NEEDED else comfy_env.model_subfolder("wav2vec2", wav2vec2))
         return (ModelHandle(model, name, ckpt_name),)

@@ -96,7 +96,8 @@ def load_model(path: Path, preset: str | None, options: DubOptions, vae: Path | 
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"checkpoint {str(path)!r} is not a .safetensors file; pickled checkpoints "
                               "(.ckpt/.pt/.bin) are refused because loading them can run code")
-    return load_checkpoint(path, options.runtime.device, torch_dtype(options.runtime.dtype), expect_preset=preset,
+    runtime = options.runtime
+    return load_checkpoint(path, runtime.device, torch_dtype(runtime.dtype, runtime.device), expect_preset=preset,
                            vae_path=vae, wav2vec2_path=wav2vec2)
 
 

@@ -37,5 +37,5 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace, **extra) -> DubOptions:
     """The :class:`DubOptions` of parsed arguments (flags of :func:`add_option_arguments`, plus ``extra``)."""
     values = {f.name: getattr(args, f.name) for kind in STAGE_OPTIONS.values() for f in option_fields(kind)
-              if hasattr(args, f.name)}
-    return DubOptions.from_values(**values, **extra)
+              if f.metadata["flag"] and hasattr(args, f.name)}
+    return DubOptions.from_values(**{**values, **extra})

@@ -28,14 +28,21 @@ from stabledub_core.pipeline.options import RuntimeOptions, SamplingOptions
 from stabledub_core.pipeline.sampler import ClipConditions, SamplerConfig, denoise_chunk
 from stabledub_core.runtime import StageTimer, StopCheck
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a dtype option (``float32``, ``float16``, ``bfloat16``)."""
-    if name not in DTYPES:
-        raise OptionError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+def resolve_dtype(name: str, device) -> str:
+    """A dtype option with ``auto`` resolved: float16 on a CUDA device, float32 elsewhere."""
+    if name == "auto":
+        return "float16" if torch.device(device).type == "cuda" else "float32"
+    if name not in TORCH_DTYPES:
+        raise OptionError(f"unknown dtype {name!r}; choose one of auto, {', '.join(TORCH_DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str, device="cpu") -> torch.dtype:
+    """The torch dtype of a dtype option (``auto``, ``float32``, ``float16``, ``bfloat16``) on ``device``."""
+    return TORCH_DTYPES[resolve_dtype(name, device)]
 
 
 @dataclass
@@ -112,7 +119,7 @@ class StableDubChunkModel:
         self.lip_size = int(self.config.habit.lip_size)
         self.window = int(self.config.num_frames)
         self.device = torch.device(runtime.device)
-        self.dtype = torch_dtype(runtime.dtype)
+        self.dtype = torch_dtype(runtime.dtype, self.device)
         self.sampler = SamplerConfig.from_options(sampling, self.window)
         self._noise = None
         self._v = None
@@ -196,6 +203,6 @@ def as_chunk_model(model, sampling: SamplingOptions, runtime: RuntimeOptions) ->
     if hasattr(model, "generate") and hasattr(model, "begin"):
         return model
     if isinstance(model, (str, Path)):
-        model = load_checkpoint(model, device=runtime.device, dtype=torch_dtype(runtime.dtype))
+        model = load_checkpoint(model, device=runtime.device, dtype=torch_dtype(runtime.dtype, runtime.device))
     return StableDubChunkModel(model, sampling, runtime)
 

@@ -27,7 +27,7 @@ from stabledub_core.media.length_policy import LengthPolicy
 from stabledub_core.pipeline.schedulers import SchedulerKind
 
 DEFAULT_FACE_MODEL = Path("models") / "mediapipe" / "face_landmarker.task"
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # auto: float16 on a GPU, float32 elsewhere
 
 
 def option(default, help: str, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
@@ -49,8 +49,22 @@ def _values(kind: type[enum.Enum]) -> tuple[str, ...]:
     return tuple(member.value for member in kind)
 
 
+class StageOptions:
+    """Checks every :func:`option` field of a stage's options when they are made: one clear error for a value out
+    of its range or not among its choices."""
+
+    def __post_init__(self) -> None:
+        for f in option_fields(type(self)):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] and value not in meta["choices"]:
+                raise OptionError(f"unknown {f.name} {value!r}; choose one of {', '.join(meta['choices'])}")
+            low, high = meta["min"], meta["max"]
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise OptionError(f"{f.name} must be between {low} and {high}, got {value}")
+
+
 @dataclass
-class SamplingOptions:
+class SamplingOptions(StageOptions):
     """How the mouth region is generated."""
 
     steps: int = option(20, "denoising steps", min=1, max=1000)
@@ -70,7 +84,7 @@ class SamplingOptions:
 
 
 @dataclass
-class MaskOptions:
+class MaskOptions(StageOptions):
     """The inpainting masks: the union mask Mu and the patches an occluder keeps."""
 
     mask_margin: float = option(MaskConfig.coarse_dilation, "widen the mouth mask by this fraction of the face "
@@ -86,7 +100,7 @@ class MaskOptions:
 
 
 @dataclass
-class ConditionOptions:
+class ConditionOptions(StageOptions):
     """The appearance reference and the lip-habit segment."""
 
     reference: str = option(ReferenceStrategy.CLOSED_LIPS.value, "which frame gives the face's appearance",
@@ -95,7 +109,7 @@ class ConditionOptions:
 
 
 @dataclass
-class LengthOptions:
+class LengthOptions(StageOptions):
     """What to do when speech and video durations differ."""
 
     length_policy: str = option(LengthPolicy.PING_PONG.value, "what to do when speech and video lengths differ",
@@ -103,14 +117,14 @@ class LengthOptions:
 
 
 @dataclass
-class TrackingOptions:
+class TrackingOptions(StageOptions):
     """Face tracking."""
 
     face_model: Path = option(DEFAULT_FACE_MODEL, "MediaPipe face_landmarker.task", flag=False)
 
 
 @dataclass
-class OutputOptions:
+class OutputOptions(StageOptions):
     """Encoding of an output video file."""
 
     crf: int = option(18, "H.264 quality, lower is better", min=0, max=51)
@@ -119,11 +133,11 @@ class OutputOptions:
 
 
 @dataclass
-class RuntimeOptions:
+class RuntimeOptions(StageOptions):
     """Where the model runs."""
 
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1")
-    dtype: str = option("float32", "model precision (float16 needs a GPU)", choices=DTYPES)
+    dtype: str = option("auto", "model precision; auto: float16 on a GPU, float32 elsewhere", choices=DTYPES)
 
 
 STAGE_OPTIONS = {"sampling": SamplingOptions, "masks": MaskOptions, "conditions": ConditionOptions,

@@ -114,7 +114,7 @@ def test_default_face_model_is_the_bundled_one(files, tmp_path):
 
 
 def test_face_model_search_order_and_its_error(tmp_path, monkeypatch):
-    from stabledub_core.cli import main as cli
+    from stabledub_core.cli import common as cli
 
     first, second = tmp_path / "models" / "face_landmarker.task", tmp_path / "assets" / "face_landmarker.task"
     monkeypatch.setattr(cli, "FACE_MODEL_SEARCH", (first, second))

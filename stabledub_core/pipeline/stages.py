@@ -165,11 +165,16 @@ def inpaint_mask(span: CropSpan, offset: int, options: MaskOptions, patches: Exp
         occluder: ``(H, W)`` float occluder mask of this frame in frame coordinates, or None.
 
     Returns:
-        ``(S, S)`` float32, 1 = inpaint, 0 = keep the source pixels.
+        ``(S, S)`` float32, 1 = inpaint, 0 = keep the source pixels (the span's own Mu, not a copy, when no patch
+        is exposed: treat it as read-only).
     """
-    mask = apply(span.union_mask, patches)
+    mask = span.union_mask  # shared by the span's frames while nothing is exposed (the paste weight is reused)
+    if patches is not None and patches.cells:
+        mask = apply(mask, patches)
     if occluder is not None and not span.passthrough:
-        mask = apply(mask, occluder_cells(span, offset, options, occluder))
+        exposed = occluder_cells(span, offset, options, occluder)
+        if exposed.cells:
+            mask = apply(mask, exposed)
     return mask
 
 

@@ -36,7 +36,7 @@ callers that do not know this module can still catch it. The tree::
         +-- TrackError                               landmarks, statuses and frame times that do not fit together
         +-- LandmarkShapeError                       landmarks are not (..., 478, 2)
         +-- CropBoxError                             a crop box that is empty
-        +-- CropSpanError                          crop windows that cannot be planned (masks)
+        +-- CropSpanError                          crop spans that cannot be planned (masks)
         +-- ExposureError                            exposed patches, occluder masks, exposure schedules
         +-- SelectiveScanInputError, CausalConvInputError            tensors given to an op (ops)
         +-- MambaInputError, UNetInputError, HabitInputError, VAEInputError,
@@ -153,7 +153,7 @@ class CropBoxError(InvalidInputError):
 
 
 class CropSpanError(InvalidInputError):
-    """Crop-window parameters or tracks that cannot be planned (masks.crop_spans)."""
+    """Crop-span parameters or tracks that cannot be planned (masks.crop_spans)."""
 
 
 class ExposureError(InvalidInputError):
@@ -189,7 +189,7 @@ class AudioEncoderError(InvalidInputError):
 
 
 class AudioContextError(InvalidInputError):
-    """Invalid arguments to the per-frame audio context windows (models.audio_context.frame_audio_context)."""
+    """Invalid arguments to the per-frame audio context (models.audio_context.frame_audio_context)."""
 
 
 class GuidanceError(InvalidInputError):
@@ -197,7 +197,7 @@ class GuidanceError(InvalidInputError):
 
 
 class ConditionError(InvalidInputError):
-    """Invalid condition inputs (reference frame, lip crops, habit vector, audio windows)."""
+    """Invalid condition inputs (reference frame, lip crops, habit vector, audio context)."""
 
 
 class SamplerError(InvalidInputError):

@@ -7,7 +7,7 @@ following the audio ("lip leaking", stabilized_sync_loss.md). Strategies:
 - NEAREST_POSE: the frame whose head pose, judged from non-mouth landmarks after similarity alignment, is nearest
   to the mean of the frames being dubbed (EdiDub's reference selection, lips excluded).
 - CLOSED_LIPS_NEAR_POSE: among the frames whose opening is within ``closed_tolerance`` of the smallest, the one
-  nearest in head pose (both cures at once; useful per window of a long video).
+  nearest in head pose (both cures at once; useful per part of a long video).
 - RANDOM: a seeded random tracked frame, as in the StableDub paper.
 
 MISSING frames are never chosen; DETECTED frames are preferred over INTERPOLATED ones.
@@ -120,14 +120,14 @@ class ReferenceContext:
     Args:
         landmarks: (F, 478, 2) the clip's landmarks.
         candidates: (M,) frame indices that may be chosen.
-        window: (start, stop) frames being dubbed (the pose target of NEAREST_POSE).
+        target: (start, stop) frames being dubbed (the pose target of NEAREST_POSE).
         seed: random seed (RANDOM).
         closed_tolerance: openings up to the smallest plus this count as closed (CLOSED_LIPS_NEAR_POSE).
     """
 
     landmarks: np.ndarray
     candidates: np.ndarray
-    window: tuple[int, int]
+    target: tuple[int, int]
     seed: int = 0
     closed_tolerance: float = 0.05
 
@@ -138,7 +138,7 @@ def _closed_lips(ctx: ReferenceContext) -> int:
 
 
 def _nearest_pose(ctx: ReferenceContext) -> int:
-    start, stop = ctx.window
+    start, stop = ctx.target
     frames = ctx.landmarks[start:stop]
     frames = frames[~np.isnan(frames).any(axis=(1, 2))]
     if not len(frames):
@@ -167,7 +167,7 @@ STRATEGIES: dict[ReferenceStrategy, Callable[[ReferenceContext], int]] = {
 
 def choose_reference(landmarks: np.ndarray, status: np.ndarray,
                      strategy: ReferenceStrategy = ReferenceStrategy.CLOSED_LIPS, seed: int = 0,
-                     window: tuple[int, int] | None = None, exclude_radius: int | None = None,
+                     target: tuple[int, int] | None = None, exclude_radius: int | None = None,
                      closed_tolerance: float = 0.05) -> int:
     """Choose the appearance frame of a clip.
 
@@ -176,9 +176,9 @@ def choose_reference(landmarks: np.ndarray, status: np.ndarray,
         status: (F,) ``TrackStatus`` values.
         strategy: how to choose.
         seed: random seed for RANDOM.
-        window: (start, stop) frames being dubbed; default the whole clip.
-        exclude_radius: if given, frames within this distance of the window are not chosen (EdiDub's exclusion
-            window, useful in training so that the target frame is not its own reference).
+        target: (start, stop) frames being dubbed; default the whole clip.
+        exclude_radius: if given, frames within this distance of the target are not chosen (EdiDub's exclusion
+            range, useful in training so that the target frame is not its own reference).
         closed_tolerance: for CLOSED_LIPS_NEAR_POSE, openings up to the smallest plus this count as closed.
 
     Returns:
@@ -189,9 +189,9 @@ def choose_reference(landmarks: np.ndarray, status: np.ndarray,
     frames = len(status)
     if landmarks.shape[0] != frames:
         raise TrackError(f"{landmarks.shape[0]} landmark frames but {frames} status values")
-    start, stop = (0, frames) if window is None else window
+    start, stop = (0, frames) if target is None else target
     if not 0 <= start < stop <= frames:
-        raise OptionError(f"window {window} is not a frame range inside 0..{frames}")
+        raise OptionError(f"target {target} is not a frame range inside 0..{frames}")
     allowed = status != TrackStatus.MISSING
     allowed &= ~np.isnan(landmarks).any(axis=(1, 2))
     if exclude_radius is not None:

@@ -1,14 +1,14 @@
-"""Per-video-frame windows of an audio feature sequence, for any frame rate.
+"""The audio context of each video frame: T audio features around the frame's time, for any frame rate.
 
 A feature sequence produced by an audio encoder has a fixed rate (``feature_rate`` features per second; wav2vec2:
 50, the mel encoder: 100) and feature ``i`` describes the audio around time ``offset + i / feature_rate`` seconds.
 A video frame ``f`` is shown at ``frame_times[f]`` seconds (constant or variable frame rate alike). For each frame we
-sample ``tokens_per_frame`` evenly spaced times spanning ``window_seconds`` centred on the frame time::
+sample ``tokens_per_frame`` evenly spaced times spanning ``context_seconds`` centred on the frame time::
 
-    t_k = frame_time - window_seconds / 2 + window_seconds * (k + 0.5) / tokens_per_frame,   k = 0 .. n-1
+    t_k = frame_time - context_seconds / 2 + context_seconds * (k + 0.5) / tokens_per_frame,   k = 0 .. n-1
 
 and linearly interpolate the feature sequence at those times. Times before the first or after the last feature take
-the edge feature (edge padding), so the first and last frames of a clip get full windows.
+the edge feature (edge padding), so the first and last frames of a clip get a full context.
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ def frame_audio_context(
     feature_rate: float,
     frame_times,
     tokens_per_frame: int,
-    window_seconds: float,
+    context_seconds: float,
     feature_offset: float = 0.0,
 ) -> torch.Tensor:
-    """Cut one window of audio features per video frame, by linear interpolation in time.
+    """Cut the audio context of every video frame out of a feature sequence, by linear interpolation in time.
 
     Args:
         features: (T_feat, C_a) feature sequence of one clip.
         feature_rate: features per second of ``features`` (encoder ``.frame_rate``).
         frame_times: (F,) frame timestamps in seconds (array-like, any fps, may be variable).
-        tokens_per_frame: number of tokens T per frame window.
-        window_seconds: time span of one window, centred on the frame time.
+        tokens_per_frame: number of tokens T per frame.
+        context_seconds: time span of one frame's context, centred on the frame time.
         feature_offset: time in seconds that feature 0 describes (encoder ``.time_offset``).
 
     Returns:
@@ -63,8 +63,8 @@ def frame_audio_context(
         raise AudioContextError(f"feature_rate must be > 0, got {feature_rate}")
     if tokens_per_frame < 1:
         raise AudioContextError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
-    if window_seconds < 0:
-        raise AudioContextError(f"window_seconds must be >= 0, got {window_seconds}")
+    if context_seconds < 0:
+        raise AudioContextError(f"context_seconds must be >= 0, got {context_seconds}")
     times = torch.as_tensor(np.asarray(frame_times, dtype=np.float64), dtype=torch.float64)
     if times.ndim != 1:
         raise AudioContextError(f"frame_times must be 1-D (F,), got shape {tuple(times.shape)}")
@@ -72,7 +72,7 @@ def frame_audio_context(
         raise AudioContextError("frame_times contain NaN or infinite values")
 
     k = torch.arange(tokens_per_frame, dtype=torch.float64)
-    offsets = window_seconds * ((k + 0.5) / tokens_per_frame - 0.5)  # (T,) relative to the frame time
+    offsets = context_seconds * ((k + 0.5) / tokens_per_frame - 0.5)  # (T,) relative to the frame time
     sample_times = times[:, None] + offsets[None, :]  # (F, T)
     position = (sample_times - feature_offset) * feature_rate  # (F, T) fractional feature index
     position = position.clamp(0.0, features.shape[0] - 1)  # edge padding

@@ -44,7 +44,7 @@ class HabitConfig:
     hidden_size: int = 768  # C: the width of a and v
     out_size: int = 768  # must equal UNetConfig.cross_attention_dim
     habit_conv_kernel: int = 3  # Conv1d over the K per-crop ViT features, then mean-pool over K -> v
-    audio_conv_kernel: int = 3  # Conv1d over the T tokens of one frame's audio window (stride 1, same padding)
+    audio_conv_kernel: int = 3  # Conv1d over the T tokens of one frame's audio context (stride 1, same padding)
     audio_pool: int = 2  # average-pool stride over T: T' = T // audio_pool tokens per frame
     lambda_init: float = 1.0  # initial value of every entry of the learnable vector lambda (AdaLN out + lambda * a)
     out_conv_kernel: int = 1  # the zero-initialised Conv1d producing the cross-attention tokens
@@ -53,13 +53,13 @@ class HabitConfig:
 
 @dataclass
 class AudioConfig:
-    """Audio encoder producing per-frame windows of features at 16 kHz mono input."""
+    """Audio encoder (16 kHz mono input) and the per-frame audio context cut from its features."""
 
     kind: str = "wav2vec2"  # "wav2vec2" (local transformers folder) or "mel" (built in, tiny preset)
     feature_size: int = 768  # width of the per-frame audio features fed to the habit module
     num_hidden_layers: int = 12  # wav2vec2 hidden layers mixed by a learned weighted sum
     tokens_per_frame: int = 10  # audio tokens per video frame
-    window_seconds: float = 0.2  # span of audio around each frame's timestamp
+    context_seconds: float = 0.2  # span of audio around each frame's timestamp
     mel_n_fft: int = 400  # mel encoder: 25 ms STFT window at 16 kHz
     mel_hop_length: int = 160  # mel encoder: 10 ms hop = 100 features per second
 

@@ -29,7 +29,7 @@ from stabledub_core.models.config import HabitConfig
 
 def vit_config_from(config: HabitConfig):
     """A transformers ``ViTConfig`` for the lip encoder, built in code from ``config`` (no hub access)."""
-    from transformers import ViTConfig
+    from transformers import ViTConfig  # local: transformers' ViT takes seconds to import (see LipHabitModulation)
 
     return ViTConfig(hidden_size=config.vit_hidden_size, num_hidden_layers=config.vit_layers,
                      num_attention_heads=config.vit_heads, intermediate_size=4 * config.vit_hidden_size,
@@ -77,6 +77,8 @@ class LipHabitModulation(nn.Module):
 
     def __init__(self, config: HabitConfig, audio_feature_size: int):
         super().__init__()
+        # local: transformers' ViT takes seconds to import; deferred until a model is built, so importing the package
+        # (ComfyUI loads the node pack at startup, the CLI parses its arguments) stays fast
         from transformers import ViTModel
 
         self.config = config
@@ -129,7 +131,7 @@ class LipHabitModulation(nn.Module):
     def forward(self, audio: torch.Tensor, v: torch.Tensor | None, drop_audio: torch.Tensor | None = None,
                 drop_habit: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
-            audio: (B, F, T, C_a) per-frame audio windows.
+            audio: (B, F, T, C_a) per-frame audio context.
             v: (B, C) habit vectors from :meth:`encode_habit`, or None (= habit dropped for every sample).
             drop_audio: (B,) bool, True -> that sample's audio is the zero embedding.
             drop_habit: (B,) bool, True -> that sample's habit vector is the zero embedding.

@@ -141,14 +141,14 @@ class StableDubChunkModel:
         """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
         encoder = self.model.audio_encoder
         audio_cfg = self.config.audio
-        margin = audio_cfg.window_seconds + 1.0  # seconds of context around the chunk
+        margin = audio_cfg.context_seconds + 1.0  # seconds of context around the chunk
         a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
         b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(wave16))
         segment = torch.from_numpy(np.ascontiguousarray(wave16[a:max(b, a + 1)]))[None]
         with torch.no_grad():
             features = encoder(segment.to(self.device))[0].float().cpu()  # (T_feat, C_a)
         return frame_audio_context(features, encoder.frame_rate, times - a / ENCODER_SAMPLE_RATE,
-                             audio_cfg.tokens_per_frame, audio_cfg.window_seconds,
+                             audio_cfg.tokens_per_frame, audio_cfg.context_seconds,
                              feature_offset=getattr(encoder, "time_offset", 0.0))
 
     def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
@@ -163,7 +163,7 @@ class StableDubChunkModel:
             with clock.stage("vae_encode"):
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = encode_frames(vae, _to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
-                # The reference crop is the same for all frames of a window: encode each distinct one once
+                # The reference crop is the same for all frames of a crop span: encode each distinct one once
                 unique, inverse = np.unique(appearance.reshape(n, -1), axis=0, return_inverse=True)
                 app = encode_frames(vae, _to_tensor(unique.reshape(-1, *appearance.shape[1:]))).float().cpu()
                 app = app[torch.from_numpy(inverse.reshape(-1))]  # (n, 4, h, w)

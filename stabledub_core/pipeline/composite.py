@@ -87,7 +87,7 @@ def mask_to_box(union_mask: np.ndarray, side: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PasteWeight:
-    """A union mask resampled to its box, prepared once per window and reused for each of its frames.
+    """A union mask resampled to its box, prepared once per crop span and reused for each of its frames.
 
     Attributes:
         mask: (side, side) float32 weight of the generated pixels in the box.

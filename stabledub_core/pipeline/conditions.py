@@ -5,7 +5,7 @@
 - Lip habit: K lip crops of one contiguous segment from another part of the same video (seeded), shuffled, as in
   the paper, or from another video; the habit module turns them into the vector ``v``. ``v`` can be
   saved and loaded (safetensors with metadata) to transfer a speaker's habit to other clips.
-- Tokens: the habit module maps the per-frame audio windows and ``v`` to the cross-attention tokens; each branch of
+- Tokens: the habit module maps the per-frame audio context and ``v`` to the cross-attention tokens; each branch of
   eq. 7 uses its drop masks (a dropped condition becomes the module's zero embedding). All needed branches are
   computed in one batched forward.
 """
@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stabledub_core.errors import ConditionError, HabitFileNotFoundError
+from stabledub_core.masks.lips import choose_lip_segment
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.sampler import ClipConditions
 
@@ -74,8 +75,6 @@ def habit_segment(status: np.ndarray, length: int, seed: int,
     Returns:
         ``(K,)`` int64 frame indices: a contiguous run, shuffled.
     """
-    from stabledub_core.masks.lips import choose_lip_segment
-
     start = choose_lip_segment(status, length, seed=seed, avoid=avoid)
     indices = np.arange(start, start + length, dtype=np.int64)
     np.random.default_rng([seed, 1]).shuffle(indices)
@@ -153,7 +152,7 @@ def branch_tokens(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, bran
 
     Args:
         habit: the habit module.
-        audio: ``(F, T, C_a)`` per-frame audio windows (``audio.windows.frame_audio_context``).
+        audio: ``(F, T, C_a)`` per-frame audio context (``models.audio_context.frame_audio_context``).
         v: ``(C,)`` habit vector.
         branches: the branches to compute (``GuidancePlan.branches``).
         device, dtype: where the module runs.
@@ -162,7 +161,7 @@ def branch_tokens(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, bran
         branch -> ``(F, T', C_cross)`` tokens on the CPU (float32).
     """
     if audio.dim() != 3:
-        raise ConditionError(f"audio windows must be (F, T, C_a), got {tuple(audio.shape)}")
+        raise ConditionError(f"the audio context must be (F, T, C_a), got {tuple(audio.shape)}")
     if v.dim() != 1:
         raise ConditionError(f"habit vector must be (C,), got {tuple(v.shape)}")
     nb = len(branches)
@@ -182,7 +181,7 @@ def clip_conditions(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, ma
 
     Args:
         habit: the habit module.
-        audio: ``(F, T, C_a)`` audio windows of the frames.
+        audio: ``(F, T, C_a)`` audio context of the frames.
         v: ``(C,)`` habit vector.
         masked: ``(F, 4, h, w)`` latents of the masked crops.
         mask: ``(F, 1, h, w)`` latent-size masks.
@@ -194,7 +193,7 @@ def clip_conditions(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, ma
         :class:`ClipConditions`, validated.
     """
     if audio.shape[0] != masked.shape[0]:
-        raise ConditionError(f"{audio.shape[0]} audio windows for {masked.shape[0]} frames")
+        raise ConditionError(f"audio context of {audio.shape[0]} frames for {masked.shape[0]} frames")
     cond = ClipConditions(masked, mask, appearance, branch_tokens(habit, audio, v, branches, device, dtype))
     cond.validate(branches)
     return cond

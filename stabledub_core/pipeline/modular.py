@@ -153,7 +153,7 @@ def paste_clip(source: FrameSource, crops, plan: CropPlan, masks: np.ndarray | N
         source: The original clip.
         crops: ``(F, s, s, 3)`` generated crops of any size ``s`` (uint8 or float in [0, 1]).
         plan: The clip's crop spans.
-        masks: ``(F, S, S)`` blending masks in crop coordinates (e.g. from :func:`mask_clip`); default each window's
+        masks: ``(F, S, S)`` blending masks in crop coordinates (e.g. from :func:`mask_clip`); default each span's
             Mu.
         color_match: Match the generated region's colours to the source around the mask.
         on_progress: Called as ``on_progress("paste", done, total)``.

@@ -70,7 +70,7 @@ def test_nearest_pose_ignores_the_mouth_and_similarity_transforms(face):
     ]
     landmarks = np.concatenate([window, np.stack(candidates)])
     status = np.zeros(len(landmarks), np.uint8)
-    chosen = choose_reference(landmarks, status, ReferenceStrategy.NEAREST_POSE, window=(0, 2), exclude_radius=0)
+    chosen = choose_reference(landmarks, status, ReferenceStrategy.NEAREST_POSE, target=(0, 2), exclude_radius=0)
     assert chosen == 4
     distances = pose_distance(np.stack(candidates), window[0])
     assert np.argsort(distances).tolist()[:2] == [2, 1]
@@ -83,7 +83,7 @@ def test_closed_lips_near_pose_combines_both(face):
                   with_opening(yaw(face, 0.2), 0.3)]  # open, same pose
     landmarks = np.concatenate([window, np.stack(candidates)])
     status = np.zeros(len(landmarks), np.uint8)
-    kwargs = dict(window=(0, 2), exclude_radius=0)
+    kwargs = dict(target=(0, 2), exclude_radius=0)
     assert choose_reference(landmarks, status, ReferenceStrategy.CLOSED_LIPS, **kwargs) == 2
     assert choose_reference(landmarks, status, ReferenceStrategy.NEAREST_POSE, **kwargs) in (3, 4)
     # Openings 0.14, 0.19 (the turn foreshortens the mouth width) and 0.47.
@@ -107,14 +107,14 @@ def test_random_is_seeded_and_never_picks_missing_frames(face):
     assert not {1, 3, 5} & set(picks) and len(set(picks)) > 3
 
 
-def test_exclusion_window_and_errors(face):
+def test_exclusion_range_and_errors(face):
     landmarks = np.stack([with_opening(face, o) for o in [0.0, 0.3, 0.3, 0.3, 0.2]])
     status = np.zeros(5, np.uint8)
-    assert choose_reference(landmarks, status, window=(1, 3), exclude_radius=1) == 4
+    assert choose_reference(landmarks, status, target=(1, 3), exclude_radius=1) == 4
     with pytest.raises(NoReferenceFrameError, match="exclude_radius"):
-        choose_reference(landmarks, status, window=(1, 3), exclude_radius=5)
-    with pytest.raises(ValueError, match="window"):
-        choose_reference(landmarks, status, window=(3, 9))
+        choose_reference(landmarks, status, target=(1, 3), exclude_radius=5)
+    with pytest.raises(ValueError, match="target"):
+        choose_reference(landmarks, status, target=(3, 9))
     with pytest.raises(NoReferenceFrameError, match="MISSING"):
         choose_reference(np.full_like(landmarks, np.nan), np.full(5, TrackStatus.MISSING, np.uint8))
     with pytest.raises(ValueError):

@@ -87,7 +87,7 @@ def test_click_lands_in_the_window_of_the_nearest_frame(fps):
     feats = enc(wave)[0]  # (T, 80)
     energy = feats.exp().sum(-1, keepdim=True)  # (T, 1) total mel energy per feature
     times = uniform_frame_times(int(3 * fps), fps)
-    windows = frame_audio_context(energy, enc.frame_rate, times, tokens_per_frame=5, window_seconds=1 / fps,
+    windows = frame_audio_context(energy, enc.frame_rate, times, tokens_per_frame=5, context_seconds=1 / fps,
                             feature_offset=enc.time_offset)  # (F, 5, 1)
     best_frame = int(windows.amax(dim=(1, 2)).argmax())
     assert best_frame == int(np.argmin(np.abs(times - click_time)))
@@ -97,7 +97,7 @@ def test_click_lands_in_the_window_of_the_nearest_frame(fps):
 
 def test_frame_windows_interpolates_linearly_and_pads_edges():
     feats = torch.arange(10, dtype=torch.float32)[:, None]  # feature i has value i, rate 10 Hz
-    win = frame_audio_context(feats, 10.0, [0.0, 0.45, 5.0], tokens_per_frame=2, window_seconds=0.2)
+    win = frame_audio_context(feats, 10.0, [0.0, 0.45, 5.0], tokens_per_frame=2, context_seconds=0.2)
     # tokens at t -/+ 0.05 s -> positions t*10 -/+ 0.5
     torch.testing.assert_close(win[:, :, 0], torch.tensor([[0.0, 0.5], [4.0, 5.0], [9.0, 9.0]]))
 

@@ -93,6 +93,6 @@ def test_clip_conditions_and_appearance():
     cond = clip_conditions(StubHabit(), torch.randn(6, 2, 5), torch.randn(3), latents, torch.ones(6, 1, 2, 2),
                            app, plan.branches)
     assert set(cond.tokens) == {Branch.AUDIO, Branch.FULL}
-    with pytest.raises(ConditionError, match="audio windows"):
+    with pytest.raises(ConditionError, match="audio context"):
         clip_conditions(StubHabit(), torch.randn(5, 2, 5), torch.randn(3), latents, torch.ones(6, 1, 2, 2),
                         app, plan.branches)

@@ -134,7 +134,7 @@ def _union_rect(extents: np.ndarray, feather: float) -> tuple[np.ndarray, float]
 
 def plan_crop_spans(
     track: FaceTrack,
-    length: int = 16,
+    length: int,
     overlap: int = 0,
     crop_size: int = 512,
     config: MaskConfig | None = None,
@@ -147,7 +147,7 @@ def plan_crop_spans(
 
     Args:
         track: the face track of the whole clip.
-        length: frames per span.
+        length: frames per span (the model's window, ``config.num_frames``).
         overlap: frames shared by consecutive spans (0: the spans partition the clip).
         crop_size: side S of the model-resolution crops.
         config: mask geometry; defaults to ``MaskConfig()``.

@@ -22,6 +22,7 @@ import numpy as np
 
 from stabledub_core.errors import OptionError
 from stabledub_core.masks.config import MaskConfig
+from stabledub_core.masks.exposure import DEFAULT_GRID
 from stabledub_core.masks.reference import ReferenceStrategy
 from stabledub_core.media.length_policy import LengthPolicy
 from stabledub_core.pipeline.schedulers import SchedulerKind
@@ -89,7 +90,7 @@ class MaskOptions(StageOptions):
 
     mask_margin: float = option(MaskConfig.coarse_dilation, "widen the mouth mask by this fraction of the face "
                                 "width", min=0.0, max=1.0, step=0.01)
-    occluder_grid: int = option(16, "patches per crop side for occluder exposure (16: one per latent cell at 512)",
+    occluder_grid: int = option(DEFAULT_GRID, "patches per crop side for occluder exposure (16: one per latent cell at 512)",
                                 min=1, max=64)
     occluder_fraction: float = option(0.2, "part of a patch an occluder must cover to keep the patch",
                                       min=0.01, max=1.0, step=0.01)

@@ -104,6 +104,7 @@ class _DirectLandmarks:
     """
 
     def __init__(self, task):
+        # local: MediaPipe (and its TFLite runtime) is loaded only when a face is tracked
         from mediapipe.tasks.python.components.containers import landmark_c
         from mediapipe.tasks.python.vision import face_landmarker
 
@@ -163,6 +164,7 @@ class MediaPipeLandmarker(_MediaPipeTask):
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5):
         path = check_model_path(model_path)
+        # local: MediaPipe (and its TFLite runtime) is loaded only when a face is tracked
         from mediapipe.tasks.python import BaseOptions, vision
 
         running_mode = {LandmarkerMode.VIDEO: vision.RunningMode.VIDEO,
@@ -187,7 +189,7 @@ class MediaPipeLandmarker(_MediaPipeTask):
         Returns:
             (N, 478, 2) float32 (x, y) pixel coordinates of the N faces found, in MediaPipe's order.
         """
-        import mediapipe as mp
+        import mediapipe as mp  # local: MediaPipe (and its TFLite runtime) is loaded only when a face is tracked
 
         landmarker = self._require_open()
         frame = check_frame(frame)
@@ -242,6 +244,7 @@ class FaceCounter(_MediaPipeTask):
         except (zipfile.BadZipFile, KeyError) as error:
             raise FaceModelNotFoundError(f"'{path}' is not a MediaPipe face landmarker bundle (no {DETECTOR_MEMBER} "
                                          f"inside): download {MODEL_FILENAME} again from {MODEL_URL}") from error
+        # local: MediaPipe (and its TFLite runtime) is loaded only when a face is tracked
         from mediapipe.tasks.python import BaseOptions, vision
 
         options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=detector),
@@ -251,7 +254,7 @@ class FaceCounter(_MediaPipeTask):
 
     def count(self, frame: np.ndarray) -> int:
         """Number of faces the detector finds in one (H, W, 3) uint8 RGB frame."""
-        import mediapipe as mp
+        import mediapipe as mp  # local: MediaPipe (and its TFLite runtime) is loaded only when a face is tracked
 
         detector = self._require_open()
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=check_frame(frame))

@@ -22,15 +22,13 @@ import enum
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from stabledub_core.errors import ExposureError
-
-if TYPE_CHECKING:
-    from stabledub_core.masks.crop_spans import CropSpan
+from stabledub_core.masks.crop_spans import CropSpan
 
 
 DEFAULT_GRID = 16  # patches per crop side

@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+import av
 import numpy as np
 
 from stabledub_core.errors import (
@@ -58,8 +59,6 @@ def open_media(path, what: str):
     Returns:
         An open ``av.container.InputContainer`` (the caller closes it).
     """
-    import av
-
     p = require_file(path, what)
     try:
         return av.open(str(p))
@@ -112,8 +111,6 @@ def _audio_stream(container, path, what: str):
 
 def _channel_layout(channels: int):
     """The default FFmpeg layout for a channel count (sources may carry an unspecified layout)."""
-    import av
-
     return av.AudioLayout(f"{int(channels)}c")  # "1c" -> mono, "2c" -> stereo, "6c" -> 5.1, ...
 
 
@@ -129,8 +126,6 @@ def _native_chunks(path, what: str, sample_format: str | None = None) -> Iterato
     Yields:
         ``(stream, chunk)`` with chunk ``(C, n)`` samples.
     """
-    import av
-
     with open_media(path, what) as container:
         stream = _audio_stream(container, path, what)
         resampler = None
@@ -230,14 +225,10 @@ class _MonoResampler:
     """Streaming mono downmix (channel mean) + FFmpeg (swresample) rate conversion."""
 
     def __init__(self, rate_in: int, rate_out: int):
-        import av
-
         self.rate_in = rate_in
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
 
     def push(self, chunk: np.ndarray | None) -> list[np.ndarray]:
-        import av
-
         if chunk is None:
             frames = self.resampler.resample(None)
         else:
@@ -398,8 +389,6 @@ class AudioMuxer:
             self.close()
 
     def _encode(self, chunk: np.ndarray) -> None:
-        import av
-
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=self._format,
                                            layout=_channel_layout(self.info.channels))
         frame.sample_rate = self.info.sample_rate

@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import av
 import numpy as np
 
 from stabledub_core.media.audio import AudioInfo, AudioMuxer, open_media
@@ -122,8 +123,6 @@ class VideoReader:
         return len(self.pts)
 
     def _decode_from_start(self) -> Iterator:
-        import av
-
         self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
         try:
             for frame in self.container.decode(self.stream):
@@ -229,8 +228,6 @@ class VideoReader:
 
 
 def _attached_pic() -> int:
-    import av
-
     return av.stream.Disposition.attached_pic
 
 
@@ -269,8 +266,6 @@ class VideoWriter:
     def __init__(self, path, fps: Fraction, size: tuple[int, int], audio: AudioInfo | None = None,
                  audio_samples: int | None = None, crf: int = 18, preset: str = "medium",
                  time_base: Fraction | None = None):
-        import av
-
         self.path = Path(path)
         fmt = output_format(self.path)
         if not self.path.parent.is_dir():
@@ -304,8 +299,6 @@ class VideoWriter:
             image: ``(H, W, 3)`` uint8 RGB of the size given at construction.
             time: Presentation time in seconds (variable frame rate); default ``index / fps``.
         """
-        import av
-
         if image.shape != (*self.size, 3) or image.dtype != np.uint8:
             raise FrameFormatError(f"frame {self.count}: expected uint8 {(*self.size, 3)}, got {image.dtype} "
                                    f"{image.shape}")

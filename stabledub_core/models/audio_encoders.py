@@ -47,7 +47,7 @@ def wav2vec2_config_from(config: AudioConfig):
     Args:
         config: ``feature_size`` is the hidden size, ``num_hidden_layers`` the transformer depth.
     """
-    from transformers import Wav2Vec2Config
+    from transformers import Wav2Vec2Config  # local: transformers' wav2vec2 takes seconds to import (see below)
 
     heads = max(1, config.feature_size // 64)
     return Wav2Vec2Config(hidden_size=config.feature_size, num_hidden_layers=config.num_hidden_layers,
@@ -70,6 +70,8 @@ class Wav2Vec2AudioEncoder(nn.Module):
     def __init__(self, config: AudioConfig, backbone=None, normalize: bool = True):
         super().__init__()
         if backbone is None:
+            # local: transformers' wav2vec2 takes seconds to import; only this encoder needs it (ComfyUI imports the
+            # node pack at startup, and the tiny preset uses the mel encoder)
             from transformers import Wav2Vec2Model
 
             backbone = Wav2Vec2Model(wav2vec2_config_from(config))
@@ -98,7 +100,7 @@ class Wav2Vec2AudioEncoder(nn.Module):
             path: a local folder holding ``config.json`` and the weights (e.g. a saved ``facebook/wav2vec2-base``).
             config: the audio config; defaults to one matching the folder's sizes.
         """
-        from transformers import Wav2Vec2Model
+        from transformers import Wav2Vec2Model  # local: slow to import, see __init__
 
         folder = Path(path)
         if not (folder / "config.json").is_file():

@@ -5,7 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from stabledub_core.errors import ModelConfigError
+from stabledub_core.models.audio_encoders import build_audio_encoder
 from stabledub_core.models.config import StableDubConfig
+from stabledub_core.models.habit import LipHabitModulation
+from stabledub_core.models.unet import StableDubUNet
+from stabledub_core.models.vae import build_vae
 
 
 class StableDub(nn.Module):
@@ -26,11 +30,6 @@ class StableDub(nn.Module):
     def __init__(self, config: StableDubConfig, unet: nn.Module | None = None, habit: nn.Module | None = None,
                  audio_encoder: nn.Module | None = None, vae: nn.Module | None = None):
         super().__init__()
-        from stabledub_core.models.audio_encoders import build_audio_encoder
-        from stabledub_core.models.habit import LipHabitModulation
-        from stabledub_core.models.unet import StableDubUNet
-        from stabledub_core.models.vae import build_vae
-
         if config.habit.out_size != config.unet.cross_attention_dim:
             raise ModelConfigError(f"HabitConfig.out_size ({config.habit.out_size}) must equal "
                                    f"UNetConfig.cross_attention_dim ({config.unet.cross_attention_dim})")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stabledub_core.models.config import get_preset
+from stabledub_core.models.stabledub import StableDub
 
 
 def _count(module: nn.Module, exclude: tuple[str, ...] = ()) -> int:
@@ -65,8 +66,6 @@ def summary_rows(model) -> tuple[list[tuple[str, int]], list[tuple[str, int]], i
 
 def render(preset: str) -> str:
     """The table for ``preset`` as text."""
-    from stabledub_core.models.stabledub import StableDub
-
     with torch.device("meta"):
         model = StableDub.from_config(get_preset(preset))
     rows, frozen, total = summary_rows(model)

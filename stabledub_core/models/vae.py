@@ -37,6 +37,7 @@ def build_vae(config: VAEConfig):
     Args:
         config: the VAE config (SD 1.5's by default).
     """
+    # local: diffusers' AutoencoderKL (and its model registry) takes seconds to import; deferred until a VAE is built
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**vae_diffusers_config(config))
@@ -52,6 +53,7 @@ def vae_state_dict_from_ldm(checkpoint: dict, vae) -> dict:
     Returns:
         diffusers-named state dict.
     """
+    # local: diffusers' single-file loaders take seconds to import and are needed only to convert an SD single file
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     vae_keys = {k: v for k, v in checkpoint.items() if k.startswith(LDM_VAE_PREFIX)}
@@ -67,7 +69,7 @@ def load_vae_folder(folder, config: VAEConfig):
         folder: a folder with ``config.json`` + weights, or a diffusers pipeline folder holding ``vae/``.
         config: the expected layout; a different layout is an error.
     """
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # local: slow to import, see build_vae
 
     folder = Path(folder)
     if (folder / "vae" / "config.json").is_file():

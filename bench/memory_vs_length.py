@@ -1,12 +1,18 @@
 """Peak memory of the streaming CLI versus video length, and end-to-end speed of the tiny preset.
 
-Builds 1280x720 25 fps test videos of two lengths on the fly (the 512x512 face of ``face_pan.mp4`` on a grey canvas,
-played forwards and backwards; the 44.1 kHz stereo speech looped as the video's own AAC track), saves a tiny
-random-weights checkpoint, then runs ``python -m stabledub_core dub`` on each video in a subprocess and reads the
-child's peak RSS (``ru_maxrss`` from ``os.wait4``). Both runs use the same settings, side by side in one run.
+Builds 1280x720 25 fps test videos of two lengths on the fly (the 512x512 face of the repository's
+``assets/face_occluded.mp4`` on a grey canvas, played forwards and backwards; ``assets/speech_es.wav`` resampled to
+44.1 kHz stereo and looped as the video's own AAC track), saves a tiny random-weights checkpoint, then runs
+``python -m stabledub_core dub`` on each video in a subprocess and reads the child's peak RSS (``ru_maxrss`` from
+``os.wait4``). Both runs use the same settings, side by side in one run. The face model is
+``assets/face_landmarker.task``: nothing outside the repository is needed.
+
+``--probe SECONDS...`` also runs the streaming pipeline without the model (``dub_video`` with a ``ChunkModel``
+stand-in whose generated crops are the inverted source crops) on videos of those lengths; ``--skip-model`` runs only
+those (a quick check: ``--probe 2 --skip-model --out /tmp/memory.json``).
 
 Usage:
-    python bench/memory_vs_length.py [--short 10] [--long 600] [--steps 1]
+    python bench/memory_vs_length.py [--short 10] [--long 600] [--steps 1] [--probe S ...] [--skip-model] [--out F]
 
 Writes bench/results/memory_vs_length.json.
 """
@@ -26,25 +32,35 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHARED = Path(os.environ.get("STABLEDUB_SHARED", REPO.parent / "shared"))
-MEDIA = SHARED / "media"
-FACE_MODEL = SHARED / "models" / "face_landmarker.task"
+ASSETS = REPO / "assets"
+FACE_VIDEO = ASSETS / "face_occluded.mp4"
+SPEECH = ASSETS / "speech_es.wav"
+FACE_MODEL = ASSETS / "face_landmarker.task"
+SPEECH_RATE = 44100
 WORK = REPO / "out" / "bench_memory"
 RESULTS = REPO / "bench" / "results" / "memory_vs_length.json"
 CANVAS = (720, 1280)
 FPS = 25
 
 
+def speech_stereo(path: Path, rate: int) -> tuple[np.ndarray, int]:
+    """``(2, S)`` float32 planar: the speech of ``path`` resampled by PyAV (libswresample) to ``rate`` Hz stereo."""
+    import av
+
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+    with av.open(str(path)) as source:
+        frames = [out for frame in [*source.decode(audio=0), None] for out in resampler.resample(frame)]
+    return np.concatenate([frame.to_ndarray() for frame in frames], axis=1).astype(np.float32), rate
+
+
 def make_video(path: Path, seconds: float) -> Path:
     """A 720p video of ``seconds`` with the face pasted in the middle and looped speech as its AAC track."""
     import av
 
-    from stabledub_core.media.audio import load_audio
-
-    with av.open(str(MEDIA / "face_pan.mp4")) as c:
+    with av.open(str(FACE_VIDEO)) as c:
         face = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     cycle = face + face[-2:0:-1]  # ping-pong: no jump at the seams
-    speech, rate = load_audio(MEDIA / "speech_en_44k_stereo.wav")  # (2, S)
+    speech, rate = speech_stereo(SPEECH, SPEECH_RATE)  # (2, S)
     frames = int(round(seconds * FPS))
     samples = int(round(frames / FPS * rate))
     h, w = CANVAS
@@ -113,12 +129,16 @@ def run_cli(video: Path, checkpoint: Path, steps: int) -> dict:
 
 PROBE = """
 import sys
-from stabledub_core.pipeline.dub import dub_video, DubOptions
-class InvertCrops:  # no model: measures streaming I/O, tracking, masks, compositing and x264 only
-    crop_size, lip_size = 128, 32
-    def begin(self, *args): pass
-    def generate(self, start, crops, masks, appearance, clock, should_stop): return 255 - crops
-dub_video(sys.argv[1], None, InvertCrops(), sys.argv[2], DubOptions(face_model=sys.argv[3], length_policy="pad"))
+import torch
+from stabledub_core.pipeline.dub import dub_video
+from stabledub_core.pipeline.options import DubOptions
+class InvertCrops:  # a ChunkModel without a network: measures streaming I/O, tracking, masks, compositing and x264
+    crop_size, lip_size, window = 128, 32, 16
+    def encode_habit(self, lip_crops): return torch.zeros(8)
+    def begin(self, wave16, frame_times, habit, source=None): pass
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None): return 255 - crops
+dub_video(sys.argv[1], None, InvertCrops(), sys.argv[2],
+          DubOptions.from_values(face_model=sys.argv[3], length_policy="pad"))
 """
 
 
@@ -182,6 +202,7 @@ def main() -> None:
         "short_seconds": args.short, "long_seconds": args.long,
         "tiny_fps": long["fps"],
         "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
+        "media": f"{FACE_VIDEO.relative_to(REPO)} on a grey canvas, {SPEECH.relative_to(REPO)} at {SPEECH_RATE} Hz stereo",
         "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes, "commit": _commit(),
         "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
                 "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",

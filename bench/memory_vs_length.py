@@ -202,7 +202,8 @@ def main() -> None:
         "short_seconds": args.short, "long_seconds": args.long,
         "tiny_fps": long["fps"],
         "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
-        "media": f"{FACE_VIDEO.relative_to(REPO)} on a grey canvas, {SPEECH.relative_to(REPO)} at {SPEECH_RATE} Hz stereo",
+        "media": f"{FACE_VIDEO.relative_to(REPO)} on a grey canvas, {SPEECH.relative_to(REPO)} at {SPEECH_RATE} Hz "
+                 "stereo",
         "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes, "commit": _commit(),
         "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
                 "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",

@@ -36,7 +36,7 @@ callers that do not know this module can still catch it. The tree::
         +-- TrackError                               landmarks, statuses and frame times that do not fit together
         +-- LandmarkShapeError                       landmarks are not (..., 478, 2)
         +-- CropBoxError                             a crop box that is empty
-        +-- CropSpanError                          crop spans that cannot be planned (masks)
+        +-- CropSpanError                            crop spans that cannot be planned (masks)
         +-- ExposureError                            exposed patches, occluder masks, exposure schedules
         +-- SelectiveScanInputError, CausalConvInputError            tensors given to an op (ops)
         +-- MambaInputError, UNetInputError, HabitInputError, VAEInputError,

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from stabledub_core.errors import EmptyMediaError, OptionError
+from stabledub_core.errors import EmptyMediaError, FrameFormatError, OptionError
 from stabledub_core.media.video import Run, VideoFrame
 
 SOURCE_NAME = "the input frames"  # how an in-memory clip is named in error messages
@@ -143,8 +143,8 @@ class FrameSink:
         if self.count >= len(self.images):
             raise OptionError(f"more than the {len(self.images)} announced frames were written")
         if image.shape != self.images.shape[1:] or image.dtype != np.uint8:
-            raise ValueError(f"frame {self.count}: expected uint8 {self.images.shape[1:]}, got {image.dtype} "
-                             f"{image.shape}")
+            raise FrameFormatError(f"frame {self.count}: expected uint8 {self.images.shape[1:]}, got {image.dtype} "
+                                   f"{image.shape}")
         self.images[self.count] = image
         self.times[self.count] = np.nan if time is None else time
         self.count += 1

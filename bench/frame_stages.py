@@ -13,8 +13,9 @@ Runs on face_occluded.mp4 (512x512) and on a 1080p version of it (each frame sca
   time of every ``span_at`` call of a group is summed and spread evenly over the group's frames (the shipped cost
   per frame, planning included). Plus ``stages.inpaint_mask`` per frame (no occluder, no painted patches: the span's
   own Mu) and the chunk's ``np.stack`` of those masks (spread over the chunk's frames).
-* crops: ``stages.crop_frame`` of the frame and of the appearance reference frame (``stages.reference_frame``,
-  chosen once per clip, not timed), both per frame as dub_stream's chunk inputs do. A frame two sampler chunks
+* crops: ``stages.crop_frame`` of the frame and ``stages.AppearanceCrops`` of the appearance reference frame
+  (``stages.reference_frame``, chosen once per clip, not timed; cropped once per span), as dub_stream's chunk inputs
+  do. A frame two sampler chunks
   share (their overlap) is cropped by both: its cost is the sum.
 * paste: ``stages.Compositor.write`` called as dub_stream calls it, once per run of final frames that the chunk
   loop (``stages.generate_chunks`` with the default ``SamplingOptions``: 4 windows of 16 frames per chunk, overlap
@@ -56,6 +57,7 @@ from stabledub_core.media.frames import FrameSource  # noqa: E402
 from stabledub_core.media.video import VideoReader  # noqa: E402
 from stabledub_core.pipeline.options import ConditionOptions, MaskOptions, SamplingOptions  # noqa: E402
 from stabledub_core.pipeline.stages import (  # noqa: E402
+    AppearanceCrops,
     Compositor,
     crop_frame,
     generate_chunks,
@@ -141,7 +143,8 @@ def dub_frames(frames: np.ndarray, fps: float, face_track) -> tuple[dict[str, np
     parts = {name: np.zeros(num) for name in (*PARTS, "paste")}
     masks_options = MaskOptions()
     crop_plan = CropPlan(face_track, CROP_SIZE, WINDOW, masks_options.mask_config(), np.arange(num), keep_all=False)
-    reference = reference_frame(FrameSource(frames, fps), face_track, ConditionOptions().reference, seed=0)
+    appearance_of = AppearanceCrops(reference_frame(FrameSource(frames, fps), face_track,
+                                                    ConditionOptions().reference, seed=0), CROP_SIZE)
     masks: dict[int, np.ndarray] = {}
     cropped = np.zeros(num, np.int64)  # how many chunks cropped each frame
     boxes: dict[int, tuple] = {}  # span start -> its box
@@ -156,7 +159,7 @@ def dub_frames(frames: np.ndarray, fps: float, face_track) -> tuple[dict[str, np
             t1 = time.perf_counter()
             crops[k] = crop_frame(frames[i], span, size)
             t2 = time.perf_counter()
-            appearance[k] = crop_frame(reference, span, size)
+            appearance[k] = appearance_of(span)
             t3 = time.perf_counter()
             masks[i] = inpaint_mask(span, offset, masks_options, occluder=None)
             t4 = time.perf_counter()
@@ -259,7 +262,7 @@ def main() -> None:
         "mediapipe_alone = a bare VIDEO-mode landmarker (one face) on the same frames in the same repeat; masks = "
         "CropPlan.span_at per frame in order (keep_all=False; every group's planning spread evenly over the group's "
         "frames) + stages.inpaint_mask (no occluder) + the chunk's stack of masks; crops = stages.crop_frame of the "
-        "frame and of the reference frame (frames in a chunk overlap are cropped twice, the sum counted); paste = "
+        "frame and stages.AppearanceCrops of the reference frame (once per span; frames in a chunk overlap are cropped twice, the sum counted); paste = "
         "stages.Compositor.write per run of final frames the chunk loop (stages.generate_chunks, default "
         "SamplingOptions, a stand-in model returning the source crops) yields, into a sink that drops the frames, "
         "each call's time spread over its frames; decoding, encoding and the chunk cross-fade not counted")

@@ -47,6 +47,7 @@ from stabledub_core.media.video import VideoReader, VideoWriter, output_format
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.options import DubOptions
 from stabledub_core.pipeline.stages import (
+    AppearanceCrops,
     Compositor,
     check_occluder,
     crop_frame,
@@ -145,7 +146,8 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
             habit = chunk_model.encode_habit(habit_lip_crops(source, track, chunk_model.lip_size,
                                                              conditions.habit_frames, options.sampling.seed))
         chunk_model.begin(wave16, times, habit, source=speech)
-        reference = reference_frame(source, track, conditions.reference, options.sampling.seed)
+        appearance_of = AppearanceCrops(reference_frame(source, track, conditions.reference, options.sampling.seed),
+                                        chunk_model.crop_size)
     crop_plan = CropPlan(track, chunk_model.crop_size, chunk_model.window, options.masks.mask_config(), index,
                          keep_all=False)
     frames = source.frames_at(plan.runs)
@@ -167,7 +169,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
             for k, i in enumerate(range(chunk.start, chunk.stop)):
                 span, offset = crop_plan.span_at(i)
                 crops[k] = crop_frame(buffer[i], span, size)
-                appearance[k] = crop_frame(reference, span, size)
+                appearance[k] = appearance_of(span)
                 masks[i] = inpaint_mask(span, offset, options.masks,
                                         occluder=None if occluder is None else occluder[index[i]])
         return crops, np.stack([masks[i] for i in range(chunk.start, chunk.stop)]), appearance

@@ -21,6 +21,7 @@ from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.options import DubOptions, MaskOptions
 from stabledub_core.pipeline.stages import (
+    AppearanceCrops,
     Compositor,
     check_occluder,
     crop_frame,
@@ -58,9 +59,11 @@ def crop_clip(source: FrameSource, plan: CropPlan, image: np.ndarray | None = No
     """
     plan.check_frames(source.num_frames)
     out = np.empty((source.num_frames, plan.crop_size, plan.crop_size, 3), np.uint8)
+    appearance_of = None if image is None else AppearanceCrops(image, plan.crop_size)
     for i in range(source.num_frames):
         check_interrupt(should_stop)
-        out[i] = crop_frame(source.image(i) if image is None else image, plan.span_at(i)[0], plan.crop_size)
+        span = plan.span_at(i)[0]
+        out[i] = crop_frame(source.image(i), span, plan.crop_size) if image is None else appearance_of(span)
     return out
 
 

@@ -153,6 +153,25 @@ def crop_frame(image: np.ndarray, span: CropSpan, crop_size: int) -> np.ndarray:
     return crop_frames(to_uint8(image)[None], span.box, crop_size)[0]
 
 
+class AppearanceCrops:
+    """The appearance reference frame cropped with each span's box, once per span (its frames share the crop).
+
+    Args:
+        reference: ``(H, W, 3)`` uint8 reference frame (:func:`reference_frame`).
+        crop_size: Side S of the crops.
+    """
+
+    def __init__(self, reference: np.ndarray, crop_size: int):
+        self.reference, self.crop_size = reference, crop_size
+        self._last: tuple[CropSpan, np.ndarray] | None = None
+
+    def __call__(self, span: CropSpan) -> np.ndarray:
+        """``(S, S, 3)`` uint8: the reference cropped with ``span``'s box."""
+        if self._last is None or self._last[0] is not span:
+            self._last = (span, crop_frame(self.reference, span, self.crop_size))
+        return self._last[1]
+
+
 def inpaint_mask(span: CropSpan, offset: int, options: MaskOptions, patches: ExposedPatches | None = None,
                  occluder: np.ndarray | None = None) -> np.ndarray:
     """The inpainting mask of one frame: its span's Mu with the exposed patches set to 0.

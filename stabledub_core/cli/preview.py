@@ -1,6 +1,6 @@
 """``python -m stabledub_core preview VIDEO --out strip.png``: a PNG strip previewing the masks of a few frames.
 
-The video is read with :class:`stabledub_core.media.video.VideoReader`, the face tracked, the crop windows planned,
+The video is read with :class:`stabledub_core.media.video.VideoReader`, the face tracked, the crop spans planned,
 and the chosen frames rendered by :func:`stabledub_core.masks.preview.preview_strip` (mouth masks, crop box, union
 mask, exposed patches from a JSON list, an occluder image or a random training-style rate).
 """
@@ -22,6 +22,8 @@ from stabledub_core.masks import exposure as exposure_lib
 from stabledub_core.masks.crop_spans import CropSpan, plan_crop_spans
 from stabledub_core.masks.preview import PreviewStyle, preview_strip
 from stabledub_core.media.video import VideoReader
+from stabledub_core.models.config import StableDubConfig
+from stabledub_core.pipeline.options import MaskOptions
 
 
 def read_video(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +47,7 @@ def read_occluder(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
     return occluder
 
 
-def exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Sequence[CropSpan], grid: int,
+def exposed_patches(args: argparse.Namespace, frames: np.ndarray, spans: Sequence[CropSpan], grid: int,
                     occluder: np.ndarray | None = None) -> dict[int, exposure_lib.ExposedPatches]:
     """Exposed patches per clip frame from the command-line sources (at most one; ``occluder``: the read image)."""
     out: dict[int, exposure_lib.ExposedPatches] = {}
@@ -53,15 +55,15 @@ def exposed_patches(args: argparse.Namespace, frames: np.ndarray, windows: Seque
         fixed = exposure_lib.ExposedPatches.from_json(require_file(args.patches, "patches").read_text())
         return {i: fixed for i in range(len(frames))}
     if occluder is not None:
-        for window in windows:
-            for i, found in zip(range(window.start, window.stop), exposure_lib.from_occluder(occluder, window, grid)):
+        for span in spans:
+            for i, found in zip(range(span.start, span.stop), exposure_lib.from_occluder(occluder, span, grid)):
                 out[i] = found
         return out
     if args.exposure_rate > 0:
         rng = np.random.default_rng(args.seed)
-        for window in windows:
-            for i in range(window.start, window.stop):
-                out[i] = exposure_lib.from_schedule(window.union_mask, grid, args.exposure_rate, rng)
+        for span in spans:
+            for i in range(span.start, span.stop):
+                out[i] = exposure_lib.from_schedule(span.union_mask, grid, args.exposure_rate, rng)
     return out
 
 
@@ -76,9 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=6, help="frames in the strip, spread over the video")
     parser.add_argument("--face-model", type=Path, default=os.environ.get("STABLEDUB_FACE_MODEL"),
                         help="MediaPipe face_landmarker.task (default: $STABLEDUB_FACE_MODEL)")
-    parser.add_argument("--window", type=int, default=16, help="frames per window")
-    parser.add_argument("--crop-size", type=int, default=512)
-    parser.add_argument("--grid", type=int, default=16, help="exposure patches per crop side")
+    parser.add_argument("--span-length", type=int, default=StableDubConfig.num_frames,
+                        help="frames sharing one crop box and union mask (the model's window; default: %(default)s)")
+    parser.add_argument("--crop-size", type=int, default=StableDubConfig.resolution,
+                        help="side of the model's crops (default: %(default)s)")
+    parser.add_argument("--grid", type=int, default=MaskOptions.occluder_grid,
+                        help="exposure patches per crop side (default: %(default)s)")
     parser.add_argument("--tile", type=int, default=256, help="pixels per preview tile")
     parser.add_argument("--max-frames", type=int, default=1000, help="read at most this many frames")
     source = parser.add_mutually_exclusive_group()
@@ -107,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
     occluder = None if args.occluder is None else read_occluder(args.occluder, frames.shape[1:3])  # before tracking
     with FaceTracker(args.face_model) as tracker:
         track = tracker.track(frames, times=times)
-    windows = plan_crop_spans(track, length=args.window, crop_size=args.crop_size)
-    patches = exposed_patches(args, frames, windows, args.grid, occluder)
+    spans = plan_crop_spans(track, length=args.span_length, crop_size=args.crop_size)
+    patches = exposed_patches(args, frames, spans, args.grid, occluder)
     indices = np.unique(np.linspace(0, len(frames) - 1, args.frames).round().astype(int))
-    strip = preview_strip(frames, windows, indices.tolist(), patches, PreviewStyle(tile=args.tile))
+    strip = preview_strip(frames, spans, indices.tolist(), patches, PreviewStyle(tile=args.tile))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {args.out}")  # the folder exists and the format is writable: an I/O failure

@@ -1,8 +1,8 @@
 """Exposure patches: cells of the union mask Mu that stay visible to the inpainting (paper Sec. III-C, Fig. 4).
 
 The crop is split into a G x G grid of square patches, so patches are defined in crop coordinates (normalised: cell
-(row, col) spans [col / G, (col + 1) / G] x [row / G, (row + 1) / G] of the crop) and follow the face from window to
-window. A set of exposed patches comes from one of three sources:
+(row, col) spans [col / G, (col + 1) / G] x [row / G, (row + 1) / G] of the crop) and follow the face from span to
+span. A set of exposed patches comes from one of three sources:
 
 * an explicit list (what the editor widget stores; :class:`ExposedPatches` is JSON-serialisable), or a mask painted
   over the crop (:func:`from_crop_mask`),
@@ -155,56 +155,56 @@ def from_list(cells: list, grid: int) -> ExposedPatches:
     return ExposedPatches(grid=grid, cells=[tuple(cell) for cell in cells])
 
 
-def _occluder_frames(occluder: np.ndarray, window: "CropSpan") -> np.ndarray:
-    """The occluder mask for the window's frames as (n, H, W) float32 in [0, 1]."""
+def _occluder_frames(occluder: np.ndarray, span: "CropSpan") -> np.ndarray:
+    """The occluder mask for the span's frames as (n, H, W) float32 in [0, 1]."""
     occluder = np.asarray(occluder)
     if occluder.dtype == np.uint8:
         occluder = occluder.astype(np.float32) / 255
     occluder = occluder.astype(np.float32, copy=False)
-    n = window.stop - window.start
+    n = span.stop - span.start
     if occluder.ndim == 2:
         return np.broadcast_to(occluder, (n, *occluder.shape))
     if occluder.ndim == 3:
         if occluder.shape[0] == 1:
             return np.broadcast_to(occluder[0], (n, *occluder.shape[1:]))
-        if occluder.shape[0] >= window.stop:
-            return occluder[window.start:window.stop]
-        raise ExposureError(f"per-frame occluder mask has {occluder.shape[0]} frames but the window needs frames "
-                            f"{window.start}..{window.stop - 1}: give one mask per frame of the clip, or one (H, W)")
+        if occluder.shape[0] >= span.stop:
+            return occluder[span.start:span.stop]
+        raise ExposureError(f"per-frame occluder mask has {occluder.shape[0]} frames but the span needs frames "
+                            f"{span.start}..{span.stop - 1}: give one mask per frame of the clip, or one (H, W)")
     raise ExposureError(f"expected an occluder mask (H, W) or (F, H, W), got shape {occluder.shape}")
 
 
 def from_occluder(
     occluder: np.ndarray,
-    window: "CropSpan",
+    span: "CropSpan",
     grid: int,
     min_fraction: float = 0.2,
     within_union: bool = True,
 ) -> list[ExposedPatches]:
     """Exposes the patches an occluder covers, frame by frame.
 
-    The occluder (in source-frame pixels) is cut with the window's box and averaged over each grid cell, so a
+    The occluder (in source-frame pixels) is cut with the span's box and averaged over each grid cell, so a
     patch is exposed where the occluder covers at least ``min_fraction`` of it.
 
     Args:
         occluder: (H, W) for every frame, or (F, H, W) for the whole clip (indexed by clip frame), float in [0, 1]
             (uint8 is read as 0..255), e.g. a MASK from a segmentation node.
-        window: the window whose box maps frames to crops.
+        span: the span whose box maps frames to crops.
         grid: G, patches per side of the crop.
         min_fraction: covered fraction of a patch that exposes it.
         within_union: only expose patches that touch Mu (others change nothing anyway).
 
     Returns:
-        One :class:`ExposedPatches` per frame of the window.
+        One :class:`ExposedPatches` per frame of the span.
     """
     if not 0 < min_fraction <= 1:
         raise ExposureError(f"min_fraction must be in (0, 1], got {min_fraction}")
-    frames = _occluder_frames(occluder, window)
-    x0, y0, x1, y1 = window.box
+    frames = _occluder_frames(occluder, span)
+    x0, y0, x1, y1 = span.box
     if frames.shape[1] < y1 or frames.shape[2] < x1:
         raise ExposureError(f"occluder mask of size {frames.shape[2]}x{frames.shape[1]} does not contain the crop "
-                            f"box {window.box}: give it at the video's frame size")
-    union = window.union_mask if within_union else None
+                            f"box {span.box}: give it at the video's frame size")
+    union = span.union_mask if within_union else None
     return [from_crop_mask(np.ascontiguousarray(frame[y0:y1, x0:x1]), grid, min_fraction, union) for frame in frames]
 
 

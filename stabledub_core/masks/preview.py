@@ -1,11 +1,11 @@
 """Preview images of the masks: landmarks, detailed and coarse masks, union mask, crop box and exposed patches.
 
-Each frame is shown around its window's crop box (with a margin, so the box itself is visible) at ``tile`` pixels:
+Each frame is shown around its span's crop box (with a margin, so the box itself is visible) at ``tile`` pixels:
 
 * Mu: blue tint, proportional to the feathered union mask,
 * exposed patches: yellow (as in the paper's Fig. 4),
 * Mc: green outline; detailed mask: cyan outline; the landmarks these are built from: red dots,
-* crop box: magenta square; the label gives the frame index and window.
+* crop box: magenta square; the label gives the frame index and span.
 
 The command line that writes such a strip for a video is ``python -m stabledub_core preview``
 (``stabledub_core/cli/preview.py``).
@@ -42,12 +42,12 @@ class PreviewStyle:
     text: tuple[int, int, int] = (255, 255, 255)
 
 
-def span_of(windows: Sequence[CropSpan], index: int) -> CropSpan:
-    """The window that owns clip frame ``index``."""
-    for window in windows:
-        if window.own_start <= index < window.own_stop:
-            return window
-    raise IndexError(f"frame {index} is outside the planned windows (0..{windows[-1].own_stop - 1})")
+def span_of(spans: Sequence[CropSpan], index: int) -> CropSpan:
+    """The span that owns clip frame ``index``."""
+    for span in spans:
+        if span.own_start <= index < span.own_stop:
+            return span
+    raise IndexError(f"frame {index} is outside the planned spans (0..{spans[-1].own_stop - 1})")
 
 
 def _tint(image: np.ndarray, weight: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
@@ -59,7 +59,7 @@ def _tint(image: np.ndarray, weight: np.ndarray, colour: tuple[int, int, int], a
 def render_frame(
     frame: np.ndarray,
     index: int,
-    window: CropSpan,
+    span: CropSpan,
     patches: exposure_lib.ExposedPatches | None = None,
     style: PreviewStyle | None = None,
 ) -> np.ndarray:
@@ -67,8 +67,8 @@ def render_frame(
 
     Args:
         frame: (H, W, 3) uint8 RGB source frame.
-        index: the frame's clip index (within ``window``).
-        window: the window owning the frame.
+        index: the frame's clip index (within ``span``).
+        span: the span owning the frame.
         patches: exposed patches to show, or None.
         style: colours and sizes.
 
@@ -77,27 +77,27 @@ def render_frame(
     """
     style = style or PreviewStyle()
     tile = style.tile
-    x0, y0, x1, y1 = window.box
+    x0, y0, x1, y1 = span.box
     side = x1 - x0
     view = clamp_box((x0 + x1) / 2, (y0 + y1) / 2, side * (1 + 2 * style.margin), frame.shape[:2])
     t = tile / (view[2] - view[0])  # tile pixels per source pixel
     image = cv2.resize(frame[view[1]:view[3], view[0]:view[2]], (tile, tile), interpolation=cv2.INTER_AREA)
     image = np.ascontiguousarray(image)
     # Crop coordinates -> tile coordinates: p * a + b.
-    a = t / box_scale(window.box, window.crop_size)
+    a = t / box_scale(span.box, span.crop_size)
     b = np.array([(x0 - view[0]) * t, (y0 - view[1]) * t], np.float32)
     to_tile = np.array([[a, 0, b[0]], [0, a, b[1]]], np.float32)
 
     def warp(crop_raster: np.ndarray) -> np.ndarray:
         return cv2.warpAffine(crop_raster.astype(np.float32), to_tile, (tile, tile), flags=cv2.INTER_LINEAR)
 
-    _tint(image, warp(window.union_mask), style.union, style.union_alpha)
+    _tint(image, warp(span.union_mask), style.union, style.union_alpha)
     if patches is not None and patches.cells:
-        _tint(image, warp(patches.raster(window.crop_size)), style.patches, style.patches_alpha)
-    local = index - window.start
-    landmarks = window.landmarks[local] * a + b if window.active[local] else None  # (478, 2) tile coordinates
+        _tint(image, warp(patches.raster(span.crop_size)), style.patches, style.patches_alpha)
+    local = index - span.start
+    landmarks = span.landmarks[local] * a + b if span.active[local] else None  # (478, 2) tile coordinates
     if landmarks is not None:
-        coarse = mouth_masks.rasterize(landmarks, (tile, tile), dilation=window.coarse_dilation)
+        coarse = mouth_masks.rasterize(landmarks, (tile, tile), dilation=span.coarse_dilation)
         contours, _ = cv2.findContours(coarse, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(image, contours, -1, style.coarse, 1, cv2.LINE_AA)
         for indices in (regions.LOWER_FACE_POLYGON, regions.LIPS_OUTER):
@@ -109,7 +109,7 @@ def render_frame(
     bx0, by0 = np.round(b).astype(int)
     bside = int(round(side * t))
     cv2.rectangle(image, (bx0, by0), (bx0 + bside - 1, by0 + bside - 1), style.box, 1)
-    label = f"f{index} w{window.start}-{window.stop - 1}" + ("" if window.active[local] else " no face")
+    label = f"f{index} w{span.start}-{span.stop - 1}" + ("" if span.active[local] else " no face")
     cv2.putText(image, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, style.text, 1, cv2.LINE_AA)
     return image
@@ -117,7 +117,7 @@ def render_frame(
 
 def preview_strip(
     frames: np.ndarray,
-    windows: Sequence[CropSpan],
+    spans: Sequence[CropSpan],
     indices: Sequence[int],
     patches: Mapping[int, exposure_lib.ExposedPatches] | None = None,
     style: PreviewStyle | None = None,
@@ -126,7 +126,7 @@ def preview_strip(
 
     Args:
         frames: (F, H, W, 3) uint8 clip frames (indexed by clip frame).
-        windows: the clip's windows.
+        spans: the clip's spans.
         indices: clip frames to show.
         patches: exposed patches per clip frame (missing keys: none).
         style: colours and sizes.
@@ -135,5 +135,5 @@ def preview_strip(
         (tile, len(indices) * tile, 3) uint8 RGB.
     """
     patches = patches or {}
-    tiles = [render_frame(frames[i], i, span_of(windows, i), patches.get(i), style) for i in indices]
+    tiles = [render_frame(frames[i], i, span_of(spans, i), patches.get(i), style) for i in indices]
     return np.concatenate(tiles, axis=1)

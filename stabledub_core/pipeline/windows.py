@@ -13,7 +13,7 @@ windows (``overlap`` frames, more before the shifted last window); the shared fr
 from the same clip noise (``sampler.ClipNoise``), so both results are already close, and :class:`ChunkStitcher`
 cross-fades them with a linear ramp. The cross-fade works on any per-frame tensor (latents or decoded frames).
 Chunked results differ from whole-clip sampling only in the shared frames (by ~2% of the disagreement between
-neighbouring windows in ``tests/test_sampler.py``).
+neighbouring windows in ``tests/pipeline/test_sampler.py``).
 """
 
 from __future__ import annotations

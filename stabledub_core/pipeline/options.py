@@ -3,7 +3,7 @@
 Each field is declared with :func:`option`, which keeps the default together with the help text, the choices and the
 range. The command line (``cli/options.py``) makes its flags from these fields and the ComfyUI nodes
 (``nodes/widgets.py``) their widgets, so ``--help``, the node widgets and the Python API show the same defaults and
-the same spellings (``tests/pipeline/test_options.py`` checks it).
+the same spellings (``tests/nodes/test_option_defaults.py`` checks it).
 
 What the model decides is not an option: the window length (``StableDubConfig.num_frames``), the crop size
 (``resolution``) and the latent channels come from the loaded model's config.

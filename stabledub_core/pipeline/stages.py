@@ -5,7 +5,7 @@
 
 The streaming dub (``pipeline/dub.py``: the CLI and the all-in-one node) runs them frame by frame over a source and a
 sink; the modular ComfyUI graph runs each as a node over a whole clip in memory. Both call the functions below, so
-they compute the same frames (``tests/pipeline/test_entry_points.py``).
+they compute the same frames (``tests/nodes/test_entry_points.py``).
 
 A source is anything with the :class:`~stabledub_core.media.video.VideoReader` interface (a file, or
 :class:`~stabledub_core.media.frames.FrameSource` for frames in memory); a sink anything with ``write(image, time)``.

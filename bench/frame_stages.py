@@ -12,7 +12,7 @@ Runs on face_occluded.mp4 (512x512) and on a 1080p version of it (each frame sca
   The first ``span_at`` of a group plans the whole group (``SPANS_PER_GROUP`` spans), the others only look up: the
   time of every ``span_at`` call of a group is summed and spread evenly over the group's frames (the shipped cost
   per frame, planning included). Plus ``stages.inpaint_mask`` per frame (no occluder, no painted patches: the span's
-  own Mu) and the chunk's ``np.stack`` of those masks (spread over the chunk's frames).
+  own Mu) and its copy into the chunk's reused mask array (``stages.ChunkArrays``).
 * crops: ``stages.crop_frame`` of the frame and ``stages.AppearanceCrops`` of the appearance reference frame
   (``stages.reference_frame``, chosen once per clip, not timed; cropped once per span), as dub_stream's chunk inputs
   do. A frame two sampler chunks
@@ -58,6 +58,7 @@ from stabledub_core.media.video import VideoReader  # noqa: E402
 from stabledub_core.pipeline.options import ConditionOptions, MaskOptions, SamplingOptions  # noqa: E402
 from stabledub_core.pipeline.stages import (  # noqa: E402
     AppearanceCrops,
+    ChunkArrays,
     Compositor,
     crop_frame,
     generate_chunks,
@@ -71,7 +72,7 @@ ASSETS = ROOT / "assets"
 CROP_SIZE = 512
 WINDOW = 16
 STAGES = ("tracking", "masks", "crops", "paste")
-PARTS = ("plan", "inpaint_mask", "mask_stack", "crop_frame", "crop_reference")  # what masks and crops are made of
+PARTS = ("plan", "inpaint_mask", "mask_copy", "crop_frame", "crop_reference")  # what masks and crops are made of
 
 
 class SourceCrops:
@@ -149,10 +150,12 @@ def dub_frames(frames: np.ndarray, fps: float, face_track) -> tuple[dict[str, np
     cropped = np.zeros(num, np.int64)  # how many chunks cropped each frame
     boxes: dict[int, tuple] = {}  # span start -> its box
     size = CROP_SIZE
+    arrays = ChunkArrays(size)
 
     def chunk_inputs(chunk):  # dub_stream's chunk_inputs, each call timed
-        crops = np.empty((chunk.length, size, size, 3), np.uint8)
-        appearance = np.empty_like(crops)
+        t0 = time.perf_counter()
+        crops, chunk_masks, appearance = arrays(chunk.length)  # reused arrays (ChunkArrays), as dub_stream
+        parts["mask_copy"][chunk.start:chunk.stop] += (time.perf_counter() - t0) / chunk.length
         for k, i in enumerate(range(chunk.start, chunk.stop)):
             t0 = time.perf_counter()
             span, offset = crop_plan.span_at(i)
@@ -163,16 +166,16 @@ def dub_frames(frames: np.ndarray, fps: float, face_track) -> tuple[dict[str, np
             t3 = time.perf_counter()
             masks[i] = inpaint_mask(span, offset, masks_options, occluder=None)
             t4 = time.perf_counter()
+            chunk_masks[k] = masks[i]
+            t5 = time.perf_counter()
             parts["plan"][i] += t1 - t0
             parts["crop_frame"][i] += t2 - t1
             parts["crop_reference"][i] += t3 - t2
             parts["inpaint_mask"][i] += t4 - t3
+            parts["mask_copy"][i] += t5 - t4
             cropped[i] += 1
             boxes[span.start] = span.box
-        t0 = time.perf_counter()
-        stacked = np.stack([masks[i] for i in range(chunk.start, chunk.stop)])
-        parts["mask_stack"][chunk.start:chunk.stop] += (time.perf_counter() - t0) / chunk.length
-        return crops, stacked, appearance
+        return crops, chunk_masks, appearance
 
     compositor = Compositor(crop_plan, DropSink(), num)
     writes = 0
@@ -187,7 +190,7 @@ def dub_frames(frames: np.ndarray, fps: float, face_track) -> tuple[dict[str, np
     group = crop_plan.group
     for first in range(0, num, group):
         parts["plan"][first:first + group] = parts["plan"][first:first + group].mean()
-    per_frame = {"masks": parts["plan"] + parts["inpaint_mask"] + parts["mask_stack"],
+    per_frame = {"masks": parts["plan"] + parts["inpaint_mask"] + parts["mask_copy"],
                  "crops": parts["crop_frame"] + parts["crop_reference"], "paste": parts["paste"],
                  **{name: parts[name] for name in PARTS}}
     facts = {"frames": num, "spans": len(boxes), "span_groups": -(-num // group), "spans_per_group": SPANS_PER_GROUP,
@@ -261,7 +264,7 @@ def main() -> None:
         "every face_count_interval frames, its cost spread over blocks of that many frames before the median); "
         "mediapipe_alone = a bare VIDEO-mode landmarker (one face) on the same frames in the same repeat; masks = "
         "CropPlan.span_at per frame in order (keep_all=False; every group's planning spread evenly over the group's "
-        "frames) + stages.inpaint_mask (no occluder) + the chunk's stack of masks; crops = stages.crop_frame of the "
+        "frames) + stages.inpaint_mask (no occluder) + its copy into the chunk's reused mask array; crops = stages.crop_frame of the "
         "frame and stages.AppearanceCrops of the reference frame (once per span; frames in a chunk overlap are cropped twice, the sum counted); paste = "
         "stages.Compositor.write per run of final frames the chunk loop (stages.generate_chunks, default "
         "SamplingOptions, a stand-in model returning the source crops) yields, into a sink that drops the frames, "

@@ -146,20 +146,6 @@ def _native_chunks(path, what: str, sample_format: str | None = None) -> Iterato
                                      f"({exc.strerror or 'invalid data'})") from exc
 
 
-def iter_audio(path, what: str = "audio") -> Iterator[np.ndarray]:
-    """Stream an audio track as float32 chunks at its own rate and channel count.
-
-    Args:
-        path: Any media file with an audio track.
-        what: What the file is for, used in messages.
-
-    Yields:
-        ``(C, n)`` float32 chunks in [-1, 1].
-    """
-    for _, chunk in _native_chunks(path, what, "fltp"):
-        yield chunk
-
-
 def probe_audio(path, what: str = "audio") -> AudioInfo:
     """Decode an audio track once to learn its exact length and format.
 

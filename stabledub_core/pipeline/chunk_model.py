@@ -21,7 +21,7 @@ from stabledub_core.models.audio_context import frame_audio_context
 from stabledub_core.models.checkpoint import load_checkpoint
 from stabledub_core.models.vae import decode_latents, encode_frames
 from stabledub_core.pipeline.composite import resize_square
-from stabledub_core.pipeline.conditions import branch_tokens, habit_vector
+from stabledub_core.pipeline.conditions import branch_tokens, clip_conditions, habit_vector
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.inversion import invert_clip
 from stabledub_core.pipeline.options import RuntimeOptions, SamplingOptions
@@ -158,8 +158,6 @@ class StableDubChunkModel:
         with torch.no_grad():
             with clock.stage("audio"):
                 audio = self._audio_context(self.wave16, self.times[start:start + n])  # (n, T, C_a)
-                tokens = branch_tokens(self.model.habit, audio, self._v, self.sampler.guidance.branches,
-                                       self.device, self.dtype)  # branch -> (n, T', C_cross)
             with clock.stage("vae_encode"):
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = encode_frames(vae, _to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
@@ -178,8 +176,10 @@ class StableDubChunkModel:
                     start_latents = {"init_latents": invert_clip(
                         self.model.unet, ClipConditions(masked, mask, app, source_tokens), clean, self.sampler,
                         self.device, self.dtype, should_stop=should_stop)}
+            with clock.stage("audio"):  # branch -> (n, T', C_cross) tokens, checked against the latents
+                conditions = clip_conditions(self.model.habit, audio, self._v, masked, mask, app,
+                                             self.sampler.guidance.branches, self.device, self.dtype)
             with clock.stage("sample"):
-                conditions = ClipConditions(masked, mask, app, tokens)
                 latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
                                         device=self.device, dtype=self.dtype, on_step=on_step,
                                         should_stop=should_stop)

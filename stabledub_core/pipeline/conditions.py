@@ -42,22 +42,6 @@ class HabitModule(Protocol):
         """``(B, F, T, C_a)``, ``(B, C)``, ``(B,)`` bool, ``(B,)`` bool -> ``(B, F, T', C_cross)``."""
 
 
-def appearance_latent(crop_latents: torch.Tensor, reference_index: int) -> torch.Tensor:
-    """The appearance latent: the latent of the reference frame's crop.
-
-    Args:
-        crop_latents: ``(F, 4, h, w)`` latents of the (unmasked) crops.
-        reference_index: frame index from ``masks.reference.choose_reference``.
-
-    Returns:
-        ``(4, h, w)``.
-    """
-    if not 0 <= reference_index < crop_latents.shape[0]:
-        raise ConditionError(f"reference frame {reference_index} is outside the clip's {crop_latents.shape[0]} "
-                             "frames")
-    return crop_latents[reference_index]
-
-
 def habit_segment(status: np.ndarray, length: int, seed: int,
                   avoid: tuple[int, int] | None = None) -> np.ndarray:
     """Frames of the lip-habit segment, in shuffled order (the paper: "random sampled and shuffled").

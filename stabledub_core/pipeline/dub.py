@@ -44,10 +44,12 @@ from stabledub_core.media.audio import (
 from stabledub_core.media.frames import FrameSink, FrameSource
 from stabledub_core.media.length_policy import LengthPlan, LengthPolicy, plan_length
 from stabledub_core.media.video import VideoReader, VideoWriter, output_format
+from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.options import DubOptions
 from stabledub_core.pipeline.stages import (
     AppearanceCrops,
+    ChunkArrays,
     Compositor,
     check_occluder,
     crop_frame,
@@ -135,7 +137,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
     plan = plan_length(policy, source.num_frames, source.fps, num_samples, sample_rate)
     variable = plan.is_identity and source.is_variable_rate()
     index = plan.index_array()  # (F_out,) source frame of each output frame
-    times = source.times() if variable else np.arange(plan.num_frames) / float(plan.fps)
+    times = source.times() if variable else uniform_frame_times(plan.num_frames, plan.fps)
     wave16 = fit_samples(wave16, encoder_length(plan.audio_samples, sample_rate))
     speech = None
     if options.sampling.invert:
@@ -154,6 +156,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
     buffer: dict[int, np.ndarray] = {}  # output index -> source image, for the current chunk and its overlap
     masks: dict[int, np.ndarray] = {}  # output index -> inpainting mask, likewise
     size = chunk_model.crop_size
+    arrays = ChunkArrays(size)
 
     read = 0  # output frames read so far
 
@@ -164,15 +167,15 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
                 buffer[read] = next(frames)
                 read += 1
         with clock.stage("crop"):
-            crops = np.empty((chunk.length, size, size, 3), np.uint8)
-            appearance = np.empty_like(crops)
+            crops, chunk_masks, appearance = arrays(chunk.length)
             for k, i in enumerate(range(chunk.start, chunk.stop)):
                 span, offset = crop_plan.span_at(i)
                 crops[k] = crop_frame(buffer[i], span, size)
                 appearance[k] = appearance_of(span)
                 masks[i] = inpaint_mask(span, offset, options.masks,
                                         occluder=None if occluder is None else occluder[index[i]])
-        return crops, np.stack([masks[i] for i in range(chunk.start, chunk.stop)]), appearance
+                chunk_masks[k] = masks[i]
+        return crops, chunk_masks, appearance
 
     with open_sink(plan, source.time_base if variable else None) as sink:
         compositor = Compositor(crop_plan, sink, plan.num_frames, times=times if variable else None, clock=clock,

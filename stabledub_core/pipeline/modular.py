@@ -18,6 +18,7 @@ from stabledub_core.face.track import FaceTrack
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposedPatches
 from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
+from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.options import DubOptions, MaskOptions
 from stabledub_core.pipeline.stages import (
@@ -131,7 +132,7 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
             raise OptionError(f"{name} must be {shape} for {n} frames at the model's {size}-pixel resolution, got "
                               f"{tuple(value.shape)}: crop them with the model's crop size")
     rate = frame_rate(fps)
-    times = np.arange(n) / float(rate)
+    times = uniform_frame_times(n, rate)
     v = habit if isinstance(habit, torch.Tensor) else chunk_model.encode_habit(habit)
     source = None if source_wave16 is None else SourceSpeech.covering(source_wave16, times, rate)
     chunk_model.begin(np.asarray(wave16, np.float32), times, v, source=source)

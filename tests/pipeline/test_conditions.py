@@ -5,7 +5,6 @@ import torch
 from stabledub_core.pipeline.conditions import (
     ConditionError,
     HabitFileNotFoundError,
-    appearance_latent,
     branch_tokens,
     clip_conditions,
     habit_segment,
@@ -83,12 +82,9 @@ def test_branch_tokens_use_drop_masks_in_one_forward():
     torch.testing.assert_close(tokens[Branch.FULL], audio[..., :3] + v)
 
 
-def test_clip_conditions_and_appearance():
+def test_clip_conditions():
     latents = torch.randn(6, 4, 2, 2)
-    app = appearance_latent(latents, 2)
-    assert torch.equal(app, latents[2])
-    with pytest.raises(ConditionError, match="outside"):
-        appearance_latent(latents, 6)
+    app = latents[2]
     plan = GuidancePlan.from_scales(1.0, 2.0)
     cond = clip_conditions(StubHabit(), torch.randn(6, 2, 5), torch.randn(3), latents, torch.ones(6, 1, 2, 2),
                            app, plan.branches)

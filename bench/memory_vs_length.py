@@ -204,7 +204,10 @@ def main() -> None:
         "preset": "tiny (random weights)", "steps": args.steps, "resolution": f"{CANVAS[1]}x{CANVAS[0]}",
         "media": f"{FACE_VIDEO.relative_to(REPO)} on a grey canvas, {SPEECH.relative_to(REPO)} at {SPEECH_RATE} Hz "
                  "stereo",
-        "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes, "commit": _commit(),
+        "cpu_count": os.cpu_count(), "runs": runs, "no_model_probe": probes,
+        "no_model_rss_ratio_long_vs_short": (round(probes[-1]["peak_rss_mb"] / probes[0]["peak_rss_mb"], 3)
+                                             if len(probes) >= 2 else None),
+        "commit": _commit(),
         "note": "peak RSS = ru_maxrss of the CLI child process; fps = output frames / wall time of the whole CLI "
                 "(imports, model load, tracking pass, dubbing pass); stage_share from the CLI's --report",
     }

@@ -91,7 +91,7 @@ def server(tmp_path_factory, media_dir, face_model_path):
 
 
 def test_server_lists_every_node(server):
-    from test_nodes import import_package
+    from helpers.comfy_stub import import_package
 
     url, base = server
     info = _get(f"{url}/object_info")

@@ -21,6 +21,7 @@ callers that do not know this module can still catch it. The tree::
     |   +-- FaceModelNotFoundError                   the MediaPipe face_landmarker.task (missing or not a bundle)
     |   +-- HabitFileNotFoundError                   a saved habit vector
     |   +-- WeightsNotFoundError                     SD 1.5 / VAE / wav2vec2 / weight files and folders
+    |   +-- DatasetNotFoundError                     a training video folder (missing, or no video in it)
     +-- MediaError (ValueError)                      a media file cannot be used
     |   +-- NotAMediaFileError, NoVideoStreamError, NoAudioStreamError, EmptyMediaError
     +-- NoFaceError (ValueError)                     no (usable) face in the frames that need one
@@ -42,7 +43,8 @@ callers that do not know this module can still catch it. The tree::
         +-- MambaInputError, UNetInputError, HabitInputError, VAEInputError,
         |   AudioEncoderError, AudioContextError                     tensors given to a model (models)
         +-- GuidanceError, ConditionError, SamplerError, SamplerWindowError,
-            CompositeError                                           inputs of a pipeline stage (pipeline)
+        |   CompositeError                                           inputs of a pipeline stage (pipeline)
+        +-- ManifestError                            a preprocessing folder made with other settings (train)
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class HabitFileNotFoundError(InputFileNotFoundError):
 
 class WeightsNotFoundError(InputFileNotFoundError):
     """A weight file or model folder (SD 1.5, its VAE, wav2vec2, a safetensors file) is missing."""
+
+
+class DatasetNotFoundError(InputFileNotFoundError):
+    """A training video folder is missing or holds no video file (train preprocess)."""
 
 
 # --- media files --------------------------------------------------------------------------------------------------
@@ -210,6 +216,10 @@ class SamplerWindowError(InvalidInputError):
 
 class CompositeError(InvalidInputError):
     """Frames, crops, boxes or masks whose shapes do not fit together when compositing."""
+
+
+class ManifestError(InvalidInputError):
+    """A preprocessing output folder whose manifest is unreadable or was made with other settings (train)."""
 
 
 def require_file(path, what: str) -> Path:

@@ -18,6 +18,7 @@ from stabledub_core.cli import dub
 from stabledub_core.cli import init as init_command
 from stabledub_core.cli import preview as preview_command
 from stabledub_core.cli import summary as summary_command
+from stabledub_core.cli import train as train_command
 from stabledub_core.cli.common import FACE_MODEL_HELP, find_face_model
 from stabledub_core.errors import StableDubError
 from stabledub_core.runtime import Interrupted
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m stabledub_core``."""
     parser = argparse.ArgumentParser(prog="python -m stabledub_core", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{dub,demo,preview,init,summary}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{dub,demo,preview,init,summary,train}")
     dub.add_parsers(sub, DESCRIPTION)
     preview = sub.add_parser("preview", help="write a PNG strip of the masks of a few frames",
                              description="Write a PNG strip previewing StableDub's masks (mouth mask, crop box, "
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(run=_run_preview)
     init_command.add_parser(sub)
     summary_command.add_parser(sub)
+    train_command.add_parser(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ without sound and one too short. The tiny preset (128-pixel crops, 16-frame span
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from helpers.media_factory import tone, write_video
 from helpers.repo_media import astronaut
+from stabledub_core.cli import train as train_command
 from stabledub_core.cli.main import main
 from stabledub_core.errors import DatasetNotFoundError, LandmarkShapeError, ManifestError
 from stabledub_core.face.track import FaceTrack, FaceTracker
@@ -364,3 +366,14 @@ def test_the_command_gives_one_line_errors(run1, dataset, tmp_path, capfd):
     assert "--workers" in capfd.readouterr().err
     with pytest.raises(DatasetNotFoundError, match="no video file"):
         pre.find_videos(tmp_path)
+
+
+def test_the_progress_line_counts_kept_clips_and_hours():
+    stream = io.StringIO()  # not a terminal: one line per clip up to 100 clips, then every 1%
+    progress = train_command._Progress(stream)
+    progress(1, 2, {"path": "a.mp4", "kept": True, "seconds": 1800.0})
+    progress(2, 2, {"path": "b.mp4", "kept": False, "seconds": 60.0})
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["preprocess [1/2] kept 1 (0.500 h)",
+                                                      "preprocess [2/2] kept 1 (0.500 h)"]
+    assert lines[1].endswith(": b.mp4")

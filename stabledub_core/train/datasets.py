@@ -1,0 +1,380 @@
+"""Training datasets over a preprocessed folder (``train preprocess`` output): stage 1 frames, stage 2 clips.
+
+Both read the shards memory-mapped (``np.load(mmap_mode="r")``, opened lazily in each process, so a ``DataLoader``
+worker never pickles arrays) and index them from ``manifest.json`` only: building the index reads no array.
+Everything a sample holds comes from the arrays the pipeline's own functions wrote (crops by ``crop_frame``, Mc,
+Mu and landmarks from ``CropPlan``, 16 kHz audio from ``load_encoder_input``) and is conditioned by the functions
+inference uses (``masks.exposure``, ``masks.reference.choose_reference``, ``pipeline.conditions.habit_segment``,
+``masks.lips.lip_crops``).
+
+Value conventions (as the model's inputs at inference, ``pipeline.chunk_model``):
+
+- images are ``(3, S, S)`` float32 in **[0, 1]** (what ``models.vae.encode_frames`` and the habit module take);
+- ``mask`` is the inpainting mask, float32 in [0, 1], 1 = generate: Mu (stored as round(Mu * 255), so read back
+  to 1/255) with the exposure patches set to 0 (``masks.exposure.apply``); ``masked`` is the crop with every pixel
+  where ``mask > 0`` set to 0, exactly ``np.where(masks > 0, 0, crops)`` of ``StableDubChunkModel.generate``;
+  ``to_latent(mask, factor)`` gives the latent mask as at inference;
+- ``mc`` is the coarse mouth mask (0/1) of L_LCF (eq. 6).
+
+Randomness (exposure patches, appearance frame, habit segment) is drawn from ``np.random.default_rng([seed, epoch,
+index, stream])``: a sample is a pure function of (seed, epoch, index, progress). The training loop sets
+``dataset.set_epoch(e)`` and ``dataset.set_progress(p)``; as ``DataLoader`` workers hold a copy of the dataset, with
+``persistent_workers=True`` (or to change the progress inside an epoch) index the dataset with a
+:class:`SampleKey` ``(index, epoch, progress)`` instead (a sampler can yield them), which overrides both.
+
+Frame status: the shards keep landmarks (NaN where no face was tracked) but not the tracker's status; a frame with
+finite landmarks counts as ``DETECTED``, else ``MISSING`` (interpolated frames therefore count as detected, which
+only changes ``choose_reference``'s preference for detected frames).
+
+Stage 2 audio: the dataset gives the raw 16 kHz segment, not features, because the audio encoder is trained (its
+layer mix) and runs in the training step. The segment is the very slice ``StableDubChunkModel._audio_context``
+gives the encoder for the clip's frame times (:func:`audio_window`: the frames' span plus ``context_seconds + 1``
+s each side, clamped to the clip's audio), with the frame times relative to the segment's start; the training step
+calls ``encoder(audio[:audio_length])`` and ``frame_audio_context(features, encoder.frame_rate, frame_times, ...)``
+as inference does. Segments are zero-padded to one length (:attr:`Stage2Dataset.audio_samples`) so the default
+collate stacks them; ``audio_length`` is the real length (encode ``audio[i, :audio_length[i]]`` for inference's
+exact input; a batched encode of the padded segments differs only near the padded end).
+
+Stage 2 lip habit: inference cuts the lip crops from the full source frames with full-frame landmarks
+(``stages.habit_lip_crops``); the shards hold only the model-resolution crops and landmarks in crop coordinates,
+so the dataset calls the same ``lip_crops(crops, landmarks, lip_size)`` on the stored crops. Crop coordinates are a
+scale + shift of frame coordinates within a span, and the lip crop's side is a multiple of the (median)
+inter-ocular distance, so the two cut the same region of the face; they differ by resampling (the crop was already
+resampled to S) and, for a segment crossing spans, by the spans' slightly different scales (the median measure).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from stabledub_core.errors import DatasetNotFoundError, ManifestError, OptionError
+from stabledub_core.face.gaps import TrackStatus
+from stabledub_core.masks.exposure import DEFAULT_GRID, ExposedPatches, ExposureSchedule, apply, from_schedule
+from stabledub_core.masks.lips import lip_crops
+from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
+from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
+from stabledub_core.models.config import get_preset
+from stabledub_core.pipeline.conditions import habit_segment
+from stabledub_core.train.preprocess import FPS, MANIFEST, SAMPLES_PER_FRAME, SHARDS
+
+# Streams of a sample's random generator (one per draw, so changing one never shifts the others)
+_EXPOSURE, _REFERENCE, _HABIT = 0, 1, 2
+
+
+class SampleKey(NamedTuple):
+    """An index with its epoch and training progress (overrides the dataset's ``set_epoch`` / ``set_progress``)."""
+
+    index: int
+    epoch: int
+    progress: float
+
+
+def audio_window(num_samples: int, times: np.ndarray, context_seconds: float) -> tuple[int, int]:
+    """The 16 kHz samples ``[a, b)`` inference's ``StableDubChunkModel._audio_context`` encodes for ``times``.
+
+    Args:
+        num_samples: Samples of the clip's audio.
+        times: ``(n,)`` frame times (s) in that audio, ascending.
+        context_seconds: The preset's ``audio.context_seconds``.
+
+    Returns:
+        ``(a, b)`` with ``b > a``; the encoder's input is ``wave[a:b]`` and the frame times in it ``times - a / 16000``.
+    """
+    margin = context_seconds + 1.0
+    a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
+    b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), num_samples)
+    return a, max(b, a + 1)
+
+
+def _image(array: np.ndarray) -> torch.Tensor:
+    """``(..., S, S, 3)`` uint8 -> ``(..., 3, S, S)`` float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, -3))).float().div_(255)
+
+
+@dataclass
+class _Clip:
+    shard: str
+    frame_offset: int
+    frames: int
+    span_offset: int
+    spans: int
+    audio_offset: int
+    audio_samples: int
+    path: str
+
+
+class PreprocessedData:
+    """The manifest of a preprocessed folder and its shards, memory-mapped on first use (per process).
+
+    Args:
+        root: ``train preprocess``'s OUT_DIR.
+
+    Raises:
+        DatasetNotFoundError: No manifest in ``root``.
+        ManifestError: The manifest is unreadable or lists no kept clip.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise DatasetNotFoundError(f"no {MANIFEST} in {str(self.root)!r}: give the OUT_DIR of `train preprocess`")
+        try:
+            manifest = json.loads(path.read_text())
+            self.settings = manifest["settings"]
+            self.clips = [_Clip(c["shard"], int(c["frame_offset"]), int(c["frames"]), int(c["span_offset"]),
+                                int(c["spans"]), int(c["audio_offset"]), int(c["audio_samples"]), c["path"])
+                          for c in manifest["clips"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ManifestError(f"{str(path)!r} is not a preprocessing manifest ({error})") from error
+        if not self.clips:
+            raise ManifestError(f"{str(path)!r} lists no kept clip: preprocess more videos or relax the filters")
+        self.span_length = int(self.settings.get("span_length", 16))
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self._status: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):  # workers reopen the memory maps themselves
+        state = dict(self.__dict__)
+        state["_arrays"], state["_status"] = {}, {}
+        return state
+
+    def array(self, shard: str, name: str) -> np.ndarray:
+        arrays = self._arrays.setdefault(shard, {})
+        if name not in arrays:
+            arrays[name] = np.load(self.root / SHARDS / shard / f"{name}.npy", mmap_mode="r")
+        return arrays[name]
+
+    def frames(self, clip: int, name: str, start: int, stop: int) -> np.ndarray:
+        """Per-frame array ``name`` of frames ``[start, stop)`` of a clip (a memory-mapped view)."""
+        c = self.clips[clip]
+        return self.array(c.shard, name)[c.frame_offset + start:c.frame_offset + stop]
+
+    def take(self, clip: int, name: str, indices) -> np.ndarray:
+        c = self.clips[clip]
+        return self.array(c.shard, name)[c.frame_offset + np.asarray(indices, np.int64)]
+
+    def mu(self, clip: int, frame: int) -> np.ndarray:
+        """``(S, S)`` float32 Mu of the span holding a frame, in [0, 1] (1/255 steps)."""
+        c = self.clips[clip]
+        return self.array(c.shard, "mu")[c.span_offset + frame // self.span_length].astype(np.float32) / 255
+
+    def audio(self, clip: int) -> np.ndarray:
+        c = self.clips[clip]
+        return self.array(c.shard, "audio")[c.audio_offset:c.audio_offset + c.audio_samples]
+
+    def status(self, clip: int) -> np.ndarray:
+        """``(F,)`` ``TrackStatus`` of a clip's frames: DETECTED where landmarks are finite, else MISSING (cached)."""
+        if clip not in self._status:
+            marks = self.frames(clip, "landmarks", 0, self.clips[clip].frames)[:, 0, 0]
+            self._status[clip] = np.where(np.isfinite(marks), TrackStatus.DETECTED, TrackStatus.MISSING).astype(
+                np.int64)
+        return self._status[clip]
+
+
+class _Base(Dataset):
+    """Shared options and randomness of the two stages."""
+
+    def __init__(self, root, preset: str | None, exposure: ExposureSchedule | None, grid: int, seed: int,
+                 reference: str, exclude_radius: int):
+        self.data = PreprocessedData(root)
+        self.config = get_preset(preset or self.data.settings.get("preset", "sd15"))
+        self.size = int(self.data.settings.get("resolution", self.config.resolution))
+        if self.size != self.config.resolution:
+            raise OptionError(f"the data was preprocessed at {self.size} pixels but preset {self.config.name!r} "
+                              f"works at {self.config.resolution}: preprocess with --preset {self.config.name}")
+        self.exposure, self.grid, self.seed = exposure, int(grid), int(seed)
+        self.reference = ReferenceStrategy(reference)
+        if exclude_radius < 0:
+            raise OptionError(f"exclude_radius must be >= 0, got {exclude_radius}")
+        self.exclude_radius = int(exclude_radius)
+        self.epoch, self.progress = 0, 0.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] (sets the exposure rate through the schedule)."""
+        if not 0 <= progress <= 1:
+            raise OptionError(f"training progress must be in [0, 1], got {progress}")
+        self.progress = float(progress)
+
+    def exposure_rate(self, progress: float) -> float:
+        """Fraction of Mu's patches exposed at ``progress`` (0 without a schedule)."""
+        if self.exposure is None:
+            return 0.0
+        return self.exposure.rate(round(progress * 1_000_000), 1_000_001)
+
+    def _key(self, key) -> SampleKey:
+        if isinstance(key, tuple):
+            key = SampleKey(*key)
+            return SampleKey(int(key.index), int(key.epoch), float(key.progress))
+        return SampleKey(int(key), self.epoch, self.progress)
+
+    def _seed(self, key: SampleKey, stream: int) -> list[int]:
+        return [self.seed, key.epoch, key.index, stream]
+
+    def _patches(self, key: SampleKey, mu: np.ndarray) -> tuple[ExposedPatches, float]:
+        """The exposed patches of Mu drawn for this sample (``from_schedule`` at the progress's rate) and the rate."""
+        rate = self.exposure_rate(key.progress)
+        return from_schedule(mu, self.grid, rate, np.random.default_rng(self._seed(key, _EXPOSURE))), rate
+
+    def _appearance(self, key: SampleKey, clip: int, target: tuple[int, int]) -> int:
+        landmarks = self.data.frames(clip, "landmarks", 0, self.data.clips[clip].frames)
+        seed = int(np.random.default_rng(self._seed(key, _REFERENCE)).integers(2 ** 31))
+        return choose_reference(landmarks, self.data.status(clip), self.reference, seed, target=target,
+                                exclude_radius=self.exclude_radius)
+
+
+class Stage1Dataset(_Base):
+    """Single frames for stage 1 (spatial layers): crop, Mc, Mu, exposed Mu, masked crop, appearance frame.
+
+    Args:
+        root: ``train preprocess``'s OUT_DIR.
+        preset: Model preset (default: the one the data was preprocessed for).
+        exposure: The progressive exposure schedule (default 70% -> 0% linear; None: no exposure).
+        grid: Patches per crop side of the exposure grid.
+        seed: Seed of every draw.
+        reference: ``ReferenceStrategy`` of the appearance frame (default ``random``).
+        exclude_radius: Frames within this distance of the target cannot be its appearance frame.
+
+    A sample (``dataset[i]`` or ``dataset[SampleKey(i, epoch, progress)]``) is a dict:
+
+    - ``crop`` (3, S, S) float32 [0, 1]; ``masked`` (3, S, S) float32 [0, 1] (0 where ``mask > 0``);
+      ``appearance`` (3, S, S) float32 [0, 1];
+    - ``mc``, ``mu``, ``mask`` (1, S, S) float32 [0, 1] (Mc, Mu, Mu with the exposed patches at 0);
+    - ``exposed`` (G, G) bool; ``exposure_rate`` float32 ();
+    - ``clip``, ``frame``, ``appearance_frame`` int64 () (clip in the manifest, frames within it).
+    """
+
+    def __init__(self, root, preset: str | None = None, exposure: ExposureSchedule | None = ExposureSchedule(),
+                 grid: int = DEFAULT_GRID, seed: int = 0, reference: str = ReferenceStrategy.RANDOM.value,
+                 exclude_radius: int = 8):
+        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius)
+        self.starts = np.cumsum([0] + [c.frames for c in self.data.clips])  # (clips + 1,) first index of each clip
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip, frame within the clip) of a dataset index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return clip, int(index - self.starts[clip])
+
+    def __getitem__(self, key) -> dict:
+        key = self._key(key)
+        clip, frame = self.locate(key.index)
+        crop = np.asarray(self.data.frames(clip, "crops", frame, frame + 1)[0])  # (S, S, 3)
+        mu = self.data.mu(clip, frame)
+        patches, rate = self._patches(key, mu)
+        mask = apply(mu, patches)  # (S, S)
+        reference = self._appearance(key, clip, (frame, frame + 1))
+        masked = np.where((mask > 0)[..., None], 0, crop).astype(np.uint8)
+        return {
+            "crop": _image(crop), "masked": _image(masked),
+            "appearance": _image(self.data.frames(clip, "crops", reference, reference + 1)[0]),
+            "mc": torch.from_numpy(self.data.frames(clip, "mc", frame, frame + 1).astype(np.float32)),
+            "mu": torch.from_numpy(mu)[None], "mask": torch.from_numpy(mask)[None],
+            "exposed": torch.from_numpy(patches.to_array()), "exposure_rate": torch.tensor(rate, dtype=torch.float32),
+            "clip": torch.tensor(clip), "frame": torch.tensor(frame), "appearance_frame": torch.tensor(reference),
+        }
+
+
+class Stage2Dataset(_Base):
+    """Clips of ``num_frames`` consecutive frames for stage 2: crops, masks, audio segment, appearance, lip habit.
+
+    Args:
+        root: ``train preprocess``'s OUT_DIR.
+        preset: Model preset (default: the one the data was preprocessed for); gives ``num_frames`` F,
+            ``habit.lip_size`` and ``audio.context_seconds``.
+        stride: Frames between clip starts (default F: one clip per crop span, the windows inference samples).
+        habit_frames: K, lip crops of the habit segment (inference's default 8).
+        exposure: Exposure schedule (default None: the mask is Mu, as at inference without an occluder); one draw
+            per clip, the same patches on every frame.
+        grid, seed, reference: As :class:`Stage1Dataset`.
+        exclude_radius: Frames within this distance of the clip cannot be its appearance frame.
+
+    A sample is a dict:
+
+    - ``crops``, ``masked`` (F, 3, S, S) float32 [0, 1]; ``appearance`` (3, S, S) float32 [0, 1];
+    - ``mc``, ``mu``, ``mask`` (F, 1, S, S) float32 [0, 1];
+    - ``audio`` (A,) float32 16 kHz segment (zero-padded to ``audio_samples``), ``audio_length`` int64 (),
+      ``audio_start`` int64 () (its first sample in the clip's audio), ``frame_times`` (F,) float64 (s, in the
+      segment);
+    - ``lips`` (K, 3, L, L) float32 [0, 1] (L = ``habit.lip_size``), ``habit_frames`` (K,) int64 (shuffled order);
+    - ``exposed`` (G, G) bool, ``exposure_rate`` float32 (); ``clip``, ``start``, ``appearance_frame`` int64 ().
+    """
+
+    def __init__(self, root, preset: str | None = None, stride: int | None = None, habit_frames: int = 8,
+                 exposure: ExposureSchedule | None = None, grid: int = DEFAULT_GRID, seed: int = 0,
+                 reference: str = ReferenceStrategy.RANDOM.value, exclude_radius: int = 0):
+        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius)
+        self.length = int(self.config.num_frames)
+        self.stride = int(stride or self.length)
+        if self.stride < 1 or habit_frames < 1:
+            raise OptionError(f"stride and habit_frames must be at least 1, got {self.stride} and {habit_frames}")
+        self.habit_frames = int(habit_frames)
+        self.lip_size = int(self.config.habit.lip_size)
+        self.context_seconds = float(self.config.audio.context_seconds)
+        margin = self.context_seconds + 1.0
+        self.audio_samples = int(((self.length - 1) / FPS + 2 * margin) * ENCODER_SAMPLE_RATE) + 2
+        counts = [max((c.frames - self.length) // self.stride + 1, 0) for c in self.data.clips]
+        self.starts = np.cumsum([0] + counts)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip, first frame within the clip) of a dataset index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return clip, int(index - self.starts[clip]) * self.stride
+
+    def frame_times(self, start: int) -> np.ndarray:
+        """``(F,)`` times (s) of the clip's frames in its clip's audio (frame k at k / 25 s)."""
+        return (start + np.arange(self.length, dtype=np.float64)) / FPS
+
+    def __getitem__(self, key) -> dict:
+        key = self._key(key)
+        clip, start = self.locate(key.index)
+        stop = start + self.length
+        crops = np.asarray(self.data.frames(clip, "crops", start, stop))  # (F, S, S, 3)
+        mus = np.stack([self.data.mu(clip, k) for k in range(start, stop)])  # (F, S, S)
+        patches, rate = self._patches(key, mus[0])
+        masks = np.stack([apply(mu, patches) for mu in mus])  # (F, S, S)
+        masked = np.where((masks > 0)[..., None], 0, crops).astype(np.uint8)
+        wave = self.data.audio(clip)
+        times = self.frame_times(start)
+        a, b = audio_window(len(wave), times, self.context_seconds)
+        audio = np.zeros(self.audio_samples, np.float32)
+        audio[:b - a] = wave[a:b]
+        status = self.data.status(clip)
+        k = min(self.habit_frames, len(status))
+        habit_seed = int(np.random.default_rng(self._seed(key, _HABIT)).integers(2 ** 31))
+        picks = habit_segment(status, k, habit_seed, avoid=(start, stop))
+        lips = lip_crops(np.asarray(self.data.take(clip, "crops", picks)),
+                         np.asarray(self.data.take(clip, "landmarks", picks)), self.lip_size)
+        reference = self._appearance(key, clip, (start, stop))
+        return {
+            "crops": _image(crops), "masked": _image(masked),
+            "appearance": _image(self.data.frames(clip, "crops", reference, reference + 1)[0]),
+            "mc": torch.from_numpy(self.data.frames(clip, "mc", start, stop).astype(np.float32))[:, None],
+            "mu": torch.from_numpy(mus)[:, None], "mask": torch.from_numpy(np.ascontiguousarray(masks))[:, None],
+            "audio": torch.from_numpy(audio), "audio_length": torch.tensor(b - a),
+            "audio_start": torch.tensor(a), "frame_times": torch.from_numpy(times - a / ENCODER_SAMPLE_RATE),
+            "lips": _image(lips), "habit_frames": torch.from_numpy(picks),
+            "exposed": torch.from_numpy(patches.to_array()), "exposure_rate": torch.tensor(rate, dtype=torch.float32),
+            "clip": torch.tensor(clip), "start": torch.tensor(start), "appearance_frame": torch.tensor(reference),
+        }
+
+
+__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "audio_window", "SAMPLES_PER_FRAME"]

@@ -24,7 +24,9 @@ index, stream])``: a sample is a pure function of (seed, epoch, index, progress)
 
 Frame status: the shards keep landmarks (NaN where no face was tracked) but not the tracker's status; a frame with
 finite landmarks counts as ``DETECTED``, else ``MISSING`` (interpolated frames therefore count as detected, which
-only changes ``choose_reference``'s preference for detected frames).
+only changes ``choose_reference``'s preference for detected frames). Stage 1 indexes every frame of every kept clip;
+with ``--min-face-coverage`` below 1 a frame without a face is a sample too (its Mc is empty), and a clip too short
+for ``exclude_radius`` raises ``NoReferenceFrameError`` (``train preprocess`` keeps clips of 2 s and more by default).
 
 Stage 2 audio: the dataset gives the raw 16 kHz segment, not features, because the audio encoder is trained (its
 layer mix) and runs in the training step. The segment is the very slice ``StableDubChunkModel._audio_context``

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from stabledub_core.errors import AudioContextError
+from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
+
+SEGMENT_MARGIN = 1.0  # seconds of speech encoded beyond each side of the frames' audio context
 
 
 def uniform_frame_times(num_frames: int, fps: float, start: float = 0.0) -> np.ndarray:
@@ -83,3 +86,24 @@ def frame_audio_context(
     lower_feat = features[lower.to(features.device)]  # (F, T, C_a)
     upper_feat = features[upper.to(features.device)]
     return lower_feat + (upper_feat - lower_feat) * weight.to(features.device)
+
+
+def audio_segment(num_samples: int, times: np.ndarray, context_seconds: float) -> tuple[int, int]:
+    """The 16 kHz samples ``[a, b)`` the audio encoder is run on for frames at ``times``.
+
+    The frames' span plus their context and :data:`SEGMENT_MARGIN` on each side (so the encoder sees the speech
+    around every frame), clamped to the audio. Inference (``StableDubChunkModel``) and the training datasets cut the
+    same segment.
+
+    Args:
+        num_samples: Samples of the 16 kHz audio.
+        times: ``(n,)`` frame times (s) in that audio, ascending.
+        context_seconds: The preset's ``audio.context_seconds``.
+
+    Returns:
+        ``(a, b)`` with ``b > a``; the frame times in ``wave[a:b]`` are ``times - a / 16000``.
+    """
+    margin = context_seconds + SEGMENT_MARGIN
+    a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
+    b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), num_samples)
+    return a, max(b, a + 1)

@@ -17,7 +17,7 @@ import torch
 from stabledub_core.errors import OptionError
 from stabledub_core.masks.exposure import to_latent
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE, fit_samples
-from stabledub_core.models.audio_context import frame_audio_context
+from stabledub_core.models.audio_context import audio_segment, frame_audio_context
 from stabledub_core.models.checkpoint import load_checkpoint
 from stabledub_core.models.vae import decode_latents, encode_frames
 from stabledub_core.pipeline.composite import resize_square
@@ -141,10 +141,8 @@ class StableDubChunkModel:
         """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
         encoder = self.model.audio_encoder
         audio_cfg = self.config.audio
-        margin = audio_cfg.context_seconds + 1.0  # seconds of context around the chunk
-        a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
-        b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), len(wave16))
-        segment = torch.from_numpy(np.ascontiguousarray(wave16[a:max(b, a + 1)]))[None]
+        a, b = audio_segment(len(wave16), times, audio_cfg.context_seconds)
+        segment = torch.from_numpy(np.ascontiguousarray(wave16[a:b]))[None]
         with torch.no_grad():
             features = encoder(segment.to(self.device))[0].float().cpu()  # (T_feat, C_a)
         return frame_audio_context(features, encoder.frame_rate, times - a / ENCODER_SAMPLE_RATE,

@@ -30,7 +30,7 @@ for ``exclude_radius`` raises ``NoReferenceFrameError`` (``train preprocess`` ke
 
 Stage 2 audio: the dataset gives the raw 16 kHz segment, not features, because the audio encoder is trained (its
 layer mix) and runs in the training step. The segment is the very slice ``StableDubChunkModel._audio_context``
-gives the encoder for the clip's frame times (:func:`audio_window`: the frames' span plus ``context_seconds + 1``
+gives the encoder for the clip's frame times (:func:`~stabledub_core.models.audio_context.audio_segment`: the frames' span plus ``context_seconds + 1``
 s each side, clamped to the clip's audio), with the frame times relative to the segment's start; the training step
 calls ``encoder(audio[:audio_length])`` and ``frame_audio_context(features, encoder.frame_rate, frame_times, ...)``
 as inference does. Segments are zero-padded to one length (:attr:`Stage2Dataset.audio_samples`) so the default
@@ -62,6 +62,7 @@ from stabledub_core.masks.exposure import DEFAULT_GRID, ExposedPatches, Exposure
 from stabledub_core.masks.lips import lip_crops
 from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
+from stabledub_core.models.audio_context import SEGMENT_MARGIN, audio_segment
 from stabledub_core.models.config import get_preset
 from stabledub_core.pipeline.conditions import habit_segment
 from stabledub_core.train.preprocess import FPS, MANIFEST, SAMPLES_PER_FRAME, SHARDS
@@ -76,23 +77,6 @@ class SampleKey(NamedTuple):
     index: int
     epoch: int
     progress: float
-
-
-def audio_window(num_samples: int, times: np.ndarray, context_seconds: float) -> tuple[int, int]:
-    """The 16 kHz samples ``[a, b)`` inference's ``StableDubChunkModel._audio_context`` encodes for ``times``.
-
-    Args:
-        num_samples: Samples of the clip's audio.
-        times: ``(n,)`` frame times (s) in that audio, ascending.
-        context_seconds: The preset's ``audio.context_seconds``.
-
-    Returns:
-        ``(a, b)`` with ``b > a``; the encoder's input is ``wave[a:b]`` and the frame times in it ``times - a / 16000``.
-    """
-    margin = context_seconds + 1.0
-    a = max(int((times[0] - margin) * ENCODER_SAMPLE_RATE), 0)
-    b = min(int((times[-1] + margin) * ENCODER_SAMPLE_RATE), num_samples)
-    return a, max(b, a + 1)
 
 
 def _image(array: np.ndarray) -> torch.Tensor:
@@ -198,6 +182,19 @@ class _Base(Dataset):
         self.exclude_radius = int(exclude_radius)
         self.epoch, self.progress = 0, 0.0
 
+    stride = 1  # frames between the first frames of consecutive samples of a clip
+    starts: np.ndarray  # (clips + 1,) first dataset index of each clip, set by the subclass
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip, first frame within the clip) of a dataset index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return clip, int(index - self.starts[clip]) * self.stride
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -261,16 +258,6 @@ class Stage1Dataset(_Base):
         super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius)
         self.starts = np.cumsum([0] + [c.frames for c in self.data.clips])  # (clips + 1,) first index of each clip
 
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(clip, frame within the clip) of a dataset index."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
-        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
-        return clip, int(index - self.starts[clip])
-
     def __getitem__(self, key) -> dict:
         key = self._key(key)
         clip, frame = self.locate(key.index)
@@ -326,20 +313,10 @@ class Stage2Dataset(_Base):
         self.habit_frames = int(habit_frames)
         self.lip_size = int(self.config.habit.lip_size)
         self.context_seconds = float(self.config.audio.context_seconds)
-        margin = self.context_seconds + 1.0
+        margin = self.context_seconds + SEGMENT_MARGIN
         self.audio_samples = int(((self.length - 1) / FPS + 2 * margin) * ENCODER_SAMPLE_RATE) + 2
         counts = [max((c.frames - self.length) // self.stride + 1, 0) for c in self.data.clips]
         self.starts = np.cumsum([0] + counts)
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(clip, first frame within the clip) of a dataset index."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
-        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
-        return clip, int(index - self.starts[clip]) * self.stride
 
     def frame_times(self, start: int) -> np.ndarray:
         """``(F,)`` times (s) of the clip's frames in its clip's audio (frame k at k / 25 s)."""
@@ -356,7 +333,7 @@ class Stage2Dataset(_Base):
         masked = np.where((masks > 0)[..., None], 0, crops).astype(np.uint8)
         wave = self.data.audio(clip)
         times = self.frame_times(start)
-        a, b = audio_window(len(wave), times, self.context_seconds)
+        a, b = audio_segment(len(wave), times, self.context_seconds)
         audio = np.zeros(self.audio_samples, np.float32)
         audio[:b - a] = wave[a:b]
         status = self.data.status(clip)
@@ -379,4 +356,4 @@ class Stage2Dataset(_Base):
         }
 
 
-__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "audio_window", "SAMPLES_PER_FRAME"]
+__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SAMPLES_PER_FRAME"]

@@ -24,13 +24,13 @@ from stabledub_core.masks.exposure import ExposureSchedule, apply, from_schedule
 from stabledub_core.masks.lips import lip_crops
 from stabledub_core.media.audio import load_audio
 from stabledub_core.media.video import Run, VideoReader
-from stabledub_core.models.audio_context import frame_audio_context
+from stabledub_core.models.audio_context import audio_segment, frame_audio_context
 from stabledub_core.models.config import get_preset
 from stabledub_core.pipeline import stages
 from stabledub_core.pipeline.chunk_model import StableDubChunkModel
 from stabledub_core.pipeline.options import MaskOptions
 from stabledub_core.train import preprocess as pre
-from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Dataset, audio_window
+from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Dataset
 
 FRAMES = 48  # 1.92 s at 25 fps: three 16-frame spans
 S = 128  # the tiny preset's resolution
@@ -198,7 +198,7 @@ def test_stage2_audio_window_is_what_inference_cuts_for_those_frames(prepared):
         length = int(sample["audio_length"])
         assert np.array_equal(sample["audio"][:length].numpy(), encoder.seen)
         assert not sample["audio"][length:].any()
-        a, b = audio_window(len(wave), times[start:start + 16], config.audio.context_seconds)
+        a, b = audio_segment(len(wave), times[start:start + 16], config.audio.context_seconds)
         assert (int(sample["audio_start"]), length) == (a, b - a)
         # the training step's computation from the sample gives inference's audio context
         features = encoder(sample["audio"][None, :length])[0]

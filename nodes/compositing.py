@@ -8,7 +8,7 @@ pack loads none of them).
 from __future__ import annotations
 
 from . import comfy_env, convert
-from .base import CROP_PLAN, TRACK, interruptible
+from .base import CROP_PLAN_IN, IMAGES_IN, TRACK_IN, interruptible
 from .face import ANY_RATE
 from .widgets import widget
 
@@ -28,9 +28,9 @@ class StableDubCropFaces:
         from stabledub_core.pipeline.options import ConditionOptions, SamplingOptions
 
         return {"required": {
-            "images": ("IMAGE",),
-            "track": (TRACK,),
-            "crop_plan": (CROP_PLAN,),
+            "images": IMAGES_IN,
+            "track": TRACK_IN,
+            "crop_plan": CROP_PLAN_IN,
             "reference": widget(ConditionOptions, "reference"),
             "seed": widget(SamplingOptions, "seed"),
         }}
@@ -59,9 +59,9 @@ class StableDubPasteBack:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE",),
+            "images": IMAGES_IN,
             "crops": ("IMAGE", {"tooltip": "generated crops, one per frame, any square size"}),
-            "crop_plan": (CROP_PLAN,),
+            "crop_plan": CROP_PLAN_IN,
             "color_match": ("BOOLEAN", {"default": False,
                                         "tooltip": "match the generated colours to the frame around the mask"}),
         }, "optional": {"masks": ("MASK", {"tooltip": "blending masks in crop coordinates (default: Mu)"})}}

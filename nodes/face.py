@@ -8,7 +8,7 @@ pack loads none of them).
 from __future__ import annotations
 
 from . import comfy_env, convert
-from .base import FPS, MODEL, TRACK, interruptible
+from .base import FPS, IMAGES_IN, MODEL, TRACK, TRACK_IN, interruptible
 from .widgets import widget
 
 ANY_RATE = 25  # frame rate given to sources whose result does not depend on it (crops, masks)
@@ -25,7 +25,7 @@ class StableDubTrackFaces:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE",),
+            "images": IMAGES_IN,
             "fps": FPS,
             "face_model": (comfy_env.model_files("mediapipe"),
                            {"tooltip": "face_landmarker.task in models/mediapipe"}),
@@ -55,8 +55,8 @@ class StableDubLipCrops:
 
         return {"required": {
             "model": (MODEL, {"tooltip": "sets the lip crop size"}),
-            "images": ("IMAGE",),
-            "track": (TRACK,),
+            "images": IMAGES_IN,
+            "track": TRACK_IN,
             "habit_frames": widget(ConditionOptions, "habit_frames"),
             "seed": widget(SamplingOptions, "seed"),
         }}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from . import comfy_env, convert
-from .base import FPS, MODEL, ModelHandle, interruptible
+from .base import FPS, IMAGES_IN, MODEL, ModelHandle, interruptible
 from .widgets import widget, widgets
 
 IN_CHECKPOINT = "(in checkpoint)"
@@ -100,12 +100,14 @@ class StableDubSaveVideo:
         from stabledub_core.pipeline.options import OutputOptions
 
         return {"required": {
-            "images": ("IMAGE",),
+            "images": IMAGES_IN,
             "fps": FPS,
-            "filename_prefix": ("STRING", {"default": "StableDub"}),
-            "format": (["mp4", "mov", "mkv"],),
+            "filename_prefix": ("STRING", {"default": "StableDub",
+                                           "tooltip": "file name start in the output folder; may hold a "
+                                                      "sub-folder (clips/dub)"}),
+            "format": (["mp4", "mov", "mkv"], {"tooltip": "container of the H.264 video"}),
             "crf": widget(OutputOptions, "crf"),
-        }, "optional": {"audio": ("AUDIO",)}}
+        }, "optional": {"audio": ("AUDIO", {"tooltip": "sound track to mux (e.g. the Dub node's audio)"})}}
 
     @interruptible
     def save(self, images, fps, filename_prefix, format, crf, audio=None):
@@ -138,8 +140,8 @@ class StableDubFitLength:
         from stabledub_core.pipeline.options import LengthOptions
 
         return {"required": {
-            "images": ("IMAGE",),
-            "audio": ("AUDIO",),
+            "images": IMAGES_IN,
+            "audio": ("AUDIO", {"tooltip": "the speech to fit the frames to"}),
             "fps": FPS,
             **widgets(LengthOptions, "length_policy"),
         }}

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 
 from . import convert
-from .base import CROP_PLAN, MODEL, TRACK
+from .base import CROP_PLAN, CROP_PLAN_IN, IMAGES_IN, MODEL, TRACK_IN
 from .widgets import widget, widgets
 
 EMPTY_PATCHES = '{"grid": 16, "cells": []}'
@@ -35,7 +35,7 @@ class StableDubPlanMasks:
 
         return {"required": {
             "model": (MODEL, {"tooltip": "sets the crop size and the window length"}),
-            "track": (TRACK,),
+            "track": TRACK_IN,
             "mask_margin": widget(MaskOptions, "mask_margin"),
         }}
 
@@ -67,13 +67,14 @@ class StableDubOccluderExposure:
         from stabledub_core.pipeline.options import MaskOptions
 
         return {"required": {
-            "crop_plan": (CROP_PLAN,),
-            "images": ("IMAGE",),
+            "crop_plan": CROP_PLAN_IN,
+            "images": IMAGES_IN,
             "patches": ("STRING", {"default": EMPTY_PATCHES, "multiline": False,
                                    "tooltip": 'exposed patches {"grid": G, "cells": [[row, col], ...]} in crop '
                                               "coordinates, kept in every frame (edited by clicking the preview)"}),
             **widgets(MaskOptions, "occluder_grid", "occluder_fraction"),
-            "preview_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000}),
+            "preview_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                       "tooltip": "the frame whose crop the editor shows (clamped to the last)"}),
         }, "optional": {"occluder": ("MASK", {"tooltip": "white where an occluder is, frame coordinates; one "
                                                          "mask or one per frame"})}}
 
@@ -135,10 +136,11 @@ class StableDubPreview:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE",),
-            "crop_plan": (CROP_PLAN,),
+            "images": IMAGES_IN,
+            "crop_plan": CROP_PLAN_IN,
             "frames": ("INT", {"default": 6, "min": 1, "max": 64, "tooltip": "tiles, spread over the clip"}),
-            "tile": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 16}),
+            "tile": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 16,
+                              "tooltip": "side of each tile in pixels"}),
         }}
 
     def preview(self, images, crop_plan, frames, tile):

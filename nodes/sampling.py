@@ -8,7 +8,7 @@ pack loads none of them).
 from __future__ import annotations
 
 from . import comfy_env, convert
-from .base import FPS, MODEL, interruptible
+from .base import FPS, IMAGES_IN, MODEL_IN, interruptible
 from .widgets import widgets
 
 SAMPLER_WIDGETS = ("steps", "scheduler", "audio_scale", "habit_scale", "seed", "overlap", "windows_per_chunk")
@@ -47,7 +47,7 @@ class StableDubSample:
         from stabledub_core.pipeline.options import SamplingOptions
 
         return {"required": {
-            "model": (MODEL,),
+            "model": MODEL_IN,
             "crops": ("IMAGE", {"tooltip": "face crops at the model's resolution (StableDub Crop Faces)"}),
             "masks": ("MASK", {"tooltip": "inpainting masks in crop coordinates (Plan Masks / Occluder Exposure)"}),
             "appearance": ("IMAGE", {"tooltip": "appearance reference crops (StableDub Crop Faces)"}),
@@ -87,8 +87,8 @@ class StableDubDub:
         from stabledub_core.pipeline.options import ConditionOptions, LengthOptions, MaskOptions, SamplingOptions
 
         return {"required": {
-            "model": (MODEL,),
-            "images": ("IMAGE",),
+            "model": MODEL_IN,
+            "images": IMAGES_IN,
             "audio": ("AUDIO", {"tooltip": "the new speech"}),
             "fps": FPS,
             "face_model": (comfy_env.model_files("mediapipe"),

@@ -125,6 +125,32 @@ def import_package():
     return module
 
 
+COMFY_NODES_MARKER = "ComfyUI's own nodes module"
+# How ComfyUI v0.3.64's nodes.load_custom_node imports a pack folder (module named after the folder's path).
+LOAD_CUSTOM_NODE = """
+import importlib.util, os, sys
+def load_custom_node(module_path):
+    name = module_path.replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(module_path, "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+"""
+
+
+def write_comfy_dir(root: Path) -> Path:
+    """A stand-in ComfyUI folder for a fresh interpreter: ``nodes.py`` (ComfyUI's module name, with a marker),
+    ``custom_nodes/ComfyUI-StableDub`` (a link to this repository) and ``load_custom_node.py`` (ComfyUI's way of
+    importing a pack). Returns the pack's folder in it."""
+    (root / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    (root / "nodes.py").write_text(f"MARKER = {COMFY_NODES_MARKER!r}\n")
+    (root / "load_custom_node.py").write_text(LOAD_CUSTOM_NODE)
+    pack = root / "custom_nodes" / "ComfyUI-StableDub"
+    pack.symlink_to(REPO)
+    return pack
+
+
 def micro_config():
     """The tiny preset shrunk further (64-pixel crops, 16 channels): the same code path in a few seconds."""
     cfg = get_preset("tiny")

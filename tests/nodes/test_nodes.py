@@ -72,6 +72,8 @@ def test_node_classes_are_valid(comfy):
             for name, entry in section.items():
                 assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, (node_id, name)
                 assert isinstance(entry[0], (str, list)), (node_id, name)
+                if section is not spec.get("hidden"):  # every input a user sees explains itself
+                    assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
         assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
         assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
         assert callable(getattr(cls, cls.FUNCTION))

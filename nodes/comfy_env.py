@@ -17,6 +17,9 @@ MODEL_FOLDERS = {
     "wav2vec2": set(),  # local transformers wav2vec2 folders (for sd15-size checkpoints)
 }
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACE_MODEL = "face_landmarker.task"
+BUNDLED_FACE_MODEL = os.path.join(PACK_DIR, "assets", FACE_MODEL)  # MediaPipe's model, shipped with the pack
 
 
 def register_model_folders() -> None:
@@ -58,6 +61,26 @@ def model_path(folder: str, name: str) -> str:
         raise InputFileNotFoundError(f"{name!r} is not in ComfyUI's models/{folder} folder(s) "
                                      f"{folder_paths.get_folder_paths(folder)}: put the file there and refresh")
     return path
+
+
+def face_models() -> list[str]:
+    """The face-model dropdown: ``.task`` files of ``models/mediapipe``, then the pack's bundled
+    ``face_landmarker.task`` under that name when the folder has none of that name (so a fresh install works)."""
+    names = model_files("mediapipe")
+    if FACE_MODEL not in names and os.path.isfile(BUNDLED_FACE_MODEL):
+        names.append(FACE_MODEL)
+    return names
+
+
+def face_model_path(name: str) -> str:
+    """Full path of a :func:`face_models` entry: the file in ``models/mediapipe``, else the bundled copy."""
+    import folder_paths
+
+    register_model_folders()
+    path = folder_paths.get_full_path("mediapipe", name)
+    if path is None and name == FACE_MODEL and os.path.isfile(BUNDLED_FACE_MODEL):
+        return BUNDLED_FACE_MODEL
+    return model_path("mediapipe", name)
 
 
 def model_subfolders(folder: str) -> list[str]:

@@ -27,8 +27,9 @@ class StableDubTrackFaces:
         return {"required": {
             "images": IMAGES_IN,
             "fps": FPS,
-            "face_model": (comfy_env.model_files("mediapipe"),
-                           {"tooltip": "face_landmarker.task in models/mediapipe"}),
+            "face_model": (comfy_env.face_models(),
+                           {"tooltip": "MediaPipe face_landmarker.task: from models/mediapipe, else the copy "
+                                       "bundled with the pack"}),
         }}
 
     @interruptible
@@ -37,7 +38,7 @@ class StableDubTrackFaces:
         from stabledub_core.pipeline.stages import track_faces
 
         source = FrameSource(convert.image_in(images), fps)
-        return (track_faces(source, comfy_env.model_path("mediapipe", face_model),
+        return (track_faces(source, comfy_env.face_model_path(face_model),
                             on_progress=comfy_env.Progress(len(images)), should_stop=comfy_env.should_stop),)
 
 

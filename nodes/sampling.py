@@ -91,8 +91,9 @@ class StableDubDub:
             "images": IMAGES_IN,
             "audio": ("AUDIO", {"tooltip": "the new speech"}),
             "fps": FPS,
-            "face_model": (comfy_env.model_files("mediapipe"),
-                           {"tooltip": "face_landmarker.task in models/mediapipe"}),
+            "face_model": (comfy_env.face_models(),
+                           {"tooltip": "MediaPipe face_landmarker.task: from models/mediapipe, else the copy "
+                                       "bundled with the pack"}),
             **widgets(LengthOptions, "length_policy"),
             **widgets(SamplingOptions, *SAMPLER_WIDGETS),
             **widgets(ConditionOptions, "reference", "habit_frames"),
@@ -112,7 +113,7 @@ class StableDubDub:
             occluder = convert.mask_in(occluder, "occluder")  # (1, H, W) or (F, H, W)
         with comfy_env.model_on_device(model) as device:
             options = dub_options(device, model.dtype, source_audio is not None,
-                                  face_model=comfy_env.model_path("mediapipe", face_model), **values)
+                                  face_model=comfy_env.face_model_path(face_model), **values)
             result = dub_clip(source, waveform, rate, model.model, options, occluder,
                               comfy_env.Progress(len(images), stages=("track", "sample")), comfy_env.should_stop,
                               source_speech(source_audio))

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
+import socket
+import subprocess
 import sys
+import time
 import types
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -171,3 +179,105 @@ def run_node(comfy, node_id, **inputs):
         out = out["result"]
     assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
     return out
+
+
+# -- a real ComfyUI server (COMFYUI_DIR) ------------------------------------------------------------------------------
+
+DEMO_CHECKPOINT = "stabledub_tiny_demo.safetensors"  # the checkpoint name the shipped workflows use
+SERVER_START_TIMEOUT = 300
+PACK_FOLDER = "ComfyUI-StableDub"
+
+
+def install_base(base: Path, media: dict[str, Path], checkpoint: str = DEMO_CHECKPOINT) -> Path:
+    """A fresh ComfyUI base directory holding only the pack (a link to this repository), a random micro checkpoint
+    under ``checkpoint`` and the input ``media`` (name -> file, linked). No face model: the pack's bundled one is
+    listed by itself."""
+    for sub in ("custom_nodes", "models/stabledub", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO)
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.stabledub import StableDub
+
+    torch.manual_seed(0)
+    save_checkpoint(StableDub.from_config(micro_config()), base / "models" / "stabledub" / checkpoint)
+    for name, path in media.items():
+        (base / "input" / name).symlink_to(path)
+    return base
+
+
+class ComfyServer:
+    """A running ComfyUI server (``main.py`` of ``comfy_dir``) on a free loopback port, CPU only.
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT``.
+        base: Its ``--base-directory``.
+    """
+
+    def __init__(self, comfy_dir: str, base: Path):
+        self.comfy_dir, self.base = comfy_dir, base
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "server.log"
+
+    def log(self, tail: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.read()
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def run_prompt(self, graph: dict, timeout: float = 600) -> dict:
+        """Queue an API-format prompt and wait for it; its history entry (status, outputs)."""
+        try:
+            prompt_id = self.post("/prompt", {"prompt": graph, "client_id": "stabledub-test"})["prompt_id"]
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"/prompt refused the graph: {error.read().decode()[:3000]}") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the prompt did not finish in {timeout} s\n{self.log()}")
+            time.sleep(1)
+
+    @contextmanager
+    def running(self) -> Iterator["ComfyServer"]:
+        log = open(self.log_path, "w")
+        process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(self.base), "--disable-auto-launch"],
+            cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(f"ComfyUI exited with {process.returncode}:\n{self.log()}")
+                try:
+                    self.get("/system_stats")
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"ComfyUI did not start in time:\n{self.log()}") from None
+                    time.sleep(1)
+            yield self
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()

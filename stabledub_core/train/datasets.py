@@ -58,17 +58,25 @@ from torch.utils.data import Dataset
 
 from stabledub_core.errors import DatasetNotFoundError, ManifestError, OptionError
 from stabledub_core.face.gaps import TrackStatus
-from stabledub_core.masks.exposure import DEFAULT_GRID, ExposedPatches, ExposureSchedule, apply, from_schedule
+from stabledub_core.masks.exposure import (
+    DEFAULT_GRID,
+    ExposedPatches,
+    ExposureSchedule,
+    apply,
+    from_schedule,
+    to_latent,
+)
 from stabledub_core.masks.lips import lip_crops
 from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
 from stabledub_core.models.audio_context import SEGMENT_MARGIN, audio_segment
-from stabledub_core.models.config import get_preset
+from stabledub_core.models.config import StableDubConfig, get_preset
 from stabledub_core.pipeline.conditions import habit_segment
+from stabledub_core.train.latent_cache import open_cache
 from stabledub_core.train.preprocess import FPS, MANIFEST, SAMPLES_PER_FRAME, SHARDS
 
 # Streams of a sample's random generator (one per draw, so changing one never shifts the others)
-_EXPOSURE, _REFERENCE, _HABIT = 0, 1, 2
+_EXPOSURE, _REFERENCE, _HABIT, _STEP = 0, 1, 2, 3
 
 
 class SampleKey(NamedTuple):
@@ -125,6 +133,21 @@ class PreprocessedData:
         self.span_length = int(self.settings.get("span_length", 16))
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._status: dict[int, np.ndarray] = {}
+        self.latent_root: Path | None = None
+
+    def use_latents(self, folder: Path) -> None:
+        """Read cached latents from ``folder`` (``train.latent_cache.open_cache``)."""
+        self.latent_root = Path(folder)
+
+    def latents(self, clip: int, name: str, indices) -> torch.Tensor:
+        """``(n, C, h, w)`` float32 cached ``latents`` or ``masked_latents`` of frames of a clip."""
+        c = self.clips[clip]
+        key = f"latent:{name}"
+        arrays = self._arrays.setdefault(c.shard, {})
+        if key not in arrays:
+            arrays[key] = np.load(self.latent_root / c.shard / f"{name}.npy", mmap_mode="r")
+        rows = arrays[key][c.frame_offset + np.asarray(indices, np.int64)]
+        return torch.from_numpy(rows.astype(np.float32))
 
     def __getstate__(self):  # workers reopen the memory maps themselves
         state = dict(self.__dict__)
@@ -167,20 +190,27 @@ class PreprocessedData:
 class _Base(Dataset):
     """Shared options and randomness of the two stages."""
 
-    def __init__(self, root, preset: str | None, exposure: ExposureSchedule | None, grid: int, seed: int,
-                 reference: str, exclude_radius: int):
+    def __init__(self, root, preset, exposure: ExposureSchedule | None, grid: int, seed: int,
+                 reference: str, exclude_radius: int, latent_cache: str | None = None):
         self.data = PreprocessedData(root)
-        self.config = get_preset(preset or self.data.settings.get("preset", "sd15"))
+        if isinstance(preset, StableDubConfig):
+            self.config = preset
+        else:
+            self.config = get_preset(preset or self.data.settings.get("preset", "sd15"))
         self.size = int(self.data.settings.get("resolution", self.config.resolution))
         if self.size != self.config.resolution:
-            raise OptionError(f"the data was preprocessed at {self.size} pixels but preset {self.config.name!r} "
-                              f"works at {self.config.resolution}: preprocess with --preset {self.config.name}")
+            raise OptionError(f"the data was preprocessed at {self.size} pixels but preset {self.config.preset!r} "
+                              f"works at {self.config.resolution}: preprocess with --preset {self.config.preset}")
+        self.latent_factor = 2 ** (len(self.config.vae.block_out_channels) - 1)
         self.exposure, self.grid, self.seed = exposure, int(grid), int(seed)
         self.reference = ReferenceStrategy(reference)
         if exclude_radius < 0:
             raise OptionError(f"exclude_radius must be >= 0, got {exclude_radius}")
         self.exclude_radius = int(exclude_radius)
         self.epoch, self.progress = 0, 0.0
+        self.latent_cache = latent_cache
+        if latent_cache is not None:
+            self.data.use_latents(open_cache(root, latent_cache, {c.shard for c in self.data.clips}))
 
     stride = 1  # frames between the first frames of consecutive samples of a clip
     starts: np.ndarray  # (clips + 1,) first dataset index of each clip, set by the subclass
@@ -219,6 +249,26 @@ class _Base(Dataset):
     def _seed(self, key: SampleKey, stream: int) -> list[int]:
         return [self.seed, key.epoch, key.index, stream]
 
+    def sample_seed(self, key: SampleKey) -> int:
+        """The seed of the training step's draws for this sample (noise, timestep, condition dropout): a function
+        of (seed, epoch, index) only, so they do not depend on the batch or the process it lands in."""
+        return int(np.random.default_rng(self._seed(key, _STEP)).integers(2 ** 63 - 1))
+
+    def _common(self, key: SampleKey, mask: np.ndarray, mc: np.ndarray, patches: ExposedPatches, rate: float,
+                clip: int, reference: int) -> dict:
+        """The entries both stages share: latent-size masks, patches, the step's seed, the cached latents."""
+        item = {
+            "mask_latent": torch.from_numpy(to_latent(mask, self.latent_factor)),
+            "mc_latent": torch.from_numpy(to_latent(mc, self.latent_factor)),
+            "exposed": torch.from_numpy(patches.to_array()), "exposure_rate": torch.tensor(rate, dtype=torch.float32),
+            "sample_seed": torch.tensor(self.sample_seed(key)), "clip": torch.tensor(clip),
+            "appearance_frame": torch.tensor(reference),
+        }
+        if self.latent_cache is not None:
+            item["appearance_latent"] = self.data.latents(clip, "latents", [reference])[0]
+            item["masked_cached"] = torch.tensor(not patches.to_array().any())
+        return item
+
     def _patches(self, key: SampleKey, mu: np.ndarray) -> tuple[ExposedPatches, float]:
         """The exposed patches of Mu drawn for this sample (``from_schedule`` at the progress's rate) and the rate."""
         rate = self.exposure_rate(key.progress)
@@ -254,8 +304,8 @@ class Stage1Dataset(_Base):
 
     def __init__(self, root, preset: str | None = None, exposure: ExposureSchedule | None = ExposureSchedule(),
                  grid: int = DEFAULT_GRID, seed: int = 0, reference: str = ReferenceStrategy.RANDOM.value,
-                 exclude_radius: int = 8):
-        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius)
+                 exclude_radius: int = 8, latent_cache: str | None = None):
+        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius, latent_cache)
         self.starts = np.cumsum([0] + [c.frames for c in self.data.clips])  # (clips + 1,) first index of each clip
 
     def __getitem__(self, key) -> dict:
@@ -267,14 +317,18 @@ class Stage1Dataset(_Base):
         mask = apply(mu, patches)  # (S, S)
         reference = self._appearance(key, clip, (frame, frame + 1))
         masked = np.where((mask > 0)[..., None], 0, crop).astype(np.uint8)
-        return {
+        mc = self.data.frames(clip, "mc", frame, frame + 1).astype(np.float32)  # (1, S, S)
+        item = {
             "crop": _image(crop), "masked": _image(masked),
             "appearance": _image(self.data.frames(clip, "crops", reference, reference + 1)[0]),
-            "mc": torch.from_numpy(self.data.frames(clip, "mc", frame, frame + 1).astype(np.float32)),
-            "mu": torch.from_numpy(mu)[None], "mask": torch.from_numpy(mask)[None],
-            "exposed": torch.from_numpy(patches.to_array()), "exposure_rate": torch.tensor(rate, dtype=torch.float32),
-            "clip": torch.tensor(clip), "frame": torch.tensor(frame), "appearance_frame": torch.tensor(reference),
+            "mc": torch.from_numpy(mc), "mu": torch.from_numpy(mu)[None], "mask": torch.from_numpy(mask)[None],
+            "frame": torch.tensor(frame),
+            **self._common(key, mask[None], mc, patches, rate, clip, reference),
         }
+        if self.latent_cache is not None:
+            item["latent"] = self.data.latents(clip, "latents", [frame])[0]
+            item["masked_latent"] = self.data.latents(clip, "masked_latents", [frame])[0]
+        return item
 
 
 class Stage2Dataset(_Base):
@@ -304,8 +358,9 @@ class Stage2Dataset(_Base):
 
     def __init__(self, root, preset: str | None = None, stride: int | None = None, habit_frames: int = 8,
                  exposure: ExposureSchedule | None = None, grid: int = DEFAULT_GRID, seed: int = 0,
-                 reference: str = ReferenceStrategy.RANDOM.value, exclude_radius: int = 0):
-        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius)
+                 reference: str = ReferenceStrategy.RANDOM.value, exclude_radius: int = 0,
+                 latent_cache: str | None = None):
+        super().__init__(root, preset, exposure, grid, seed, reference, exclude_radius, latent_cache)
         self.length = int(self.config.num_frames)
         self.stride = int(stride or self.length)
         if self.stride < 1 or habit_frames < 1:
@@ -343,17 +398,22 @@ class Stage2Dataset(_Base):
         lips = lip_crops(np.asarray(self.data.take(clip, "crops", picks)),
                          np.asarray(self.data.take(clip, "landmarks", picks)), self.lip_size)
         reference = self._appearance(key, clip, (start, stop))
-        return {
+        mc = self.data.frames(clip, "mc", start, stop).astype(np.float32)  # (F, S, S)
+        item = {
             "crops": _image(crops), "masked": _image(masked),
             "appearance": _image(self.data.frames(clip, "crops", reference, reference + 1)[0]),
-            "mc": torch.from_numpy(self.data.frames(clip, "mc", start, stop).astype(np.float32))[:, None],
-            "mu": torch.from_numpy(mus)[:, None], "mask": torch.from_numpy(np.ascontiguousarray(masks))[:, None],
+            "mc": torch.from_numpy(mc)[:, None], "mu": torch.from_numpy(mus)[:, None],
+            "mask": torch.from_numpy(np.ascontiguousarray(masks))[:, None],
             "audio": torch.from_numpy(audio), "audio_length": torch.tensor(b - a),
             "audio_start": torch.tensor(a), "frame_times": torch.from_numpy(times - a / ENCODER_SAMPLE_RATE),
-            "lips": _image(lips), "habit_frames": torch.from_numpy(picks),
-            "exposed": torch.from_numpy(patches.to_array()), "exposure_rate": torch.tensor(rate, dtype=torch.float32),
-            "clip": torch.tensor(clip), "start": torch.tensor(start), "appearance_frame": torch.tensor(reference),
+            "lips": _image(lips), "habit_frames": torch.from_numpy(picks), "start": torch.tensor(start),
+            **self._common(key, masks, mc, patches, rate, clip, reference),
         }
+        item["mask_latent"], item["mc_latent"] = item["mask_latent"][:, None], item["mc_latent"][:, None]
+        if self.latent_cache is not None:
+            item["latents"] = self.data.latents(clip, "latents", range(start, stop))
+            item["masked_latents"] = self.data.latents(clip, "masked_latents", range(start, stop))
+        return item
 
 
 __all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SAMPLES_PER_FRAME"]

@@ -1,0 +1,59 @@
+"""Training losses: the denoising loss with the latent coarse facial loss (StableDub eq. 5, 6) and the VAE's.
+
+L_DM is the mean squared error between the noise and its prediction over every latent element. L_LCF (eq. 5) is the
+same squared error weighted (Hadamard product) by the coarse mouth mask Mc at latent size, so the lower face counts
+twice; the total (eq. 6) is ``L_DM + lcf_weight * L_LCF`` with ``lcf_weight = 1`` in the paper. Both are means over
+all elements (batch, frames, channels, latent pixels), so they do not depend on how a global batch is split over
+processes or micro-steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class DiffusionLosses(NamedTuple):
+    total: torch.Tensor
+    dm: torch.Tensor
+    lcf: torch.Tensor
+
+
+def diffusion_losses(noise_pred: torch.Tensor, noise: torch.Tensor, mc_latent: torch.Tensor,
+                     lcf_weight: float = 1.0) -> DiffusionLosses:
+    """L_total = L_DM + lcf_weight * L_LCF (eq. 6).
+
+    Args:
+        noise_pred: (B, F, C, h, w) predicted noise.
+        noise: (B, F, C, h, w) the noise that was added.
+        mc_latent: (B, F, 1, h, w) coarse mouth mask Mc at latent size (``masks.exposure.to_latent``), 0/1.
+        lcf_weight: weight of L_LCF.
+
+    Returns:
+        (total, L_DM, L_LCF), scalars in float32.
+    """
+    error = (noise_pred.float() - noise.float()).pow(2)  # (B, F, C, h, w)
+    dm = error.mean()
+    lcf = (error * mc_latent.to(error.dtype)).mean()  # Mc broadcast over the channels
+    return DiffusionLosses(dm + lcf_weight * lcf, dm, lcf)
+
+
+class VAELosses(NamedTuple):
+    total: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+def vae_losses(reconstruction: torch.Tensor, target: torch.Tensor, posterior, kl_weight: float) -> VAELosses:
+    """The autoencoder's loss: L1 reconstruction (in [-1, 1] pixels) + ``kl_weight`` * KL to N(0, I).
+
+    Args:
+        reconstruction: (N, 3, H, W) decoded images in [-1, 1].
+        target: (N, 3, H, W) input images in [-1, 1].
+        posterior: the encoder's ``DiagonalGaussianDistribution`` (diffusers).
+        kl_weight: weight of the KL term (per latent element, as the reconstruction is per pixel).
+    """
+    rec = (reconstruction.float() - target.float()).abs().mean()
+    kl = posterior.kl().mean() / posterior.mean[0].numel()  # diffusers sums the KL over a sample's elements
+    return VAELosses(rec + kl_weight * kl, rec, kl)

@@ -1,0 +1,226 @@
+"""What each training stage trains and how a batch becomes its loss.
+
+=========  =========================================================  ==========================================
+stage      trained (``trainable_names``)                              loss
+=========  =========================================================  ==========================================
+``vae``    the VAE (tiny preset; sd15 uses SD's VAE, frozen)          L1 reconstruction + KL (``losses``)
+``stage1`` spatial Mamba + ``conv_in`` (sd15, initialised from SD);   L_DM + L_LCF on single frames, conditioned
+           every U-Net layer but the temporal Mamba and the audio     on the zero audio/habit embedding
+           cross-attention (tiny, which has no pretrained U-Net)
+``stage2`` temporal Mamba, audio cross-attention, habit modulation    L_DM + L_LCF on 16-frame clips with audio
+           (ViT, AdaLN, convs) and the audio encoder's own layers     and habit, each dropped with ``drop_prob``
+=========  =========================================================  ==========================================
+
+Everything else is frozen (``requires_grad=False``, not in the optimizer), so e.g. stage 2 leaves the spatial Mamba
+bit-identical. The model's inputs are built exactly as at inference (``pipeline.chunk_model``): latents by
+``models.vae.encode_frames``, the U-Net input by ``models.unet.build_unet_input``, the per-frame audio context by the
+encoder + ``models.audio_context.frame_audio_context``, the tokens by the habit module with its zero embedding.
+
+Per-sample randomness (noise, timestep, condition dropout) comes from the sample's own ``sample_seed`` (a function
+of the run's seed, the epoch and the dataset index), so a global batch gives the same loss however it is split over
+processes and micro-steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stabledub_core.errors import OptionError
+from stabledub_core.models.audio_context import frame_audio_context
+from stabledub_core.models.habit import random_drop_masks
+from stabledub_core.models.unet import build_unet_input
+from stabledub_core.models.vae import encode_frames
+from stabledub_core.pipeline.schedulers import SD15_NOISE_SCHEDULE
+from stabledub_core.train.losses import DiffusionLosses, diffusion_losses, vae_losses
+
+# Inside a U-Net transformer block, norm1/mamba are the spatial Mamba and norm2/attn2 the audio cross-attention
+AUDIO_ATTENTION = (".attn2.", ".norm2.")
+TEMPORAL = (".temporal.",)
+
+
+def _is_spatial_mamba(name: str) -> bool:
+    return ".transformer_blocks." in name and (".mamba." in name or ".norm1." in name)
+
+
+def _is_audio_attention(name: str) -> bool:
+    return ".transformer_blocks." in name and any(part in name for part in AUDIO_ATTENTION)
+
+
+def _is_temporal(name: str) -> bool:
+    return any(part in name for part in TEMPORAL)
+
+
+def trainable_names(model, stage: str) -> list[str]:
+    """The parameter names of ``model`` (a ``StableDub``) a stage trains, in ``named_parameters`` order."""
+    external = tuple(f"audio_encoder.{p}" for p in getattr(model.audio_encoder, "external_prefixes", ()))
+    from_sd = model.config.preset != "tiny"  # sd15-shaped models start from SD 1.5's U-Net (models.weights)
+    names = []
+    for name, _ in model.named_parameters():
+        if stage == "vae":
+            keep = name.startswith("vae.")
+        elif stage == "stage1":
+            in_unet = name.startswith("unet.")
+            if from_sd:
+                keep = in_unet and (_is_spatial_mamba(name) or name.startswith("unet.conv_in."))
+            else:
+                keep = in_unet and not _is_temporal(name) and not _is_audio_attention(name)
+        elif stage == "stage2":
+            keep = (name.startswith("unet.") and (_is_temporal(name) or _is_audio_attention(name))) \
+                or name.startswith("habit.") \
+                or (name.startswith("audio_encoder.") and not name.startswith(external))
+        else:
+            raise OptionError(f"unknown training stage {stage!r}; choose vae, stage1 or stage2")
+        if keep:
+            names.append(name)
+    return names
+
+
+def freeze_for(model, stage: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for a stage; returns the trained parameters (in a fixed order)."""
+    names = set(trainable_names(model, stage))
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+        if name in names:
+            params.append(param)
+    if not params:
+        raise OptionError(f"stage {stage} has nothing to train in a {model.config.preset} model")
+    return params
+
+
+def noise_scheduler():
+    """The training noise schedule: SD 1.5's (every sampler at inference uses the same betas)."""
+    from diffusers import DDPMScheduler  # local: diffusers' schedulers import in seconds; needed when training
+
+    config = {k: v for k, v in SD15_NOISE_SCHEDULE.items() if k != "steps_offset"}
+    return DDPMScheduler(**config)
+
+
+def sample_draws(seeds: torch.Tensor, shape: tuple[int, ...], timesteps: int, drop_prob: float):
+    """Per-sample noise ``(B, *shape)``, timesteps ``(B,)`` and audio/habit drop masks ``(B,)`` from each seed."""
+    noise, steps, drop_audio, drop_habit = [], [], [], []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(int(seed))
+        noise.append(torch.randn(shape, generator=generator))
+        steps.append(torch.randint(0, timesteps, (1,), generator=generator))
+        audio, habit = random_drop_masks(1, drop_prob, generator=generator)
+        drop_audio.append(audio)
+        drop_habit.append(habit)
+    return torch.stack(noise), torch.cat(steps), torch.cat(drop_audio), torch.cat(drop_habit)
+
+
+class DiffusionObjective(nn.Module):
+    """Stage 1 / stage 2 loss of a ``StableDub`` model: ``forward(batch) -> DiffusionLosses``.
+
+    Args:
+        model: the ``StableDub`` (its VAE frozen).
+        stage: ``stage1`` (single frames, zero condition) or ``stage2`` (clips with audio and habit).
+        lcf_weight: weight of L_LCF.
+        drop_prob: stage 2's condition dropout.
+    """
+
+    def __init__(self, model, stage: str, lcf_weight: float = 1.0, drop_prob: float = 0.1):
+        super().__init__()
+        self.model, self.stage = model, stage
+        self.lcf_weight, self.drop_prob = float(lcf_weight), float(drop_prob)
+        self.scheduler = noise_scheduler()
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` [0, 1] -> ``(N, C, h, w)`` latents (no gradient: the VAE is frozen)."""
+        return encode_frames(self.model.vae, images).float()
+
+    def _masked_latents(self, batch: dict, images: torch.Tensor, cached_key: str) -> torch.Tensor:
+        """Latents of the masked crops: from the cache where the mask had no exposed patch, else encoded."""
+        if cached_key not in batch:
+            return self._encode(images.flatten(0, 1) if images.dim() == 5 else images).view(
+                *images.shape[:-3], -1, *self._latent_hw)
+        latents = batch[cached_key].float().clone()
+        need = ~batch["masked_cached"].bool()
+        if need.any():
+            flat = images[need].flatten(0, 1) if images.dim() == 5 else images[need]
+            latents[need] = self._encode(flat).view(latents[need].shape)
+        return latents
+
+    @property
+    def _latent_hw(self) -> tuple[int, int]:
+        side = self.model.config.resolution // 2 ** (len(self.model.config.vae.block_out_channels) - 1)
+        return side, side
+
+    def _audio_context(self, batch: dict) -> torch.Tensor:
+        """``(B, F, T, C_a)`` per-frame audio features of each sample's segment (as ``StableDubChunkModel``)."""
+        encoder, cfg = self.model.audio_encoder, self.model.config.audio
+        contexts = []
+        for wave, length, times in zip(batch["audio"], batch["audio_length"], batch["frame_times"]):
+            features = encoder(wave[:int(length)][None])[0]  # (T_feat, C_a)
+            contexts.append(frame_audio_context(features, encoder.frame_rate, times.cpu().numpy(),
+                                                cfg.tokens_per_frame, cfg.context_seconds,
+                                                feature_offset=getattr(encoder, "time_offset", 0.0)))
+        return torch.stack(contexts)
+
+    def forward(self, batch: dict) -> DiffusionLosses:
+        model = self.model
+        clip = self.stage == "stage2"
+        if clip:
+            frames = batch["crops"]  # (B, F, 3, S, S)
+            b, f = frames.shape[:2]
+            latents = batch["latents"].float() if "latents" in batch else \
+                self._encode(frames.flatten(0, 1)).view(b, f, -1, *self._latent_hw)  # (B, F, C, h, w)
+            masked = self._masked_latents(batch, batch["masked"], "masked_latents")  # (B, F, C, h, w)
+            mask, mc = batch["mask_latent"], batch["mc_latent"]  # (B, F, 1, h, w)
+        else:
+            b, f = batch["crop"].shape[0], 1
+            latents = batch["latent"].float() if "latent" in batch else self._encode(batch["crop"])
+            latents = latents[:, None]  # (B, 1, C, h, w)
+            masked = self._masked_latents(batch, batch["masked"], "masked_latent")[:, None]
+            mask, mc = batch["mask_latent"][:, None], batch["mc_latent"][:, None]  # (B, 1, 1, h, w)
+        appearance = batch["appearance_latent"].float() if "appearance_latent" in batch else \
+            self._encode(batch["appearance"])  # (B, C, h, w)
+
+        drop = self.drop_prob if clip else 0.0
+        noise, timesteps, drop_audio, drop_habit = sample_draws(
+            batch["sample_seed"], tuple(latents.shape[1:]), self.scheduler.config.num_train_timesteps, drop)
+        device = latents.device
+        noise, timesteps = noise.to(device), timesteps.to(device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)  # (B, F, C, h, w)
+
+        if clip:
+            audio = self._audio_context(batch)  # (B, F, T, C_a)
+            v = model.habit.encode_habit(batch["lips"])  # (B, C)
+            tokens = model.habit(audio, v, drop_audio=drop_audio.to(device), drop_habit=drop_habit.to(device))
+        else:  # stage 1 learns the image prior: audio and habit are the zero embedding (eq. 7's empty condition)
+            cfg = model.config
+            silent = latents.new_zeros(b, f, cfg.audio.tokens_per_frame, model.habit.audio_feature_size)
+            tokens = model.habit(silent, None, drop_audio=torch.ones(b, dtype=torch.bool, device=device))
+        sample = build_unet_input(noisy, masked, mask, appearance)  # (B, F, 13, h, w)
+        prediction = model.unet(sample, timesteps, tokens)
+        return diffusion_losses(prediction, noise, mc, self.lcf_weight)
+
+
+class VAEObjective(nn.Module):
+    """The autoencoder's loss on stage-1 crops: ``forward(batch) -> VAELosses``.
+
+    Args:
+        model: the ``StableDub`` whose ``vae`` is trained.
+        kl_weight: weight of the KL term.
+    """
+
+    def __init__(self, model, kl_weight: float = 1e-6):
+        super().__init__()
+        self.model, self.kl_weight = model, float(kl_weight)
+
+    def forward(self, batch: dict):
+        vae = self.model.vae
+        x = batch["crop"] * 2 - 1  # (B, 3, S, S) in [-1, 1]
+        posterior = vae.encode(x).latent_dist
+        eps = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                           for s in batch["sample_seed"].tolist()]).to(x.device)
+        z = posterior.mean + posterior.std * eps  # a posterior sample drawn from each sample's seed
+        reconstruction = vae.decode(z).sample
+        return vae_losses(reconstruction, x, posterior, self.kl_weight)
+
+
+def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float) -> nn.Module:
+    if stage == "vae":
+        return VAEObjective(model, kl_weight)
+    return DiffusionObjective(model, stage, lcf_weight, drop_prob)

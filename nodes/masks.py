@@ -59,8 +59,9 @@ class StableDubOccluderExposure:
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("masks",)
     FUNCTION = "expose"
+    OUTPUT_NODE = True  # "Preview crop" in the editor runs this node alone: tracking and planning, not the dub
     DESCRIPTION = ("masks: the inpainting masks (F, S, S) in crop coordinates, Mu with the exposed patches at 0. "
-                   "Run once to see the preview crop, then click patches to toggle them.")
+                   "Press Preview crop (or run the workflow) to see the crop, then click patches to toggle them.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -108,7 +109,8 @@ class StableDubOccluderExposure:
         from_occluder = None if occluder is None else occluded_cells(crop_plan, index, options, occluder)
         ui = {"stabledub_preview": [_save_preview(crop)], "stabledub_grid": [occluder_grid],
               "stabledub_union_cells": union_cells(span.union_mask, occluder_grid).astype(int).tolist(),
-              "stabledub_occluder_cells": [] if from_occluder is None else [list(c) for c in from_occluder.cells]}
+              "stabledub_occluder_cells": [] if from_occluder is None else [list(c) for c in from_occluder.cells],
+              "stabledub_frame": [index]}
         return {"ui": ui, "result": (convert.mask_out(masks),)}
 
 

@@ -188,18 +188,23 @@ SERVER_START_TIMEOUT = 300
 PACK_FOLDER = "ComfyUI-StableDub"
 
 
-def install_base(base: Path, media: dict[str, Path], checkpoint: str = DEMO_CHECKPOINT) -> Path:
+def install_base(base: Path, media: dict[str, Path], checkpoint: str = DEMO_CHECKPOINT,
+                 resolution: int | None = None) -> Path:
     """A fresh ComfyUI base directory holding only the pack (a link to this repository), a random micro checkpoint
-    under ``checkpoint`` and the input ``media`` (name -> file, linked). No face model: the pack's bundled one is
-    listed by itself."""
+    under ``checkpoint`` (crops of ``resolution`` pixels, default the micro config's 64) and the input ``media``
+    (name -> file, linked). No face model: the pack's bundled one is listed by itself."""
     for sub in ("custom_nodes", "models/stabledub", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO)
     from stabledub_core.models.checkpoint import save_checkpoint
     from stabledub_core.models.stabledub import StableDub
 
+    config = micro_config()
+    if resolution is not None:
+        config = dataclasses.replace(config, resolution=resolution,
+                                     vae=dataclasses.replace(config.vae, sample_size=resolution))
     torch.manual_seed(0)
-    save_checkpoint(StableDub.from_config(micro_config()), base / "models" / "stabledub" / checkpoint)
+    save_checkpoint(StableDub.from_config(config), base / "models" / "stabledub" / checkpoint)
     for name, path in media.items():
         (base / "input" / name).symlink_to(path)
     return base

@@ -87,16 +87,19 @@ class StableDubLoadVideo:
 
 
 class StableDubSaveVideo:
-    """Encode frames (and audio) as an H.264 video in ComfyUI's output folder, atomically."""
+    """Encode frames (and audio) as an H.264 video in ComfyUI's output folder, atomically, numbered as ComfyUI does."""
 
     CATEGORY = "StableDub/io"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
     FUNCTION = "save"
     OUTPUT_NODE = True
+    DESCRIPTION = ("Writes <prefix>_00001_.mp4, _00002_... (never over an earlier file) and shows it on the node. "
+                   "Every frame is written; the audio is cut or padded with silence to the frames' duration.")
 
     @classmethod
     def INPUT_TYPES(cls):
+        from stabledub_core.pipeline.modular import AUDIO_CODECS
         from stabledub_core.pipeline.options import OutputOptions
 
         return {"required": {
@@ -107,24 +110,31 @@ class StableDubSaveVideo:
                                                       "sub-folder (clips/dub)"}),
             "format": (["mp4", "mov", "mkv"], {"tooltip": "container of the H.264 video"}),
             "crf": widget(OutputOptions, "crf"),
+            "audio_codec": (list(AUDIO_CODECS), {"default": "aac",
+                                                 "tooltip": "aac: plays in browsers and players; lossless: 16-bit "
+                                                            "(ALAC in mp4, PCM in mov/mkv), for further editing"}),
         }, "optional": {"audio": ("AUDIO", {"tooltip": "sound track to mux (e.g. the Dub node's audio)"})}}
 
     @interruptible
-    def save(self, images, fps, filename_prefix, format, crf, audio=None):
+    def save(self, images, fps, filename_prefix, format, crf, audio_codec="aac", audio=None):
         import folder_paths
 
-        from stabledub_core.media.clip import write_clip
+        from stabledub_core.pipeline.modular import save_clip
 
         convert.image_in(images)
         root = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, root, images.shape[2], images.shape[1])
-        filename = f"{name}_{counter:05}.{format}"
+        while True:  # ComfyUI's name (the trailing "_" lets its counter advance); never an existing file
+            filename = f"{name}_{counter:05}_.{format}"
+            if not os.path.exists(os.path.join(folder, filename)):
+                break
+            counter += 1
         waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
-        path = write_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
-                           should_stop=comfy_env.should_stop)
+        path = save_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
+                         audio_codec=audio_codec, should_stop=comfy_env.should_stop)
         result = {"filename": filename, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"stabledub_videos": [result]}, "result": (str(path),)}
+        return {"ui": {"images": [result], "animated": (True,)}, "result": (str(path),)}  # as core SaveVideo
 
 
 class StableDubFitLength:

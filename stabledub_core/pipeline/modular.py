@@ -10,13 +10,19 @@ occluder MASK from a segmentation node).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import av
 import numpy as np
 import torch
 
-from stabledub_core.errors import OptionError
+from stabledub_core.errors import EmptyMediaError, OptionError
 from stabledub_core.face.track import FaceTrack
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposedPatches
+from stabledub_core.media.audio import check_waveform, probe_audio
+from stabledub_core.media.clip import write_wav
+from stabledub_core.media.video import VideoWriter, output_format
 from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
 from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
@@ -176,3 +182,71 @@ def paste_clip(source: FrameSource, crops, plan: CropPlan, masks: np.ndarray | N
                             should_stop=should_stop)
     compositor.write(0, (source.image(i) for i in range(n)), crops, masks)
     return sink.result()
+
+
+AUDIO_CODECS = ("aac", "lossless")  # save_clip's audio: AAC plays in browsers and players; lossless keeps 16 bits
+
+
+def save_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rate: int = 0, crf: int = 18,
+              preset: str = "medium", audio_codec: str = "aac", should_stop: StopCheck | None = None) -> Path:
+    """Encode frames (and audio) into a video file, atomically, with the audio exactly as long as the frames.
+
+    The frames are all written (the file has as many frames as given); the audio is cut to their duration or padded
+    with silence. ``audio_codec="aac"`` stores it as AAC (it goes through a float64 WAV, a codec no output container
+    takes as is, so :class:`~stabledub_core.media.audio.AudioMuxer` encodes it: AAC in MP4, MOV and MKV);
+    ``"lossless"`` stores it as 16-bit PCM, losslessly (ALAC in MP4, PCM in MOV and MKV).
+
+    Args:
+        path: Output file (.mp4, .m4v, .mov or .mkv).
+        frames: ``(F, H, W, 3)`` uint8 array or float tensor in [0, 1].
+        fps: Frame rate.
+        waveform: ``(C, S)`` float32 audio, or None for a silent video.
+        sample_rate: Its rate.
+        crf: x264 quality.
+        preset: x264 speed preset.
+        audio_codec: One of :data:`AUDIO_CODECS`.
+        should_stop: Interruption check, polled per frame (no file is left behind).
+
+    Returns:
+        The path written.
+    """
+    if audio_codec not in AUDIO_CODECS:
+        raise OptionError(f"audio codec {audio_codec!r}: use one of {', '.join(AUDIO_CODECS)}")
+    path = Path(path)
+    output_format(path)
+    if len(frames) == 0:
+        raise EmptyMediaError("no frames to write")
+    source = FrameSource(frames, fps)
+    wav = path.with_name(f".{path.stem}.audio.wav")
+    try:
+        info = None
+        if waveform is not None:
+            waveform = check_waveform(waveform, sample_rate)
+            fitted = np.zeros((waveform.shape[0], int(round(source.num_frames / float(source.fps) * sample_rate))),
+                              np.float32)
+            kept = min(fitted.shape[1], waveform.shape[1])
+            fitted[:, :kept] = waveform[:, :kept]
+            if fitted.shape[1] == 0:
+                raise EmptyMediaError("the frames are too short to hold any audio sample")
+            (write_wav if audio_codec == "lossless" else _write_float_wav)(wav, fitted, sample_rate)
+            info = probe_audio(wav, "audio")
+        with VideoWriter(path, source.fps, source.size, audio=info, crf=crf, preset=preset) as writer:
+            for i in range(source.num_frames):
+                check_interrupt(should_stop)
+                writer.write(source.image(i))
+    finally:
+        wav.unlink(missing_ok=True)
+    return path
+
+
+def _write_float_wav(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
+    """A ``(C, S)`` float waveform as a 64-bit float PCM WAV file (PyAV)."""
+    layout = f"{waveform.shape[0]}c"
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_f64le", rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform, np.float64), format="dblp", layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)

@@ -69,9 +69,21 @@ class FakeComfy:
             return None
 
         def get_save_image_path(prefix, output_dir, width=0, height=0):
-            folder = os.path.join(output_dir, os.path.dirname(prefix))
+            # ComfyUI v0.3.64's numbering: the next counter after the largest of the files named <name>_<digits>_...
+            subfolder = os.path.dirname(os.path.normpath(prefix))
+            name = os.path.basename(os.path.normpath(prefix))
+            folder = os.path.join(output_dir, subfolder)
             os.makedirs(folder, exist_ok=True)
-            return folder, os.path.basename(prefix), len(os.listdir(folder)) + 1, os.path.dirname(prefix), prefix
+
+            def numbered(filename):
+                try:
+                    digits = int(filename[len(name) + 1:].split("_")[0])
+                except ValueError:
+                    digits = 0
+                return digits, filename[:len(name) + 1]
+
+            counts = [d for d, start in map(numbered, os.listdir(folder)) if start[:-1] == name and start[-1:] == "_"]
+            return folder, name, max(counts, default=0) + 1, subfolder, prefix
 
         fp.get_folder_paths = get_folder_paths
         fp.get_filename_list = get_filename_list

@@ -134,7 +134,7 @@ def test_server_runs_the_api_workflow(server, name):
     entry = history[prompt_id]
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     save = next(k for k, v in graph.items() if v["class_type"] == "StableDubSaveVideo")
-    video = entry["outputs"][save]["stabledub_videos"][0]
+    video = entry["outputs"][save]["images"][0]
     assert (base / "output" / video["subfolder"] / video["filename"]).stat().st_size > 0
     for node_id, node in graph.items():  # the editor's preview crop reaches the front end
         if node["class_type"] == "StableDubOccluderExposure":

@@ -197,7 +197,7 @@ def test_preview_and_save(chain, installed):
     (path,) = run_node(installed, "StableDubSaveVideo", images=chain["generated"], fps=25.0,
                        filename_prefix="nodes/test", format="mp4", crf=18, audio=chain["audio"])
     assert Path(path).is_file() and Path(path).parent == installed.root / "output" / "nodes"
-    assert installed.ui["stabledub_videos"][0]["subfolder"] == "nodes"
+    assert installed.ui["images"][0]["subfolder"] == "nodes"
     assert [p.name for p in Path(path).parent.iterdir()] == [Path(path).name]  # no temporary file left
 
     from stabledub_core.media.clip import read_clip

@@ -299,7 +299,12 @@ class Stage1Dataset(_Base):
       ``appearance`` (3, S, S) float32 [0, 1];
     - ``mc``, ``mu``, ``mask`` (1, S, S) float32 [0, 1] (Mc, Mu, Mu with the exposed patches at 0);
     - ``exposed`` (G, G) bool; ``exposure_rate`` float32 ();
-    - ``clip``, ``frame``, ``appearance_frame`` int64 () (clip in the manifest, frames within it).
+    - ``clip``, ``frame``, ``appearance_frame`` int64 () (clip in the manifest, frames within it);
+    - ``mask_latent``, ``mc_latent`` (1, h, w) float32 {0, 1}: ``mask`` and Mc at latent size (``to_latent``, as
+      inference); ``sample_seed`` int64 (): the seed of the training step's draws for this sample;
+    - with ``latent_cache`` (a VAE fingerprint, ``train.latent_cache``): ``latent``, ``masked_latent`` (Mu masked, no
+      exposure), ``appearance_latent`` (C, h, w) float32 and ``masked_cached`` bool () (no patch exposed: the cached
+      masked latent is this sample's).
     """
 
     def __init__(self, root, preset: str | None = None, exposure: ExposureSchedule | None = ExposureSchedule(),
@@ -353,7 +358,10 @@ class Stage2Dataset(_Base):
       ``audio_start`` int64 () (its first sample in the clip's audio), ``frame_times`` (F,) float64 (s, in the
       segment);
     - ``lips`` (K, 3, L, L) float32 [0, 1] (L = ``habit.lip_size``), ``habit_frames`` (K,) int64 (shuffled order);
-    - ``exposed`` (G, G) bool, ``exposure_rate`` float32 (); ``clip``, ``start``, ``appearance_frame`` int64 ().
+    - ``exposed`` (G, G) bool, ``exposure_rate`` float32 (); ``clip``, ``start``, ``appearance_frame`` int64 ();
+    - ``mask_latent``, ``mc_latent`` (F, 1, h, w), ``sample_seed``: as :class:`Stage1Dataset`;
+    - with ``latent_cache``: ``latents``, ``masked_latents`` (F, C, h, w), ``appearance_latent`` (C, h, w),
+      ``masked_cached`` bool ().
     """
 
     def __init__(self, root, preset: str | None = None, stride: int | None = None, habit_frames: int = 8,

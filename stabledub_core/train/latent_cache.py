@@ -76,7 +76,7 @@ def _frame_spans(manifest: dict, shard: str, frames: int, span_length: int) -> n
 
 
 def _encode(vae, images: np.ndarray, batch: int) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
     return encode_frames(vae, x, chunk=batch).float().cpu().numpy().astype(np.float16)
 
 

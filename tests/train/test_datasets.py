@@ -1,8 +1,8 @@
 """Training datasets over a preprocessed folder: shapes, equality with the shards and the pipeline, exposure schedule,
 audio windows as inference cuts them, the habit segment and the appearance frame.
 
-The preprocessed folder is made here as in test_preprocess.py: one 48-frame clip (a cut of ``face_pan.mp4`` with the
-bundled speech), preprocessed for the tiny preset (128-pixel crops, 16-frame spans).
+The preprocessed folder is the ``prepared`` fixture of conftest.py: one 48-frame clip (a cut of ``face_pan.mp4`` with
+the bundled speech), preprocessed for the tiny preset (128-pixel crops, 16-frame spans).
 """
 
 from __future__ import annotations
@@ -10,19 +10,15 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers.media_factory import write_video
 from stabledub_core.errors import DatasetNotFoundError
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposureSchedule, apply, from_schedule, union_cells
 from stabledub_core.masks.lips import lip_crops
-from stabledub_core.media.audio import load_audio
 from stabledub_core.media.video import Run, VideoReader
 from stabledub_core.models.audio_context import audio_segment, frame_audio_context
 from stabledub_core.models.config import get_preset
@@ -34,22 +30,6 @@ from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Datase
 
 FRAMES = 48  # 1.92 s at 25 fps: three 16-frame spans
 S = 128  # the tiny preset's resolution
-
-
-@pytest.fixture(scope="module")
-def prepared(media_dir, face_model_path, tmp_path_factory) -> tuple[Path, Path]:
-    """(the videos folder, the preprocessed OUT_DIR) of one kept clip."""
-    root = tmp_path_factory.mktemp("videos")
-    with av.open(str(media_dir / "face_pan.mp4")) as container:
-        images = [frame.to_ndarray(format="rgb24") for _, frame in zip(range(FRAMES), container.decode(video=0))]
-    faces = np.stack([cv2.resize(image[0:256, 96:352], (192, 192), interpolation=cv2.INTER_AREA) for image in images])
-    wave, rate = load_audio(media_dir / "speech_es.wav")
-    write_video(root / "one.mp4", FRAMES, size=(192, 192), frames=faces, audio=wave[:, :int(FRAMES / 25 * rate)],
-                audio_rate=rate)
-    out = tmp_path_factory.mktemp("out")
-    result = pre.preprocess(root, out, face_model_path, preset="tiny", options=pre.FilterOptions(min_seconds=1.0))
-    assert [c["path"] for c in result.manifest["clips"]] == ["one.mp4"]
-    return root, out
 
 
 def shard_arrays(out: Path) -> dict[str, np.ndarray]:

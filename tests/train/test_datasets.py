@@ -215,3 +215,19 @@ def test_stage2_habit_segment_is_disjoint_from_the_clip_and_is_the_pipelines_lip
 def test_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="train preprocess"):
         Stage1Dataset(tmp_path)
+
+
+def test_latent_masks_are_inferences_and_the_step_seed_depends_on_seed_epoch_and_index(prepared):
+    from stabledub_core.masks.exposure import to_latent
+
+    frames, clips = Stage1Dataset(prepared[1]), Stage2Dataset(prepared[1])
+    one = frames[SampleKey(7, 0, 0.3)]
+    np.testing.assert_array_equal(one["mask_latent"].numpy(), to_latent(one["mask"].numpy(), 8))
+    np.testing.assert_array_equal(one["mc_latent"].numpy(), to_latent(one["mc"].numpy(), 8))
+    clip = clips[SampleKey(1, 0, 0.0)]
+    assert clip["mask_latent"].shape == (16, 1, 16, 16)
+    np.testing.assert_array_equal(clip["mc_latent"][:, 0].numpy(), to_latent(clip["mc"][:, 0].numpy(), 8))
+    seeds = {frames[SampleKey(i, e, p)]["sample_seed"].item() for i in (3, 4) for e in (0, 1) for p in (0.0, 0.9)}
+    assert len(seeds) == 4  # index and epoch change it, the progress does not
+    assert Stage1Dataset(prepared[1], seed=1)[SampleKey(3, 0, 0.0)]["sample_seed"] != \
+        frames[SampleKey(3, 0, 0.0)]["sample_seed"]

@@ -15,7 +15,7 @@ Choices that make runs reproducible and resumable exactly:
   process) and saved as a registered object with the EMA.
 - The model stays in eval mode: none of its layers behaves differently when training (no dropout is configured, no
   batch norm), and a frozen wav2vec2 backbone keeps its dropout off.
-- SIGTERM and SIGINT (Ctrl-C) set a flag checked after each optimizer step (agreed across processes): the loop writes
+- SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closed) set a flag checked after each optimizer step (agreed across processes): the loop writes
   a checkpoint and returns ``stopped=True``; a second Ctrl-C stops at once.
 """
 
@@ -140,9 +140,10 @@ def make_dataset(stage: str, data_dir, config: StableDubConfig, options: TrainOp
 
 
 class StopRequests:
-    """SIGTERM / SIGINT handlers that set :attr:`requested` (installed only in the main thread, restored after)."""
+    """SIGTERM / SIGINT / SIGHUP handlers that set :attr:`requested` (installed only in the main thread, restored
+    after)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
         self.requested = 0  # the signal number, 0 if none

@@ -115,6 +115,11 @@ class StableDubSaveVideo:
                                                             "(ALAC in mp4, PCM in mov/mkv), for further editing"}),
         }, "optional": {"audio": ("AUDIO", {"tooltip": "sound track to mux (e.g. the Dub node's audio)"})}}
 
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        """Never equal to itself: every queued run writes a new file (the nodes before it stay cached)."""
+        return float("nan")
+
     @interruptible
     def save(self, images, fps, filename_prefix, format, crf, audio_codec="aac", audio=None):
         import folder_paths

@@ -18,11 +18,22 @@ CHECKPOINT = "stabledub_tiny_demo.safetensors"  # the name the workflows use
 FACE_MODEL = "face_landmarker.task"
 VIDEO = "face_occluded.mp4"
 SPEECH = "speech_es.wav"
+SECOND_VIDEO = "face_pan.mp4"  # the habit-transfer workflow's second video
 FRAMES = 20
 WORKFLOWS = REPO / "workflows"
 # Core ComfyUI nodes the workflows use: inputs and output types (the test does not have ComfyUI).
-CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",)), "PreviewImage": ({"images": ("IMAGE",)}, ())}
-WORKFLOW_NAMES = ("stabledub_dub", "stabledub_modular")
+CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],), "audioUI": ("STRING",)}, ("AUDIO",)),  # audioUI: its player
+              "PreviewImage": ({"images": ("IMAGE",)}, ()),
+              "SolidMask": ({"value": ("FLOAT",), "width": ("INT",), "height": ("INT",)}, ("MASK",)),
+              "MaskComposite": ({"destination": ("MASK",), "source": ("MASK",), "x": ("INT",), "y": ("INT",),
+                                 "operation": (["multiply", "add", "subtract", "and", "or", "xor"],)}, ("MASK",)),
+              "ImageScale": ({"image": ("IMAGE",), "width": ("INT",), "height": ("INT",),
+                              "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+                              "crop": (["disabled", "center"],)}, ("IMAGE",))}
+# The templates (UI format, workflows/*.json) and their API twins (workflows/api/<name>_api.json), made by
+# tests/web/build_workflows.py in the real front end.
+WORKFLOW_NAMES = tuple(sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+API = WORKFLOWS / "api"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +45,7 @@ def installed(comfy, media_dir, face_model_path):
     torch.manual_seed(0)
     save_checkpoint(StableDub.from_config(micro_config()), comfy.root / "models" / "stabledub" / CHECKPOINT)
     os.symlink(face_model_path, comfy.root / "models" / "mediapipe" / FACE_MODEL)
-    for name in (VIDEO, SPEECH):
+    for name in (VIDEO, SECOND_VIDEO, SPEECH):
         os.symlink(media_dir / name, comfy.root / "input" / name)
     return comfy
 
@@ -273,7 +284,7 @@ def _type_of(entry):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_api_workflow_matches_the_nodes(installed, name):
-    graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    graph = json.loads((API / f"{name}_api.json").read_text())
     assert graph
     for node_id, node in graph.items():
         required, optional, _ = _input_spec(installed, node["class_type"])
@@ -291,30 +302,41 @@ def test_api_workflow_matches_the_nodes(installed, name):
                 assert _type_of(entry) in ("INT", "FLOAT", "STRING", "BOOLEAN"), (node_id, name)
 
 
+def test_workflows_are_templates_with_twins_and_thumbnails():
+    assert len(WORKFLOW_NAMES) >= 4
+    assert sorted(p.name for p in API.glob("*.json")) == sorted(f"{n}_api.json" for n in WORKFLOW_NAMES)
+    for name in WORKFLOW_NAMES:
+        assert "nodes" in json.loads((WORKFLOWS / f"{name}.json").read_text()), name  # UI format: the templates
+        thumbnail = (WORKFLOWS / f"{name}.jpg").read_bytes()  # ComfyUI serves <name>.jpg as the template's picture
+        assert thumbnail[:3] == b"\xff\xd8\xff" and len(thumbnail) > 2000, name
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_is_the_api_workflow(installed, name):
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    api = json.loads((API / f"{name}_api.json").read_text())
     assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
     links = {link[0]: link for link in ui["links"]}
     for node in ui["nodes"]:
         api_inputs = api[str(node["id"])]["inputs"]
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        for name, link in linked.items():
-            assert api_inputs[name] == [str(link[1]), link[2]] and link[3] == node["id"]
+        for input_name, link in linked.items():
+            assert api_inputs[input_name] == [str(link[1]), link[2]] and link[3] == node["id"]
+        if node["type"] not in installed.nodes:
+            continue  # a core node: the front end may add widgets of its own (LoadAudio's upload button)
         required, optional, _ = _input_spec(installed, node["type"])
         widgets = [n for n, e in {**required, **optional}.items()
                    if isinstance(e[0], list) or e[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
         values = [v for v in node.get("widgets_values", []) if v not in ("fixed", "randomize")]
         assert len(values) == len(widgets), node["type"]
-        for name, value in zip(widgets, values):
-            if name not in linked:
-                assert api_inputs[name] == value, (node["type"], name)
+        for widget_name, value in zip(widgets, values):
+            if widget_name not in linked:
+                assert api_inputs[widget_name] == value, (node["type"], widget_name)
 
 
 def test_workflows_use_every_node(installed):
     used = {node["class_type"] for name in WORKFLOW_NAMES
-            for node in json.loads((WORKFLOWS / f"{name}_api.json").read_text()).values()}
+            for node in json.loads((API / f"{name}_api.json").read_text()).values()}
     assert set(installed.nodes) <= used
 
 
@@ -322,7 +344,7 @@ def test_api_workflow_runs(installed, media_dir):
     """Execute the API workflow with the nodes (ComfyUI's LoadAudio stood in by the core's loader)."""
     from stabledub_core.media.audio import load_audio
 
-    graph = json.loads((WORKFLOWS / "stabledub_dub_api.json").read_text())
+    graph = json.loads((API / "stabledub_dub_api.json").read_text())
     results = {}
 
     def evaluate(node_id):

@@ -16,76 +16,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from browser_tools import (APP, CHROMEDRIVER, CHROMIUM, console_errors, graph_box, load, open_front_end, overlaps,
+                           prompt, screenshot, start_browser, wait_for, write_settings)
 from helpers.comfy_stub import REPO, ComfyServer, install_base
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed") if COMFYUI_DIR else None
+if COMFYUI_DIR:
+    pytest.importorskip("selenium.webdriver", reason="Selenium is not installed")
 pytestmark = [
     pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run"),
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed"),
 ]
 NODE = "StableDubOccluderExposure"
 DOCS_SCREENSHOT = REPO / "docs" / "exposure_editor.png"
-APP = "window.comfyAPI.app.app"
-TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, media_dir):
     base = install_base(tmp_path_factory.mktemp("comfyui_base"),
-                        {n: media_dir / n for n in ("face_occluded.mp4", "speech_es.wav")},
+                        {n: media_dir / n for n in ("face_occluded.mp4", "face_pan.mp4", "speech_es.wav")},
                         resolution=256)  # a sharper preview crop than the micro model's 64 pixels
-    settings = base / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no template gallery over the canvas
+    write_settings(base)
     with ComfyServer(COMFYUI_DIR, base).running() as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1600,1000", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        options.add_argument(argument)
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(TIMEOUT)
+    driver = start_browser()
     try:
         yield driver
     finally:
         driver.quit()
-
-
-def wait_for(driver, script: str, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
-def ours(entry: dict) -> bool:
-    """A console message about this pack: its extension failing to load, its files, its editor's warnings."""
-    text = entry["message"].lower()
-    if "err_name_not_resolved" in text:  # the front end asking outside services (blocked here) about node packs
-        return False
-    return "stabledub" in text or "error loading extension" in text or "/extensions/" in text
 
 
 def occlusion_workflow() -> tuple[str, dict]:
@@ -94,12 +59,6 @@ def occlusion_workflow() -> tuple[str, dict]:
         if any(n["type"] == NODE for n in graph.get("nodes", [])):
             return path.stem, graph
     raise AssertionError(f"no UI workflow in workflows/ has a {NODE} node")
-
-
-def load(driver, graph: dict, name: str):
-    driver.execute_async_script(
-        f"const done = arguments[arguments.length - 1]; {APP}.loadGraphData(arguments[0], true, true, arguments[1])"
-        ".then(() => done(true), (e) => done(String(e)));", graph, name)
 
 
 def node_id(driver) -> int:
@@ -141,47 +100,13 @@ def click_cell(driver, nid: int, row: int, col: int):
         .perform()
 
 
-def screenshot(driver, nid: int, path: Path):
-    """The node (title bar to bottom edge, with a margin) cut out of a screenshot of the page."""
-    import cv2
-
-    box = driver.execute_script(f"""
-        const app = {APP}; const node = app.graph.getNodeById(arguments[0]);
-        const r = app.canvas.canvas.getBoundingClientRect(); const title = LiteGraph.NODE_TITLE_HEIGHT;
-        const [x0, y0] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
-        const [x1, y1] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0], node.pos[1] + node.size[1]]);
-        return [r.left + x0, r.top + y0, r.left + x1, r.top + y1, window.devicePixelRatio];""", nid)
-    image = cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)
-    x0, y0, x1, y1 = (int(round(v * box[4])) for v in box[:4])
-    margin = 24
-    crop = image[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin]
-    assert crop.size and cv2.imwrite(str(path), crop)
-
-
-def overlaps(driver) -> list:
-    """Pairs of nodes of the loaded graph whose boxes (title bar included) intersect, as the front end sized them."""
-    return driver.execute_script(f"""
-        const title = LiteGraph.NODE_TITLE_HEIGHT;
-        const box = (n) => [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
-        const nodes = {APP}.graph.nodes, out = [];
-        for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++) {{
-            const [a, b] = [box(nodes[i]), box(nodes[j])];
-            if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) out.push([nodes[i].type, nodes[j].type]);
-        }}
-        return out;""")
-
-
 def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
     driver = browser
-    driver.get(server.url + "/")
-    wait_for(driver, f"return !!(window.comfyAPI?.app?.app?.graph && {APP}.extensions?.length)", "the front end")
-    wait_for(driver, f"return {APP}.extensions.some((e) => e.name === 'StableDub.ExposureEditor')",
-             "the StableDub extension", 60)
-    wait_for(driver, f"return !!(window.LiteGraph?.registered_node_types?.[{NODE!r}] && {APP}.canvas"
-                     f" && {APP}.graph.nodes.length)", "the node definitions and the start-up graph", 60)
+    open_front_end(driver, server.url, NODE)
+    assert driver.execute_script(f"return {APP}.extensions.some((e) => e.name === 'StableDub.ExposureEditor')")
     name, workflow = occlusion_workflow()
     load(driver, workflow, name)
-    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE" and ours(e)]
+    errors = console_errors(driver)
     assert not errors, errors  # e.g. "Error loading extension ... Failed to fetch dynamically imported module"
 
     nid = node_id(driver)
@@ -225,12 +150,11 @@ def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
     assert json.loads(node["widgets_values"][0]) == expected  # the patches widget in the workflow
     assert len(node["widgets_values"]) == 4  # patches, occluder_grid, occluder_fraction, preview_frame: no editor
     assert node["properties"]["stabledub_preview"]["image"].startswith("data:image/jpeg")
-    prompt = driver.execute_async_script(
-        f"const done = arguments[arguments.length - 1]; {APP}.graphToPrompt().then((p) => done(p.output));")
-    assert json.loads(prompt[str(nid)]["inputs"]["patches"]) == expected  # and in the API prompt
-    assert "patch_editor" not in prompt[str(nid)]["inputs"]
+    api = prompt(driver)
+    assert json.loads(api[str(nid)]["inputs"]["patches"]) == expected  # and in the API prompt
+    assert "patch_editor" not in api[str(nid)]["inputs"]
 
-    screenshot(driver, nid, tmp_path / "exposure_editor.png")
+    screenshot(driver, graph_box(driver, nid), tmp_path / "exposure_editor.png")
     if os.environ.get("STABLEDUB_DOCS_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copy(tmp_path / "exposure_editor.png", DOCS_SCREENSHOT)
@@ -243,5 +167,25 @@ def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
     wait_for(driver, f"return !!{APP}.graph.getNodeById({nid}).stabledubEditor.image", "the kept preview", 30)
     assert patches(driver, nid) == expected
     assert len(server.get("/history")) == history + 1
-    errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING") and ours(e)]
+    errors = console_errors(driver, ("SEVERE", "WARNING"))
+    assert not errors, errors
+
+
+WORKFLOW_NAMES = tuple(sorted(p.stem for p in (REPO / "workflows").glob("*.json")))
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_workflow_loads_in_the_real_front_end(server, browser, name):
+    """Each template opens with every node known, nothing overlapping, no console error of ours, and Queue would send
+    exactly its API twin (``workflows/api/``)."""
+    driver = browser
+    if not driver.execute_script(f"return !!window.comfyAPI?.app?.app?.graph"):
+        open_front_end(driver, server.url, NODE)
+    load(driver, json.loads((REPO / "workflows" / f"{name}.json").read_text()), name)
+    unknown = driver.execute_script(
+        f"return {APP}.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);")
+    assert not unknown, unknown
+    assert not overlaps(driver)
+    assert prompt(driver) == json.loads((REPO / "workflows" / "api" / f"{name}_api.json").read_text())
+    errors = console_errors(driver)
     assert not errors, errors

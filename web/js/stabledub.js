@@ -76,7 +76,9 @@ class PatchEditor {
         this.button.className = "stabledub-preview-button";
         this.button.textContent = "Preview crop";
         this.button.title = "Run only what this node needs (tracking, planning) to show the crop; not the dub";
-        Object.assign(this.button.style, { cursor: "pointer", fontSize: "12px", padding: "2px 8px" });
+        Object.assign(this.button.style, {
+            cursor: "pointer", fontSize: "12px", padding: "2px 8px", whiteSpace: "nowrap", flex: "none",
+        });
         this.button.addEventListener("click", (event) => {
             event.preventDefault();
             event.stopPropagation();

@@ -24,12 +24,18 @@ callers that do not know this module can still catch it. The tree::
     |   +-- DatasetNotFoundError                     a training video folder (missing, or no video in it)
     +-- MediaError (ValueError)                      a media file cannot be used
     |   +-- NotAMediaFileError, NoVideoStreamError, NoAudioStreamError, EmptyMediaError
+    |   +-- NonFiniteSamplesError                    speech samples that are NaN or infinite
     +-- NoFaceError (ValueError)                     no (usable) face in the frames that need one
     |   +-- MissingLandmarksError                    frames without landmarks where landmarks are needed
     |   +-- NoReferenceFrameError                    no frame qualifies as the appearance reference
     +-- CheckpointError (ValueError)                 a checkpoint or weight file cannot be loaded
     |   +-- PickleRefusedError                       a pickle file where safetensors are required
     |   +-- VAEWeightsError                          VAE weights that do not fit the configured VAE
+    |   +-- NonFiniteWeightsError                    a weight tensor holding NaN or infinite values
+    +-- OutputError (ValueError)                     an output file cannot be written
+    |   +-- OutputPathError                          refused before any work: the input itself, no folder, ...
+    |   +-- OutputWriteError                         writing failed: disk full, permission denied, read-only
+    +-- NumericalError (ValueError)                  latents or decoded frames became NaN or infinite
     +-- InvalidInputError (ValueError)               a value handed to a function or stage is invalid
         +-- OptionError                              an option/setting (a name or a number) is out of range
         |   +-- ModelConfigError                     a model configuration is inconsistent
@@ -100,6 +106,10 @@ class EmptyMediaError(MediaError):
     """The stream decodes to nothing (an empty WAV) or is too short to be dubbed (a single frame)."""
 
 
+class NonFiniteSamplesError(MediaError):
+    """An audio track holds NaN or infinite samples (a broken float WAV)."""
+
+
 # --- faces --------------------------------------------------------------------------------------------------------
 
 class NoFaceError(StableDubError, ValueError):
@@ -126,6 +136,31 @@ class PickleRefusedError(CheckpointError):
 
 class VAEWeightsError(CheckpointError):
     """VAE weights do not fit the configured VAE."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A weight tensor holds NaN or infinite values (a corrupt file or a diverged training run)."""
+
+
+# --- outputs ------------------------------------------------------------------------------------------------------
+
+class OutputError(StableDubError, ValueError):
+    """An output file (video, report, habit, preview) cannot be written."""
+
+
+class OutputPathError(OutputError):
+    """An output path refused before any work: it is an input file, its folder is missing or not writable, its
+    extension is not a known container."""
+
+
+class OutputWriteError(OutputError):
+    """Writing an output failed (disk full, permission denied, read-only file system); nothing was left behind."""
+
+
+# --- numbers ------------------------------------------------------------------------------------------------------
+
+class NumericalError(StableDubError, ValueError):
+    """Latents or decoded frames became NaN or infinite during a dub: the output would be garbage."""
 
 
 # --- invalid values handed to a function or stage -----------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
 from stabledub_core.errors import InputFileNotFoundError, require_file
+from stabledub_core.media.output import remove_own_partials
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
@@ -42,6 +44,47 @@ def find_face_model(path: Path | None = None) -> Path:
                                      f": download {FACE_MODEL_URL} to the first, or pass --face-model PATH")
     return found
 
+
+class StopRequest:
+    """The run's stop flag, set by the first SIGINT/SIGTERM/SIGHUP (``cli/main.py``); call it as a ``should_stop``.
+
+    Attributes:
+        signum: The signal that asked to stop, or None.
+        done: Set when the command has finished (its cleanup included).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """A new run: no stop requested, no output guarded."""
+        self.signum: int | None = None
+        self._requested = threading.Event()
+        self.done = threading.Event()
+        self._outputs: list[Path] = []
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+        self._requested.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until a stop is requested (True) or ``timeout`` s passed (False)."""
+        return self._requested.wait(timeout)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def guard(self, *paths) -> None:
+        """Outputs of this run whose temporary files to delete if it stops or fails (``media.output``)."""
+        self._outputs.extend(Path(p) for p in paths if p is not None)
+
+    def remove_partials(self) -> None:
+        """Delete this process's temporary files of the guarded outputs (never raises)."""
+        for path in self._outputs:
+            remove_own_partials(path)
+
+
+STOP = StopRequest()  # the one stop flag of the command-line process
 
 STAGE_UNITS = {"sample": "steps"}  # what a progress stage counts (default: frames)
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import torch
 
-from stabledub_core.cli.common import ASSETS, FACE_MODEL_HELP, ProgressLine, find_face_model
-from stabledub_core.cli.options import add_option_arguments, options_from_args
+from stabledub_core.cli.common import ASSETS, FACE_MODEL_HELP, STOP, ProgressLine, find_face_model
+from stabledub_core.cli.options import add_option_arguments, flag, options_from_args
 from stabledub_core.errors import CheckpointError, require_file
+from stabledub_core.media.output import atomic_write, check_output_path, clean_stale_partials
+from stabledub_core.media.video import OUTPUT_FORMATS
 from stabledub_core.models.checkpoint import load_checkpoint, save_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
-from stabledub_core.pipeline.chunk_model import torch_dtype
+from stabledub_core.pipeline.chunk_model import check_runtime, torch_dtype
 from stabledub_core.pipeline.conditions import load_habit_vector, save_habit_vector
 from stabledub_core.pipeline.dub import DubResult, check_inputs, dub_video
 from stabledub_core.pipeline.options import DubOptions
@@ -29,6 +31,10 @@ Length policies (when speech and video durations differ):
   pingpong  keep the whole speech; play the video forwards and backwards (default)
   freeze    keep the whole speech; hold the last frame
 When both already match (to within half a frame) the speech goes into the output untouched, bit for bit.
+
+Several faces: the largest is dubbed (--face largest); pick another by its place from the left
+(--face index --face-index 1) or by a point on it in the first frame (--face point --face-x 420 --face-y 260).
+The summary says which face was dubbed when there were several.
 
 Reference strategies (the frame that gives the face's appearance):
   closed_lips            the frame with the most closed lips (no lip shape leaks into the dub; default)
@@ -86,7 +92,36 @@ def add_parsers(sub, description: str) -> None:
 
 
 def _options(args) -> DubOptions:
-    return options_from_args(args, face_model=find_face_model(args.face_model))
+    """The options of the flags (each checked with its flag's name), the device and dtype checked against this
+    torch build (a warning for float16 on a CPU)."""
+    options = options_from_args(args, face_model=find_face_model(args.face_model))
+    warning = check_runtime(options.runtime.device, options.runtime.dtype, flag)
+    if warning is not None:
+        print(f"stabledub: warning: {warning}", file=sys.stderr)
+    return options
+
+
+def _check_outputs(args, video: Path, audio: Path | None) -> None:
+    """Every output path checked before any work: not an input (paths and inodes, through links), a writable
+    folder, a known container; stale temporary files of killed runs removed (and said)."""
+    inputs = {"--video": video, "--audio": audio, "--checkpoint": getattr(args, "checkpoint", None),
+              "--vae": getattr(args, "vae", None), "--wav2vec2": getattr(args, "wav2vec2", None),
+              "--habit": args.habit, "--occluder-mask": args.occluder_mask, "--face-model": args.face_model}
+    check_output_path(args.out, "--out", inputs, tuple(sorted(OUTPUT_FORMATS)))
+    written = {"--out": args.out}
+    for option, path in (("--report", args.report), ("--save-habit", args.save_habit)):
+        if path is not None:
+            check_output_path(path, option, {**inputs, **written})
+            written[option] = path
+    STOP.guard(*written.values())
+    for path in written.values():
+        removed, left = clean_stale_partials(path)
+        if removed:
+            print(f"stabledub: removed {len(removed)} temporary file(s) left by an interrupted earlier run: "
+                  f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+        if left:
+            print(f"stabledub: note: temporary file(s) of an earlier run left in {str(path.parent)!r}: "
+                  f"{', '.join(p.name for p in left)} (delete them if no other dub is running)", file=sys.stderr)
 
 
 def load_model(path: Path, preset: str | None, options: DubOptions, vae: Path | None = None,
@@ -101,32 +136,70 @@ def load_model(path: Path, preset: str | None, options: DubOptions, vae: Path | 
                            vae_path=vae, wav2vec2_path=wav2vec2)
 
 
-def _dub(args, video: Path, audio: Path | None, model, options: DubOptions) -> DubResult:
-    """Run the dub with the command's habit files, progress line and report."""
+CHOSEN_BY = {"largest": "the largest", "index": "by --face-index", "point": "the one under --face-x/--face-y"}
+
+
+def _notes(result: DubResult, video: Path, options: DubOptions) -> list[str]:
+    """What the user should know besides the output: another face, undecodable frames, an odd size."""
+    notes = []
+    face = result.face
+    if face is not None and face.faces > 1:
+        notes.append(f"{face.faces} faces seen; dubbed {CHOSEN_BY[options.tracking.face]}: face {face.rank} from "
+                     f"the left (numbered from 0), centred at ({face.centre[0]}, {face.centre[1]}) in frame "
+                     f"{face.frame}. Dub another with --face index --face-index N, or --face point --face-x X "
+                     "--face-y Y (a point on it in the first frame)")
+    if result.undecodable_frames:
+        decoded = result.source_frames
+        notes.append(f"video {str(video)!r} announces {decoded + result.undecodable_frames} frames but only "
+                     f"{decoded} could be decoded (a truncated or damaged file): only those were dubbed")
+    pix_fmt = getattr(result.sink, "pix_fmt", "yuv420p")
+    if pix_fmt != "yuv420p" and result.size is not None:
+        notes.append(f"the video's odd size {result.size[1]}x{result.size[0]} was kept exactly, in H.264 4:4:4 "
+                     "(yuv444p), which some browsers do not play; an even size gives the usual 4:2:0")
+    return notes
+
+
+def _dub(args, video: Path, audio: Path | None, model, options: DubOptions) -> tuple[DubResult, list[str]]:
+    """Run the dub with the command's habit files, progress line and report; returns the result and its notes."""
     habit = None
     if args.habit is not None:
         habit = load_habit_vector(args.habit, expected_size=int(model.config.habit.hidden_size)).vector
     result = dub_video(video, audio, model, args.out, options, occluder_mask=args.occluder_mask,
-                       on_progress=ProgressLine(not args.quiet and sys.stderr.isatty()), habit=habit)
+                       on_progress=ProgressLine(not args.quiet and sys.stderr.isatty()), should_stop=STOP,
+                       habit=habit)
     if args.save_habit is not None:
         save_habit_vector(args.save_habit, result.habit, {"video": str(video), "preset": model.config.preset})
+    notes = _notes(result, video, options)
     if args.report is not None:
-        args.report.write_text(json.dumps({
+        face = result.face
+        atomic_write(args.report, json.dumps({
             "path": str(result.sink.path), "num_frames": result.num_frames, "fps": float(result.fps),
+            "size": list(result.size or ()), "pixel_format": getattr(result.sink, "pix_fmt", None),
             "audio_codec": result.sink.audio.codec, "audio_bit_exact": result.audio_bit_exact,
-            "faceless_frames": result.faceless_frames, "seconds": result.seconds}, indent=1))
-    return result
+            "faceless_frames": result.faceless_frames, "undecodable_frames": result.undecodable_frames,
+            "faces_seen": face.faces if face is not None else 0,
+            "face": None if face is None else {"rank_from_left": face.rank, "frame": face.frame,
+                                               "centre": list(face.centre)},
+            "notes": notes, "seconds": result.seconds}, indent=1), "--report")
+    return result, notes
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}")
 
 
 def run_dub(args) -> int:
-    """``python -m stabledub_core dub``."""
-    check_inputs(args.video, args.audio, args.out)
+    """``python -m stabledub_core dub``: every check before the expensive work, then the dub."""
     options = _options(args)
+    _check_outputs(args, args.video, args.audio)
+    check_inputs(args.video, args.audio, args.out)
     model = load_model(args.checkpoint, args.preset, options, args.vae, args.wav2vec2)
-    result = _dub(args, args.video, args.audio, model, options)
+    result, notes = _dub(args, args.video, args.audio, model, options)
     print(f"wrote {result.sink.path} ({result.num_frames} frames at {float(result.fps):.3f} fps, audio "
           f"{result.sink.audio.codec}{', bit-exact' if result.audio_bit_exact else ''}; "
           f"{result.faceless_frames} frames without a face left unchanged)")
+    _print_notes(notes)
     return 0
 
 
@@ -134,12 +207,14 @@ def run_demo(args) -> int:
     """``python -m stabledub_core demo``: the bundled clip and speech with a tiny random-weights model."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out.parent / "demo_tiny_untrained.safetensors"
+    options = _options(args)
+    _check_outputs(args, ASSETS / "face_occluded.mp4", ASSETS / "speech_es.wav")
     print("NOTE: the demo model has RANDOM, UNTRAINED weights; the mouth region will be noise, not speech. "
           "It checks that the whole pipeline runs.")
     torch.manual_seed(0)
     save_checkpoint(StableDub.from_config(get_preset("tiny")), checkpoint)
-    options = _options(args)
     model = load_model(checkpoint, "tiny", options)
-    result = _dub(args, ASSETS / "face_occluded.mp4", ASSETS / "speech_es.wav", model, options)
+    result, notes = _dub(args, ASSETS / "face_occluded.mp4", ASSETS / "speech_es.wav", model, options)
     print(f"wrote {result.sink.path} ({result.num_frames} frames) with the untrained tiny model ({checkpoint})")
+    _print_notes(notes)
     return 0

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from stabledub_core.pipeline.options import STAGE_OPTIONS, DubOptions, option_fields
+from stabledub_core.pipeline.options import STAGE_OPTIONS, DubOptions, check_value, option_fields
 
-GROUPS = ("sampling", "masks", "conditions", "length", "output", "runtime")  # the stages with flags, in --help
+GROUPS = ("sampling", "masks", "conditions", "tracking", "length", "output", "runtime")  # the stages with flags
 
 
 def flag(name: str) -> str:
@@ -35,7 +35,15 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, **extra) -> DubOptions:
-    """The :class:`DubOptions` of parsed arguments (flags of :func:`add_option_arguments`, plus ``extra``)."""
-    values = {f.name: getattr(args, f.name) for kind in STAGE_OPTIONS.values() for f in option_fields(kind)
-              if f.metadata["flag"] and hasattr(args, f.name)}
+    """The :class:`DubOptions` of parsed arguments (flags of :func:`add_option_arguments`, plus ``extra``).
+
+    Every value is checked first against its option's range and choices, with the flag the user typed in the
+    message (``--crf must be between 0 and 51, got 99``).
+    """
+    values = {}
+    for kind in STAGE_OPTIONS.values():
+        for f in option_fields(kind):
+            if f.metadata["flag"] and hasattr(args, f.name):
+                check_value(f, getattr(args, f.name), flag(f.name))
+                values[f.name] = getattr(args, f.name)
     return DubOptions.from_values(**{**values, **extra})

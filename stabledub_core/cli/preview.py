@@ -16,11 +16,19 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from stabledub_core.errors import EmptyMediaError, ExposureError, NotAMediaFileError, OptionError, require_file
+from stabledub_core.errors import (
+    EmptyMediaError,
+    ExposureError,
+    NotAMediaFileError,
+    OptionError,
+    OutputPathError,
+    require_file,
+)
 from stabledub_core.face.track import FaceTracker
 from stabledub_core.masks import exposure as exposure_lib
 from stabledub_core.masks.crop_spans import CropSpan, plan_crop_spans
 from stabledub_core.masks.preview import PreviewStyle, preview_strip
+from stabledub_core.media.output import atomic_write, check_output_path
 from stabledub_core.media.video import VideoReader
 from stabledub_core.models.config import StableDubConfig
 from stabledub_core.pipeline.options import MaskOptions
@@ -108,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     if not cv2.haveImageWriter(str(args.out)):
         raise OptionError(f"--out {args.out}: OpenCV cannot write {args.out.suffix or 'files without a suffix'}; "
                           "give a .png file")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"--out {str(args.out)!r}: cannot create the folder {str(args.out.parent)!r} "
+                              f"({exc.strerror}): choose a folder you can write to") from None
+    check_output_path(args.out, "--out", {"video": args.video, "--occluder": args.occluder,
+                                          "--patches": args.patches})
     frames, times = read_video(args.video, args.max_frames)
     occluder = None if args.occluder is None else read_occluder(args.occluder, frames.shape[1:3])  # before tracking
     with FaceTracker(args.face_model) as tracker:
@@ -116,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
     patches = exposed_patches(args, frames, spans, args.grid, occluder)
     indices = np.unique(np.linspace(0, len(frames) - 1, args.frames).round().astype(int))
     strip = preview_strip(frames, spans, indices.tolist(), patches, PreviewStyle(tile=args.tile))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.out), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {args.out}")  # the folder exists and the format is writable: an I/O failure
+    encoded, data = cv2.imencode(args.out.suffix, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    if not encoded:
+        raise OptionError(f"--out {args.out}: OpenCV could not encode the strip as {args.out.suffix}; give a .png file")
+    atomic_write(args.out, data.tobytes(), "--out")
     print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]}, frames {indices.tolist()})")
     return 0

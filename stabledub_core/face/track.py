@@ -15,7 +15,7 @@ from stabledub_core.face.gaps import GapFiller, TrackEntry, TrackStatus
 from stabledub_core.face.indices import NUM_LANDMARKS
 from stabledub_core.face.landmarker import FaceCounter, LandmarkerMode, MediaPipeLandmarker, check_frame, check_model_path
 from stabledub_core.face.search import FineSearch, FineSearchConfig
-from stabledub_core.face.selection import FaceSelection, FaceSelector, is_continuation
+from stabledub_core.face.selection import FaceChoice, FaceSelection, FaceSelector, is_continuation, rank_from_left
 from stabledub_core.face.smoothing import OneEuroConfig, OneEuroFilter
 from stabledub_core.runtime import StageTimer
 
@@ -32,6 +32,7 @@ class FaceTrack:
         frame_size: (H, W) of the source frames.
         start: index of the first frame in the video (non-zero for streamed chunks).
         times: (F,) float64 frame times in seconds, or None.
+        choice: which of several faces the track follows (set by the tracker on a whole stream), or None.
     """
 
     landmarks: np.ndarray
@@ -39,6 +40,7 @@ class FaceTrack:
     frame_size: tuple[int, int]
     start: int = 0
     times: np.ndarray | None = None
+    choice: FaceChoice | None = None
 
     def __post_init__(self):
         self.landmarks = np.asarray(self.landmarks, np.float32)
@@ -176,6 +178,7 @@ class TrackerConfig:
     Args:
         selection: which face to follow when there are several.
         face_index: face index from the left for ``FaceSelection.INDEX``.
+        face_point: ``(x, y)`` pixels for ``FaceSelection.POINT``.
         initial_selection: first pick of ``FaceSelection.NEAREST`` (LARGEST or INDEX).
         max_jump: largest per-frame move of the tracked face, in face sizes. A face that jumps further (a false
             detection, e.g. in an upside-down frame, or another shot after a cut) is held back: it is accepted as a
@@ -198,6 +201,7 @@ class TrackerConfig:
 
     selection: FaceSelection = FaceSelection.LARGEST
     face_index: int = 0
+    face_point: tuple[float, float] | None = None
     initial_selection: FaceSelection = FaceSelection.LARGEST
     max_jump: float = 1.0
     max_scale_change: float = 1.5
@@ -239,7 +243,8 @@ class FaceTracker:
         for name in ("full_frame_interval", "tile_interval"):
             if getattr(self.config.search, name) < 1:
                 raise OptionError(f"search.{name} must be >= 1 frame, got {getattr(self.config.search, name)}")
-        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection)
+        self.selector = FaceSelector(self.config.selection, self.config.face_index, self.config.initial_selection,
+                                     self.config.face_point)
         self.timer = StageTimer()
         self._video: MediaPipeLandmarker | None = None
         self._image: MediaPipeLandmarker | None = None
@@ -268,7 +273,9 @@ class FaceTracker:
         with self.timer.stage("count"):
             if self._counter is None:
                 self._counter = FaceCounter(self.model_path, cfg.min_detection_confidence)
-            if self._counter.count(frame) > 1:
+            count = self._counter.count(frame)
+            self.faces_seen = max(self.faces_seen, count)
+            if count > 1:
                 self._multi = True
                 if self._video is not None:  # a new VIDEO-mode landmarker asked for num_faces faces
                     self._video.close()
@@ -328,6 +335,8 @@ class FaceTracker:
         self._zoom_first = 0  # frames left that try the zoomed search before the full-frame pass
         self._tiles_wait = 0  # frames left before the tile pyramid may run again
         self._held: list[tuple[float, np.ndarray]] = []  # (time, raw landmarks) of a jumped face, frame by frame
+        self.faces_seen = 0  # most faces seen in one frame of this stream
+        self.choice: FaceChoice | None = None  # the face the stream's first track started on
 
     def _full_frame(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
         """Stage 1: the VIDEO-mode landmarker on the whole frame. Returns (N, 478, 2)."""
@@ -380,9 +389,14 @@ class FaceTracker:
                 self._tiles_wait = self.config.search.tile_interval
             if len(found):
                 candidates = found
+                self.faces_seen = max(self.faces_seen, len(found))
             choice = self.selector.select(found, self._previous)
             if choice is not None and self._continues(found[choice]):
                 accepted, found_by = found[choice], name
+                if self.choice is None:
+                    centre = found[choice].mean(axis=0)
+                    self.choice = FaceChoice(len(found), rank_from_left(found, choice), self._index,
+                                             (int(round(centre[0])), int(round(centre[1]))))
                 break
             if choice is not None and jumped is None:
                 jumped = found[choice]

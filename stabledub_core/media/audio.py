@@ -27,6 +27,7 @@ from stabledub_core.errors import (
     EmptyMediaError,
     InputFileNotFoundError,
     NoAudioStreamError,
+    NonFiniteSamplesError,
     NotAMediaFileError,
     OptionError,
     require_file,
@@ -61,7 +62,10 @@ def open_media(path, what: str):
     """
     p = require_file(path, what)
     try:
-        return av.open(str(p))
+        return av.open(str(p), metadata_errors="replace")  # damaged tags must not stop a readable file
+    except UnicodeDecodeError as exc:
+        raise NotAMediaFileError(f"{what} file {str(p)!r} has unreadable metadata: give a real video/audio "
+                                 "file") from exc
     except FileNotFoundError as exc:
         raise InputFileNotFoundError(f"{what} file {str(p)!r} does not exist: check the path") from exc
     except av.FFmpegError as exc:
@@ -175,6 +179,7 @@ def _decode(path, what: str, want_encoder_input: bool) -> tuple[AudioInfo, np.nd
             cc = stream.codec_context
             native = cc.format.name if cc.format is not None else "fltp"
             meta = (stream.index, cc.name, cc.sample_rate, chunk.shape[0], native)
+        check_finite_samples(chunk, path, what, meta[2], num)
         num += chunk.shape[1]
         if want_encoder_input:
             mono = mono or _MonoResampler(meta[2], ENCODER_SAMPLE_RATE)
@@ -186,6 +191,29 @@ def _decode(path, what: str, want_encoder_input: bool) -> tuple[AudioInfo, np.nd
         return info, None
     pieces.extend(mono.push(None))
     return info, fit_samples(np.concatenate(pieces), encoder_length(num, info.sample_rate))
+
+
+def check_finite_samples(chunk: np.ndarray, path, what: str, rate: int, start: int = 0) -> None:
+    """Refuse NaN or infinite samples (float tracks only; they would fail the encoder much later).
+
+    Args:
+        chunk: ``(C, n)`` decoded samples.
+        path: The file, for the message.
+        what: What the file is for.
+        rate: The sample rate.
+        start: Index of the chunk's first sample in the track.
+
+    Raises:
+        NonFiniteSamplesError: Naming the time of the first bad sample.
+    """
+    if chunk.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(chunk)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=0)))
+        raise NonFiniteSamplesError(f"{what} file {str(path)!r} holds NaN or infinite samples (the first near "
+                                    f"{(start + first) / rate:.2f} s): re-export it as "
+                                    "16-bit PCM or give another file")
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -201,6 +229,7 @@ def load_audio(path) -> tuple[np.ndarray, int]:
     chunks = []
     for stream, chunk in _native_chunks(path, "audio", "fltp"):
         rate = stream.codec_context.sample_rate
+        check_finite_samples(chunk, path, "audio", rate, sum(c.shape[1] for c in chunks))
         chunks.append(chunk)
     if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise EmptyMediaError(f"audio file {str(path)!r} has an empty audio track: give a file with sound")
@@ -393,4 +422,6 @@ def check_waveform(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
                               f"{waveform.shape}")
     if sample_rate <= 0:
         raise OptionError(f"the speech's sample rate must be > 0, got {sample_rate}")
+    if not np.isfinite(waveform).all():
+        raise NonFiniteSamplesError("the speech holds NaN or infinite samples: give a waveform of finite numbers")
     return waveform

@@ -6,13 +6,14 @@ variable-frame-rate sources are read by their presentation timestamps.
 
 The writer encodes H.264 (libx264, yuv420p, CRF 18) into a temporary file beside the destination and renames it into
 place only when everything went well; on any exception, ``Ctrl-C`` included, the temporary file is deleted, so a
-destination path never holds a partial video.
+destination path never holds a partial video. An ``OSError`` while writing (disk full, permission denied) is one
+:class:`~stabledub_core.errors.OutputWriteError`. Odd frame sizes are kept exactly: H.264 in 4:2:0 cannot hold them,
+so they are encoded in 4:4:4 (``yuv444p``; some browsers do not play it).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +23,7 @@ import av
 import numpy as np
 
 from stabledub_core.media.audio import AudioInfo, AudioMuxer, open_media
+from stabledub_core.media.output import partial_path, write_error
 from stabledub_core.errors import FrameFormatError, NoVideoStreamError, NotAMediaFileError, OptionError
 
 # Output containers by file extension (FFmpeg muxer names).
@@ -107,6 +109,7 @@ class VideoReader:
         self._last: tuple[int, np.ndarray] | None = None
         self._pending = None  # a frame decoded by _seek but not consumed yet
         self._position: dict | None = None  # pts -> index, built on the first seek
+        self.damaged_packets = 0  # packets of the last pass from the start that could not be decoded
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -123,13 +126,33 @@ class VideoReader:
         return len(self.pts)
 
     def _decode_from_start(self) -> Iterator:
+        """Decode from the first frame, packet by packet: a packet FFmpeg cannot decode (a damaged or truncated
+        file) is skipped and counted in :attr:`damaged_packets`; a file where no frame decodes is an error."""
         self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+        self.damaged_packets = 0
+        yield from self._decode_packets()
+
+    def _decode_packets(self) -> Iterator:
+        """Decode from where the container stands, skipping (and counting) packets that cannot be decoded."""
+        decoded, first_error = 0, None
         try:
-            for frame in self.container.decode(self.stream):
-                yield frame
-        except av.FFmpegError as exc:
+            packets = self.container.demux(self.stream)
+            for packet in packets:
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    self.damaged_packets += 1
+                    first_error = first_error or exc
+                    continue
+                for frame in frames:
+                    decoded += 1
+                    yield frame
+        except av.FFmpegError as exc:  # the container itself (demuxing) broke: keep what was decoded
+            self.damaged_packets += 1
+            first_error = first_error or exc
+        if decoded == 0 and first_error is not None:
             raise NotAMediaFileError(f"video file {str(self.path)!r} cannot be decoded "
-                                     f"({exc.strerror or 'invalid data'})") from exc
+                                     f"({first_error.strerror or 'invalid data'})") from first_error
 
     def frames(self) -> Iterator[VideoFrame]:
         """Decode the whole video in order.
@@ -170,7 +193,7 @@ class VideoReader:
             self._next = 0
             return
         self.container.seek(int(pts), stream=self.stream, backward=True, any_frame=False)
-        self._decoder = iter(self.container.decode(self.stream))
+        self._decoder = iter(self._decode_packets())
         if self._position is None or len(self._position) != len(self.pts):
             self._position = {p: i for i, p in enumerate(self.pts)}
         position = self._position
@@ -247,9 +270,9 @@ def output_format(path) -> str:
 class VideoWriter:
     """Encodes RGB frames to an H.264 file, atomically.
 
-    Frames go to a hidden temporary file in the destination folder; :meth:`__exit__` renames it over ``path``
-    only if no exception occurred, and deletes it otherwise. Odd frame sizes are padded by one row/column
-    (repeating the edge) because yuv420p needs even dimensions.
+    Frames go to a hidden temporary file in the destination folder (``media.output.partial_path``);
+    :meth:`__exit__` renames it over ``path`` only if no exception occurred, and deletes it otherwise. Odd frame
+    sizes are kept exactly, in ``yuv444p`` (:attr:`pix_fmt`), because yuv420p needs even dimensions.
 
     Args:
         path: Destination (.mp4, .m4v, .mov or .mkv).
@@ -272,18 +295,24 @@ class VideoWriter:
             raise OptionError(f"output folder {str(self.path.parent)!r} does not exist: create it first")
         self.fps = Fraction(fps)
         self.size = tuple(int(v) for v in size)
-        self.padded = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
-        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{self.path.suffix}")
-        self.container = av.open(str(self.tmp), "w", format=fmt)
-        self._audio_info, self._audio_samples = audio, audio_samples
+        odd = self.size[0] % 2 or self.size[1] % 2
+        self.pix_fmt = "yuv444p" if odd else "yuv420p"
+        self.tmp = partial_path(self.path)
+        self.container = None
+        self.audio = None
         try:
+            self.container = av.open(str(self.tmp), "w", format=fmt)
+            self._audio_info, self._audio_samples = audio, audio_samples
             self.stream = self.container.add_stream("libx264", rate=self.fps)
-            self.stream.width, self.stream.height = self.padded[1], self.padded[0]
-            self.stream.pix_fmt = "yuv420p"
+            self.stream.width, self.stream.height = self.size[1], self.size[0]
+            self.stream.pix_fmt = self.pix_fmt
             self.stream.options = {"crf": str(crf), "preset": preset}
             self.time_base = Fraction(time_base) if time_base is not None else 1 / self.fps
             self.stream.codec_context.time_base = self.time_base
             self.audio = AudioMuxer(self.container, audio, audio_samples) if audio is not None else None
+        except OSError as exc:
+            self._discard()
+            raise write_error(exc, self.path) from None
         except BaseException:
             self._discard()
             raise
@@ -302,17 +331,17 @@ class VideoWriter:
         if image.shape != (*self.size, 3) or image.dtype != np.uint8:
             raise FrameFormatError(f"frame {self.count}: expected uint8 {(*self.size, 3)}, got {image.dtype} "
                                    f"{image.shape}")
-        if self.padded != self.size:
-            image = np.pad(image, ((0, self.padded[0] - self.size[0]), (0, self.padded[1] - self.size[1]), (0, 0)),
-                           mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = self.count if time is None else int(round(time / self.time_base))
         frame.time_base = self.time_base
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.count += 1
-        if self.audio is not None:
-            self.audio.pump(float(frame.pts * self.time_base) + 1.0)
+        try:
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.count += 1
+            if self.audio is not None:
+                self.audio.pump(float(frame.pts * self.time_base) + 1.0)
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -324,17 +353,23 @@ class VideoWriter:
             if self.audio is not None:
                 self.audio.finish()
             self.container.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self._discard()
+            raise write_error(exc, self.path) from None
         except BaseException:
             self._discard()
             raise
-        os.replace(self.tmp, self.path)
 
     def _discard(self) -> None:
-        """Close everything and delete the temporary file (never raises)."""
+        """Close everything and delete the temporary file (never raises: the first error is the one to report)."""
+        for close in (getattr(self.audio, "close", None), getattr(self.container, "close", None)):
+            try:
+                if close is not None:
+                    close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away; the original error matters
+                pass
         try:
-            if getattr(self, "audio", None) is not None:
-                self.audio.close()
-            self.container.close()
-        except Exception:  # noqa: BLE001 - the file is being thrown away; the original error matters
+            self.tmp.unlink(missing_ok=True)
+        except OSError:
             pass
-        self.tmp.unlink(missing_ok=True)

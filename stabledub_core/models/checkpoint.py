@@ -16,8 +16,8 @@ Which parts are stored is decided by the config, not by the preset name (:func:`
 - ``vae``: only when ``VAEConfig.in_checkpoint`` is True (the ``tiny`` preset's VAE, so the demo is one file);
   otherwise the VAE comes from its own file (SD 1.5's VAE, see ``models.vae.load_sd_vae``).
 
-Loading validates the format, the preset (``expect_preset``), and every name and shape, and says exactly what is
-wrong. Pickle files (.ckpt/.pt/.pth/.bin/.pkl) are refused: they can run code when loaded
+Loading validates the format, the preset (``expect_preset``), every name and shape, and that no weight is NaN or
+infinite (:func:`check_finite_weights`, also after a conversion to float16), and says exactly what is wrong. Pickle files (.ckpt/.pt/.pth/.bin/.pkl) are refused: they can run code when loaded
 (``models.safetensors_io``).
 """
 
@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from stabledub_core.errors import CheckpointError
+from stabledub_core.errors import CheckpointError, NonFiniteWeightsError
 from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
 from stabledub_core.models.config import StableDubConfig
 from stabledub_core.models.habit import LipHabitModulation
@@ -147,6 +147,27 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, tuple[int, .
         raise CheckpointError(f"{where} does not match the model its config describes:\n  " + "\n  ".join(problems))
 
 
+def check_finite_weights(named_tensors, where: str, note: str = "") -> None:
+    """Refuse weights holding NaN or infinite values (a corrupt file or a diverged training run would otherwise dub
+    every mouth as a black box).
+
+    Args:
+        named_tensors: ``(name, tensor)`` pairs, e.g. ``model.state_dict().items()``.
+        where: The file name, for the message.
+        note: Appended to the count (e.g. `` after conversion to float16``).
+
+    Raises:
+        NonFiniteWeightsError: Naming the first bad tensor.
+    """
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            advice = ("load it in float32" if note else
+                      "the file is corrupt or its training diverged: use another checkpoint")
+            raise NonFiniteWeightsError(f"{where}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s)"
+                                        f"{note}; {advice}")
+
+
 def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = None, vae_path=None,
                     wav2vec2_path=None):
     """Load a StableDub checkpoint.
@@ -192,4 +213,8 @@ def load_checkpoint(path, device=None, dtype=None, expect_preset: str | None = N
         raise CheckpointError(f"{path.name}: tensors not loaded: {_describe(set(leftover))}")
     if not config.vae.in_checkpoint:
         load_sd_vae(model.vae, vae_path, config.vae)
-    return model.to(device=device or "cpu", dtype=dtype).eval()
+    check_finite_weights(model.state_dict().items(), path.name)
+    model = model.to(device=device or "cpu", dtype=dtype).eval()
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        check_finite_weights(model.state_dict().items(), path.name, f" after conversion to {dtype}")
+    return model

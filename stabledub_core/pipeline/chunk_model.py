@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from stabledub_core.errors import OptionError
+from stabledub_core.errors import NumericalError, OptionError
 from stabledub_core.masks.exposure import to_latent
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE, fit_samples
 from stabledub_core.models.audio_context import audio_segment, frame_audio_context
@@ -38,6 +38,60 @@ def resolve_dtype(name: str, device) -> str:
     if name not in TORCH_DTYPES:
         raise OptionError(f"unknown dtype {name!r}; choose one of auto, {', '.join(TORCH_DTYPES)}")
     return name
+
+
+def check_runtime(device: str, dtype: str, name=lambda option: option) -> str | None:
+    """Check a device and a dtype against what this torch build and machine offer, before any model is loaded.
+
+    Args:
+        device: The device option (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+        dtype: The dtype option (``auto``, ``float32``, ``float16``, ``bfloat16``).
+        name: How the user named an option (e.g. ``"--device"`` for ``"device"``), for the messages.
+
+    Returns:
+        A warning to show (float16 on a CPU), or None.
+
+    Raises:
+        OptionError: An unknown device, a device this build or machine does not have, an unknown dtype.
+    """
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise OptionError(f"unknown {name('device')} {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise OptionError(f"{name('device')} {device!r}: {build} (torch {torch.__version__}): use "
+                              f"{name('device')} cpu, or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if where.index is not None and where.index >= count:
+            raise OptionError(f"{name('device')} {device!r}: this machine has {count} CUDA GPU(s), numbered from 0")
+    elif where.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise OptionError(f"{name('device')} {device!r}: MPS (Apple GPU) is not available here: use "
+                              f"{name('device')} cpu")
+    elif where.type != "cpu":
+        raise OptionError(f"unknown {name('device')} {device!r}: use cpu, cuda, cuda:N or mps")
+    if dtype != "auto" and dtype not in TORCH_DTYPES:
+        raise OptionError(f"unknown {name('dtype')} {dtype!r}; choose one of auto, {', '.join(TORCH_DTYPES)}")
+    if where.type == "cpu" and dtype == "float16":
+        return (f"{name('dtype')} float16 on the CPU is slow and may overflow; {name('dtype')} float32 (the CPU "
+                "default) or bfloat16 is better there")
+    return None
+
+
+def check_finite(values: torch.Tensor, what: str, start: int, dtype: torch.dtype) -> None:
+    """Stop a dub whose model produced NaN or infinite numbers (one cheap check per chunk).
+
+    Raises:
+        NumericalError: Naming the chunk's frames and what to try.
+    """
+    if not bool(torch.isfinite(values).all()):
+        name = str(dtype).removeprefix("torch.")
+        retry = "dtype float32, or " if dtype != torch.float32 else ""
+        raise NumericalError(f"the model produced NaN or infinite {what} for output frames from {start} "
+                             f"(dtype {name}); nothing was written: try {retry}another checkpoint (its weights "
+                             "overflow)")
 
 
 def torch_dtype(name: str, device="cpu") -> torch.dtype:
@@ -181,8 +235,10 @@ class StableDubChunkModel:
                 latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
                                         device=self.device, dtype=self.dtype, on_step=on_step,
                                         should_stop=should_stop)
+                check_finite(latents, "latents", start, self.dtype)
             with clock.stage("vae_decode"):
                 images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
+                check_finite(images, "decoded frames", start, self.dtype)
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
 
 

@@ -19,10 +19,11 @@ from typing import Protocol
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from stabledub_core.errors import ConditionError, HabitFileNotFoundError
 from stabledub_core.masks.lips import choose_lip_segment
+from stabledub_core.media.output import atomic_write
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.sampler import ClipConditions
 
@@ -99,10 +100,7 @@ def save_habit_vector(path: str | Path, vector: torch.Tensor, metadata: dict[str
         raise ConditionError(f"a habit vector is 1-D (C,), got shape {tuple(vector.shape)}")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(format=HABIT_FORMAT, format_version=HABIT_FORMAT_VERSION, size=str(vector.shape[0]))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({_HABIT_KEY: vector.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, save({_HABIT_KEY: vector.detach().float().cpu().contiguous()}, metadata=meta), "habit file")
 
 
 def load_habit_vector(path: str | Path, expected_size: int | None = None) -> HabitVector:

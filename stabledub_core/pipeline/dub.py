@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, OptionError, require_file
+from stabledub_core.face.selection import FaceChoice
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.media.audio import (
     check_waveform,
@@ -74,6 +75,11 @@ class DubResult:
         faceless_frames: Output frames written unchanged because no face was tracked in them.
         habit: ``(C,)`` the lip-habit vector the dub used (save it with ``conditions.save_habit_vector``).
         seconds: Wall time per stage.
+        face: Which face was dubbed when several were seen (``faces``, ``rank`` from the left, ``centre``), or None.
+        undecodable_frames: Frames the container's header announces but that could not be decoded (a truncated
+            or damaged file): the dub covers only the decodable ones.
+        size: ``(H, W)`` of the output frames (always the source's).
+        source_frames: Frames decoded from the source.
     """
 
     sink: object
@@ -81,6 +87,10 @@ class DubResult:
     faceless_frames: int
     habit: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
+    face: FaceChoice | None = None
+    undecodable_frames: int = 0
+    size: tuple[int, int] | None = None
+    source_frames: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -132,7 +142,8 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
                           "without inversion")
     policy = LengthPolicy.parse(options.length.length_policy)
     chunk_model = as_chunk_model(model, options.sampling, options.runtime)
-    track = track_faces(source, options.tracking.face_model, clock, on_progress, should_stop)
+    track = track_faces(source, options.tracking.face_model, clock, on_progress, should_stop, options.tracking)
+    undecodable = max(int(getattr(source.stream, "frames", 0) or 0) - source.num_frames, 0)
     occluder = check_occluder(occluder, source.num_frames, source.size)
     plan = plan_length(policy, source.num_frames, source.fps, num_samples, sample_rate)
     variable = plan.is_identity and source.is_variable_rate()
@@ -184,7 +195,8 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
                                             on_progress, should_stop):
             done = range(start, start + len(crops))
             compositor.write(start, [buffer.pop(i) for i in done], crops, [masks.pop(i) for i in done])
-    return DubResult(sink, plan, compositor.faceless, habit.detach().float().cpu(), dict(clock.seconds))
+    return DubResult(sink, plan, compositor.faceless, habit.detach().float().cpu(), dict(clock.seconds), track.choice,
+                     undecodable, tuple(source.size), source.num_frames)
 
 
 def check_inputs(video, audio, out) -> None:

@@ -15,6 +15,7 @@ lip-habit segment and the choice of the appearance reference, so changing how on
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -50,18 +51,34 @@ def _values(kind: type[enum.Enum]) -> tuple[str, ...]:
     return tuple(member.value for member in kind)
 
 
+def check_value(f, value, name: str | None = None) -> None:
+    """One clear error for a value of option field ``f`` out of its range or not among its choices.
+
+    Args:
+        f: The option's dataclass field.
+        value: The value to check.
+        name: How the user named the option (e.g. the flag ``--crf``); default the field's name.
+
+    Raises:
+        OptionError: Saying the allowed range or choices.
+    """
+    meta, name = f.metadata, name or f.name
+    if meta["choices"] and value not in meta["choices"]:
+        raise OptionError(f"unknown {name} {value!r}; choose one of {', '.join(meta['choices'])}")
+    low, high = meta["min"], meta["max"]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(f"{name} must be a finite number, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise OptionError(f"{name} must be between {low} and {high}, got {value}")
+
+
 class StageOptions:
     """Checks every :func:`option` field of a stage's options when they are made: one clear error for a value out
     of its range or not among its choices."""
 
     def __post_init__(self) -> None:
         for f in option_fields(type(self)):
-            value, meta = getattr(self, f.name), f.metadata
-            if meta["choices"] and value not in meta["choices"]:
-                raise OptionError(f"unknown {f.name} {value!r}; choose one of {', '.join(meta['choices'])}")
-            low, high = meta["min"], meta["max"]
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise OptionError(f"{f.name} must be between {low} and {high}, got {value}")
+            check_value(f, getattr(self, f.name))
 
 
 @dataclass
@@ -117,11 +134,21 @@ class LengthOptions(StageOptions):
                                 choices=_values(LengthPolicy))
 
 
+FACE_CHOICES = ("largest", "index", "point")  # which face to dub when a video shows several
+
+
 @dataclass
 class TrackingOptions(StageOptions):
-    """Face tracking."""
+    """Face tracking, and which face to dub when the video shows several."""
 
     face_model: Path = option(DEFAULT_FACE_MODEL, "MediaPipe face_landmarker.task", flag=False)
+    face: str = option(FACE_CHOICES[0], "which face to dub when several are visible: the largest, the one at "
+                                        "face_index, or the one under the point face_x, face_y of the first frame",
+                       choices=FACE_CHOICES)
+    face_index: int = option(0, "with face index: the face to dub, counted from the left from 0", min=0, max=31)
+    face_x: int = option(0, "with face point: x in pixels of a point on the face to dub, in the first frame",
+                         min=0, max=65535)
+    face_y: int = option(0, "with face point: y in pixels of that point", min=0, max=65535)
 
 
 @dataclass

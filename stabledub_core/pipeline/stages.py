@@ -13,11 +13,13 @@ A source is anything with the :class:`~stabledub_core.media.video.VideoReader` i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from stabledub_core.errors import EmptyMediaError, NoFaceError, OptionError
+from stabledub_core.face.selection import FaceSelection
 from stabledub_core.face.track import FaceTrack, FaceTracker, TrackBuilder
 from stabledub_core.masks.crop_spans import CropPlan, CropSpan, single_frame_span
 from stabledub_core.masks.exposure import ExposedPatches, apply, from_occluder, grid_size
@@ -28,13 +30,29 @@ from stabledub_core.media.video import Run
 from stabledub_core.pipeline.chunk_model import ChunkModel
 from stabledub_core.pipeline.composite import PasteWeight, crop_frames, paste_back
 from stabledub_core.pipeline.conditions import habit_segment
-from stabledub_core.pipeline.options import MaskOptions, SamplingOptions, stream_seed
+from stabledub_core.pipeline.options import MaskOptions, SamplingOptions, TrackingOptions, stream_seed
 from stabledub_core.pipeline.windows import Chunk, plan_chunks, stitch_images
 from stabledub_core.runtime import ProgressCallback, StageTimer, StopCheck, check_interrupt
 
 
+def face_selection(tracking: TrackingOptions | None) -> dict:
+    """The ``TrackerConfig`` fields of the tracking options' face choice.
+
+    ``largest`` keeps the tracker's default (the largest face that continues the track); ``index`` and ``point``
+    pick the face once, where its track starts, and then follow it (the nearest face), so that people crossing or
+    changing size do not swap the speaker.
+    """
+    if tracking is None or tracking.face == "largest":
+        return {}
+    if tracking.face == "index":
+        return {"selection": FaceSelection.NEAREST, "initial_selection": FaceSelection.INDEX,
+                "face_index": tracking.face_index}
+    return {"selection": FaceSelection.NEAREST, "initial_selection": FaceSelection.POINT,
+            "face_point": (float(tracking.face_x), float(tracking.face_y))}
+
+
 def track_faces(source, face_model, clock: StageTimer | None = None, on_progress: ProgressCallback | None = None,
-                should_stop: StopCheck | None = None) -> FaceTrack:
+                should_stop: StopCheck | None = None, tracking: TrackingOptions | None = None) -> FaceTrack:
     """Landmarks of every source frame, streaming (only the landmarks are kept).
 
     Args:
@@ -43,9 +61,10 @@ def track_faces(source, face_model, clock: StageTimer | None = None, on_progress
         clock: Stage timer to add to (``decode``, ``track``).
         on_progress: Called as ``on_progress("track", done, total)``.
         should_stop: Polled per frame.
+        tracking: Which face to follow when there are several (default: the largest).
 
     Returns:
-        The clip's :class:`~stabledub_core.face.track.FaceTrack`.
+        The clip's :class:`~stabledub_core.face.track.FaceTrack`; its ``choice`` says which face it follows.
 
     Raises:
         EmptyMediaError: If the video has fewer than 2 frames.
@@ -54,7 +73,7 @@ def track_faces(source, face_model, clock: StageTimer | None = None, on_progress
     clock = clock or StageTimer()
     total = source.stream.frames or 0
     builder = TrackBuilder(total)
-    with FaceTracker(face_model) as tracker:
+    with FaceTracker(face_model, **face_selection(tracking)) as tracker:
         frames = source.frames()
         while True:
             check_interrupt(should_stop)
@@ -69,12 +88,20 @@ def track_faces(source, face_model, clock: StageTimer | None = None, on_progress
             if on_progress is not None:
                 on_progress("track", frame.index + 1, max(total, frame.index + 1))
         last = tracker.flush()
+        choice, faces_seen = tracker.choice, tracker.faces_seen
+        if choice is not None:
+            choice = dataclasses.replace(choice, faces=max(choice.faces, tracker.faces_seen))
     if last is not None:
         builder.append(last)
     if source.num_frames < 2:
         raise EmptyMediaError(f"video {str(source.path)!r} has {source.num_frames} frame(s); dubbing needs at "
                               "least 2: give a real video, not a still image")
     track = builder.build()
+    track.choice = choice
+    if not track.valid.any() and faces_seen and tracking is not None and tracking.face == "index":
+        raise NoFaceError(f"face_index {tracking.face_index} asks for face {tracking.face_index} from the left "
+                          f"(numbered from 0), but at most {faces_seen} face(s) were seen in {str(source.path)!r}: "
+                          f"give a face_index from 0 to {faces_seen - 1}")
     if not track.valid.any():
         raise NoFaceError(f"no face found in any of the {len(track)} frames of {str(source.path)!r}: give a video "
                           "where a face is visible (frontal, not too small)")

@@ -383,3 +383,24 @@ def test_face_counter_counts_and_checks_its_bundle(face_model_path, pan, tmp_pat
     fake.write_bytes(b"not a zip")
     with pytest.raises(FaceModelNotFoundError, match="not a MediaPipe face landmarker bundle"):
         FaceCounter(fake)
+
+
+def test_point_selection_picks_the_face_under_the_point_then_follows_it():
+    from stabledub_core.face.selection import FaceSelection, FaceSelector, rank_from_left
+
+    def face(x, y, size):
+        grid = np.stack(np.meshgrid(np.linspace(-1, 1, 22), np.linspace(-1, 1, 22)), -1).reshape(-1, 2)[:478]
+        return (grid * size / 2 + [x, y]).astype(np.float32)
+
+    faces = np.stack([face(300, 100, 40), face(100, 100, 80), face(200, 100, 60)])  # (3, 478, 2)
+    assert FaceSelector(FaceSelection.LARGEST).select(faces, None) == 1
+    point = FaceSelector(FaceSelection.NEAREST, initial=FaceSelection.POINT, point=(305, 95))
+    assert point.select(faces, None) == 0 and rank_from_left(faces, 0) == 2
+    assert point.select(faces, faces[2]) == 2  # once tracking, the nearest face to the track
+    assert FaceSelector(FaceSelection.POINT, point=(210, 400)).select(faces, None) == 2  # under no face: nearest
+    index = FaceSelector(FaceSelection.NEAREST, initial=FaceSelection.INDEX, index=1)
+    assert index.select(faces, None) == 2
+    from stabledub_core.errors import OptionError
+
+    with pytest.raises(OptionError, match="needs a point"):
+        FaceSelector(FaceSelection.POINT)

@@ -70,9 +70,14 @@ def test_writer_counts_rate_and_odd_size(tmp_path):
     assert n == 70 and rate == NTSC
     with av.open(str(out)) as c:
         s = c.streams.video[0]
-        assert (s.codec_context.width, s.codec_context.height) == (96, 64)
-        assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
+        assert (s.codec_context.width, s.codec_context.height) == (95, 63)  # the exact size, not padded
+        assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv444p"  # 4:2:0 needs even sizes
+        first = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    assert first.shape == (63, 95, 3) and np.abs(first.astype(int) - pattern(0, (63, 95))).mean() < 3
     assert list(tmp_path.iterdir()) == [out]
+    even = _write(tmp_path / "even.mp4", 3, size=(64, 96))
+    with av.open(str(even)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])

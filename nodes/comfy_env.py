@@ -127,6 +127,28 @@ def input_path(name: str) -> str:
     return folder_paths.get_annotated_filepath(name)
 
 
+def output_file(prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[str, str, str]:
+    """A new file in ComfyUI's output folder, numbered as ComfyUI's own savers do: ``<name>_00001_.<extension>``.
+
+    Returns:
+        ``(full path, file name, sub-folder)``; the name is never one that exists already.
+    """
+    import folder_paths
+
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+        prefix, folder_paths.get_output_directory(), width, height)
+    while True:  # the trailing "_" lets ComfyUI's counter advance; a name taken some other way is skipped
+        filename = f"{name}_{counter:05}_.{extension}"
+        if not os.path.exists(os.path.join(folder, filename)):
+            return os.path.join(folder, filename), filename, subfolder
+        counter += 1
+
+
+def video_ui(filename: str, subfolder: str) -> dict:
+    """The UI result of a saved video, as core SaveVideo returns it (the front end shows the video on the node)."""
+    return {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+
+
 def should_stop() -> bool:
     """The interruption check passed to the core: True once the user pressed Cancel."""
     import comfy.model_management

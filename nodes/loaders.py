@@ -122,24 +122,14 @@ class StableDubSaveVideo:
 
     @interruptible
     def save(self, images, fps, filename_prefix, format, crf, audio_codec="aac", audio=None):
-        import folder_paths
-
         from stabledub_core.pipeline.modular import save_clip
 
         convert.image_in(images)
-        root = folder_paths.get_output_directory()
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, root, images.shape[2], images.shape[1])
-        while True:  # ComfyUI's name (the trailing "_" lets its counter advance); never an existing file
-            filename = f"{name}_{counter:05}_.{format}"
-            if not os.path.exists(os.path.join(folder, filename)):
-                break
-            counter += 1
+        path, filename, subfolder = comfy_env.output_file(filename_prefix, format, images.shape[2], images.shape[1])
         waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
-        path = save_clip(os.path.join(folder, filename), images, fps, waveform, rate, crf=crf,
-                         audio_codec=audio_codec, should_stop=comfy_env.should_stop)
-        result = {"filename": filename, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"images": [result], "animated": (True,)}, "result": (str(path),)}  # as core SaveVideo
+        path = save_clip(path, images, fps, waveform, rate, crf=crf, audio_codec=audio_codec,
+                         should_stop=comfy_env.should_stop)
+        return {"ui": comfy_env.video_ui(filename, subfolder), "result": (str(path),)}
 
 
 class StableDubFitLength:

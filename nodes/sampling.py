@@ -7,6 +7,10 @@ pack loads none of them).
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+
 from . import comfy_env, convert
 from .base import FPS, IMAGES_IN, MODEL_IN, interruptible
 from .widgets import widgets
@@ -121,7 +125,114 @@ class StableDubDub:
                 float(result.fps))
 
 
+NO_FILE = "(the video input or video_path)"
+DUB_WIDGETS = (("LengthOptions", ("length_policy",)), ("SamplingOptions", SAMPLER_WIDGETS),
+               ("ConditionOptions", ("reference", "habit_frames")),
+               ("MaskOptions", ("mask_margin", "occluder_grid", "occluder_fraction")))
+
+
+def video_file(video: str, video_path: str = "", video_in=None) -> str:
+    """The file to dub: a ComfyUI VIDEO's own file (never decoded here), else ``video_path``, else the input-folder
+    file ``video``."""
+    from stabledub_core.errors import InputFileNotFoundError, OptionError
+
+    if video_in is not None:
+        source = video_in.get_stream_source() if hasattr(video_in, "get_stream_source") else None
+        if isinstance(source, (str, os.PathLike)):
+            return os.fspath(source)
+        if hasattr(source, "read"):  # an uploaded video held in memory: copied to a temporary file, in blocks
+            import folder_paths
+
+            os.makedirs(folder_paths.get_temp_directory(), exist_ok=True)
+            path = os.path.join(folder_paths.get_temp_directory(), f"stabledub_video_{uuid.uuid4().hex[:10]}.mp4")
+            with open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
+            return path
+        raise OptionError("this VIDEO holds frames, not a file (e.g. from Create Video): dub its images with StableDub "
+                          "Dub (all in one), or save it and load the file")
+    if video_path.strip():
+        path = os.path.expanduser(video_path.strip())
+        if not os.path.isabs(path):
+            import folder_paths
+
+            path = os.path.join(folder_paths.get_input_directory(), path)
+        if not os.path.isfile(path):
+            raise InputFileNotFoundError(f"video_path {video_path!r}: no such file ({path}): give a video file, "
+                                         "absolute or relative to ComfyUI's input folder")
+        return path
+    if video == NO_FILE:
+        raise OptionError("no video: pick one of the input folder, type a video_path or connect a VIDEO")
+    return comfy_env.input_path(video)
+
+
+class StableDubDubVideoFile:
+    """Dub a video file of any length into a new file under the output folder, streaming (bounded memory)."""
+
+    CATEGORY = "StableDub/sampling"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "dub"
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Frames are decoded, dubbed and encoded a chunk at a time: memory stays bounded however long the "
+                   "video is (a 10-minute 1080p video never sits in RAM). Writes <prefix>_00001_.mp4, ... and shows "
+                   "it on the node; path: the file written.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from stabledub_core.pipeline import options
+
+        return {"required": {
+            "model": MODEL_IN,
+            "video": ([NO_FILE] + comfy_env.input_videos(),
+                      {"tooltip": "video file in ComfyUI's input folder (unless video_path or a VIDEO is given)"}),
+            "face_model": (comfy_env.face_models(),
+                           {"tooltip": "MediaPipe face_landmarker.task: from models/mediapipe, else the copy "
+                                       "bundled with the pack"}),
+            "filename_prefix": ("STRING", {"default": "StableDub/dub_file",
+                                           "tooltip": "file name start in the output folder; may hold a "
+                                                      "sub-folder"}),
+            "format": (["mp4", "mov", "mkv"], {"tooltip": "container of the H.264 video"}),
+            **{name: spec for kind, names in DUB_WIDGETS for name, spec in widgets(getattr(options, kind),
+                                                                                    *names).items()},
+            "crf": widgets(options.OutputOptions, "crf")["crf"],
+            "invert": ("BOOLEAN", {"default": False,
+                                   "tooltip": "start from the source frames inverted under the video's own speech "
+                                              "(keeps beards, blur and objects near the mouth); twice the time"}),
+        }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "the new speech (not connected: the video's own audio track)"}),
+            "video_path": ("STRING", {"default": "", "tooltip": "a video file path, absolute or relative to the "
+                                                                "input folder (instead of the list)"}),
+            "video_in": ("VIDEO", {"tooltip": "a VIDEO (e.g. core Load Video): its file is streamed, not decoded "
+                                              "into memory"}),
+            "occluder": ("MASK", {"tooltip": "one mask at the video's size, for every frame; white = keep (an "
+                                             "occluder)"}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        """Never equal to itself: every queued run writes a new file (and the video file may have changed)."""
+        return float("nan")
+
+    @interruptible
+    def dub(self, model, video, face_model, filename_prefix, format, crf, invert, audio=None, video_path="",
+            video_in=None, occluder=None, **values):
+        from stabledub_core.pipeline.modular import dub_file
+
+        source = video_file(video, video_path, video_in)
+        waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
+        if occluder is not None:
+            occluder = convert.mask_in(occluder, "occluder")
+        path, filename, subfolder = comfy_env.output_file(filename_prefix, format)
+        with comfy_env.model_on_device(model) as device:
+            options = dub_options(device, model.dtype, bool(invert), face_model=comfy_env.face_model_path(face_model),
+                                  crf=crf, **values)
+            dub_file(source, path, model.model, options, waveform, rate, occluder,
+                     comfy_env.Progress(1, stages=("track", "sample")), comfy_env.should_stop)
+        return {"ui": comfy_env.video_ui(filename, subfolder), "result": (path,)}
+
+
 NODES = {
     "StableDubSample": (StableDubSample, "StableDub Sample"),
     "StableDubDub": (StableDubDub, "StableDub Dub (all in one)"),
+    "StableDubDubVideoFile": (StableDubDubVideoFile, "StableDub Dub Video File (long videos)"),
 }

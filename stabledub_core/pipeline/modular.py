@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 
@@ -26,6 +27,7 @@ from stabledub_core.media.video import VideoWriter, output_format
 from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
 from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
+from stabledub_core.pipeline.dub import DubResult, dub_video
 from stabledub_core.pipeline.options import DubOptions, MaskOptions
 from stabledub_core.pipeline.stages import (
     AppearanceCrops,
@@ -250,3 +252,49 @@ def _write_float_wav(path: Path, waveform: np.ndarray, sample_rate: int) -> None
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+
+
+def dub_file(video, out, model, options: DubOptions | None = None, waveform: np.ndarray | None = None,
+             sample_rate: int = 0, occluder: np.ndarray | None = None, on_progress: ProgressCallback | None = None,
+             should_stop: StopCheck | None = None, habit: torch.Tensor | None = None) -> DubResult:
+    """:func:`~stabledub_core.pipeline.dub.dub_video` (file in, file out, bounded memory) with the speech and the
+    occluder given as arrays, for the ComfyUI node that dubs long videos.
+
+    The speech is stored beside ``out`` as a hidden float WAV (the output's audio is then AAC) and the occluder as a
+    hidden PNG; both are deleted in every case.
+
+    Args:
+        video: The video file.
+        out: Output path (.mp4, .m4v, .mov or .mkv); written atomically.
+        model: A ``StableDub`` model, a checkpoint path, or any ``ChunkModel``.
+        options: :class:`DubOptions`.
+        waveform: ``(C, S)`` float32 new speech, or None for the video's own audio track.
+        sample_rate: Its rate.
+        occluder: ``(H, W)`` or ``(1, H, W)`` float mask at the video's size (white = an occluder kept), or None.
+        on_progress: Called as ``on_progress(stage, done, total)`` (stages: see ``dub_stream``).
+        should_stop: Polled often; True raises ``Interrupted`` and leaves no output file.
+        habit: A saved ``(C,)`` lip-habit vector.
+
+    Returns:
+        The :class:`~stabledub_core.pipeline.dub.DubResult`.
+    """
+    out = Path(out)
+    speech = out.with_name(f".{out.stem}.speech.wav") if waveform is not None else None
+    mask = out.with_name(f".{out.stem}.occluder.png") if occluder is not None else None
+    try:
+        if speech is not None:
+            _write_float_wav(speech, check_waveform(waveform, sample_rate), sample_rate)
+        if mask is not None:
+            occluder = np.asarray(occluder, np.float32)
+            if occluder.ndim == 3 and len(occluder) == 1:
+                occluder = occluder[0]
+            if occluder.ndim != 2:
+                raise OptionError(f"the occluder of a video file must be one mask (H, W) for every frame, got shape "
+                                  f"{occluder.shape}: give a single mask")
+            if not cv2.imwrite(str(mask), (np.clip(occluder, 0, 1) * 255).round().astype(np.uint8)):
+                raise OptionError(f"could not write the occluder mask beside {str(out)!r}")
+        return dub_video(video, speech, model, out, options, mask, on_progress, should_stop, habit)
+    finally:
+        for temporary in (speech, mask):
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)

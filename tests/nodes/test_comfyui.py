@@ -51,9 +51,13 @@ def test_templates_are_the_ui_workflows_with_thumbnails(server):
         assert thumbnail[:3] == b"\xff\xd8\xff", name
 
 
+SAVERS = ("StableDubSaveVideo", "StableDubDubVideoFile")  # the nodes that write the workflows' videos
+
+
 def quick(graph: dict, info: dict) -> dict:
-    """The workflow on 8 frames with 1 sampler step, the speech trimmed to the frames."""
-    video = next(k for k, v in graph.items() if v["class_type"] == "StableDubLoadVideo")
+    """The workflow on 8 frames (the file node: the whole video) with 1 sampler step, the speech trimmed to the
+    frames."""
+    video = next((k for k, v in graph.items() if v["class_type"] == "StableDubLoadVideo"), None)
     for node in graph.values():
         inputs = node["inputs"]
         if "frame_load_cap" in inputs:
@@ -66,6 +70,9 @@ def quick(graph: dict, info: dict) -> dict:
             # ComfyUI's audio nodes need torchaudio: without it, dub with the video's own track
             if isinstance(value, list) and graph[value[0]]["class_type"] not in info:
                 assert graph[value[0]]["class_type"] == "LoadAudio"
+                if video is None:  # the file node dubs with the video's own track
+                    del inputs[key]
+                    break
                 inputs[key] = [video, 1]
     return {k: v for k, v in graph.items() if v["class_type"] in info}
 
@@ -75,7 +82,7 @@ def test_every_workflow_runs(server, name):
     graph = quick(json.loads((WORKFLOWS / "api" / f"{name}_api.json").read_text()), server.get("/object_info"))
     entry = server.run_prompt(graph)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.log()
-    save = next(k for k, v in graph.items() if v["class_type"] == "StableDubSaveVideo")
+    save = next(k for k, v in graph.items() if v["class_type"] in SAVERS)
     (video,) = entry["outputs"][save]["images"]  # as core SaveVideo: the front end shows it
     assert entry["outputs"][save]["animated"] == [True]
     path = server.base / "output" / video["subfolder"] / video["filename"]
@@ -83,7 +90,12 @@ def test_every_workflow_runs(server, name):
     import av
 
     with av.open(str(path)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 8  # the frames given, every one
+        frames = sum(1 for _ in container.decode(video=0))
+    if graph[save]["class_type"] == "StableDubSaveVideo":
+        assert frames == 8  # the frames given, every one
+    else:  # the whole video (the speech is longer: trimmed to it)
+        with av.open(str(server.base / "input" / graph[save]["inputs"]["video"])) as container:
+            assert frames == sum(1 for _ in container.decode(video=0))
     for node_id, node in graph.items():  # the editor's preview crop reaches the front end
         if node["class_type"] == "StableDubOccluderExposure":
             preview = entry["outputs"][node_id]["stabledub_preview"][0]
@@ -94,6 +106,23 @@ def test_every_workflow_runs(server, name):
         (second,) = again["outputs"][save]["images"]
         assert second["filename"].endswith("_00002_.mp4")
         assert path.is_file() and (path.parent / second["filename"]).stat().st_size > 0
+
+
+def test_file_node_streams_a_core_video(server):
+    """Core Load Video's VIDEO into Dub Video File: its file is dubbed (the front end's VIDEO is never decoded)."""
+    graph = quick(json.loads((WORKFLOWS / "api" / "stabledub_long_video_api.json").read_text()),
+                  server.get("/object_info"))
+    dub = next(k for k, v in graph.items() if v["class_type"] == "StableDubDubVideoFile")
+    graph["loader"] = {"class_type": "LoadVideo", "inputs": {"file": "face_pan.mp4"}}
+    graph[dub]["inputs"].update({"video": "(the video input or video_path)", "video_in": ["loader", 0],
+                                 "filename_prefix": "StableDub/core_video"})
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.log()
+    (video,) = entry["outputs"][dub]["images"]
+    import av
+
+    with av.open(str(server.base / "output" / video["subfolder"] / video["filename"])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 75  # face_pan.mp4's 75 frames, dubbed
 
 
 def test_bad_prompt_is_refused_with_a_reason(server):

@@ -106,6 +106,14 @@ SPECS = {
         "columns": [["model", "video", "speech"], ["fit", "track"], ["plan", "lips", "masks_preview"],
                     ["crop", "show"], ["sample"], ["upscale", "paste", "save"]],
     },
+    # A long video dubbed file to file, a chunk at a time (bounded memory, however long the video).
+    "stabledub_long_video": {
+        "nodes": {"model": COMMON["model"], "speech": COMMON["speech"],
+                  "dub": ("StableDubDubVideoFile", {"video": VIDEO, **FACE, **FIXED,
+                                                    "filename_prefix": "StableDub/long_video"})},
+        "links": [("model", "model", "dub", "model"), ("speech", "AUDIO", "dub", "audio")],
+        "columns": [["model", "speech"], ["dub"]],
+    },
     # The lip habit taken from a second video (the same speaker elsewhere, or another speaker).
     "stabledub_habit_transfer": {
         "nodes": {**{k: v for k, v in MODULAR.items()},

@@ -149,9 +149,9 @@ def _notes(result: DubResult, video: Path, options: DubOptions) -> list[str]:
                      f"{face.frame}. Dub another with --face index --face-index N, or --face point --face-x X "
                      "--face-y Y (a point on it in the first frame)")
     if result.undecodable_frames:
-        decoded = result.source_frames
-        notes.append(f"video {str(video)!r} announces {decoded + result.undecodable_frames} frames but only "
-                     f"{decoded} could be decoded (a truncated or damaged file): only those were dubbed")
+        decoded, lost = result.source_frames, result.undecodable_frames
+        notes.append(f"video {str(video)!r}: {lost} of its {decoded + lost} frames could not be decoded (a truncated "
+                     f"or damaged file); only the {decoded} decodable frames were dubbed")
     pix_fmt = getattr(result.sink, "pix_fmt", "yuv420p")
     if pix_fmt != "yuv420p" and result.size is not None:
         notes.append(f"the video's odd size {result.size[1]}x{result.size[0]} was kept exactly, in H.264 4:4:4 "

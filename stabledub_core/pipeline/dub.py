@@ -76,8 +76,9 @@ class DubResult:
         habit: ``(C,)`` the lip-habit vector the dub used (save it with ``conditions.save_habit_vector``).
         seconds: Wall time per stage.
         face: Which face was dubbed when several were seen (``faces``, ``rank`` from the left, ``centre``), or None.
-        undecodable_frames: Frames the container's header announces but that could not be decoded (a truncated
-            or damaged file): the dub covers only the decodable ones.
+        undecodable_frames: Frames that could not be decoded (a truncated or damaged file): those the container's
+            header announces beyond the decoded ones, or the packets FFmpeg could not decode, whichever is more; the
+            dub covers only the decodable frames.
         size: ``(H, W)`` of the output frames (always the source's).
         source_frames: Frames decoded from the source.
     """
@@ -142,8 +143,12 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
                           "without inversion")
     policy = LengthPolicy.parse(options.length.length_policy)
     chunk_model = as_chunk_model(model, options.sampling, options.runtime)
+    if not 0 <= options.sampling.overlap < chunk_model.window:  # checked before the long tracking pass
+        raise OptionError(f"overlap {options.sampling.overlap} must be smaller than the model's window of "
+                          f"{chunk_model.window} frames: give an overlap from 0 to {chunk_model.window - 1}")
     track = track_faces(source, options.tracking.face_model, clock, on_progress, should_stop, options.tracking)
-    undecodable = max(int(getattr(source.stream, "frames", 0) or 0) - source.num_frames, 0)
+    announced = int(getattr(source.stream, "frames", 0) or 0)  # the container's count (0: not stored, e.g. MKV)
+    undecodable = max(announced - source.num_frames, int(getattr(source, "damaged_packets", 0)), 0)
     occluder = check_occluder(occluder, source.num_frames, source.size)
     plan = plan_length(policy, source.num_frames, source.fps, num_samples, sample_rate)
     variable = plan.is_identity and source.is_variable_rate()

@@ -6,7 +6,7 @@ import pytest
 
 from helpers.media_factory import count_frames, decode_native, pattern, tone, write_video, write_wav
 from stabledub_core.media.audio import probe_audio
-from stabledub_core.errors import NoVideoStreamError, NotAMediaFileError, OptionError
+from stabledub_core.errors import MediaError, NoVideoStreamError, NotAMediaFileError, OptionError
 from stabledub_core.media.video import Run, VideoReader, VideoWriter
 
 NTSC = Fraction(30000, 1001)
@@ -145,3 +145,32 @@ def test_writer_keeps_variable_frame_times(tmp_path):
     with VideoReader(out) as reader:
         got = [f.time for f in reader.frames()]
     np.testing.assert_allclose(got, times, atol=2e-3)
+
+
+def test_a_truncated_file_decodes_up_to_the_damage(tmp_path):
+    """A packet FFmpeg cannot decode (the cut-off last one) is skipped and counted, not an error; seeking works over
+    the frames that decoded."""
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as out:  # the header first: it survives the cut
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(pattern(i, (64, 96)), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with VideoReader(cut) as reader:
+        assert reader.stream.frames == 30
+        images = [f.image for f in reader.frames()]
+        assert 0 < reader.num_frames == len(images) < 30  # (the cut-off packet, if any, in damaged_packets)
+        again = list(reader.frames_at([Run(reader.num_frames - 1, reader.num_frames, -1)]))
+    assert len(again) == len(images)
+    np.testing.assert_array_equal(again[-1], images[0])
+    cut.write_bytes(data[:200])  # not even the header: a clear error
+    with pytest.raises(MediaError):
+        with VideoReader(cut) as reader:
+            list(reader.frames())

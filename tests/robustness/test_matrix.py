@@ -76,6 +76,7 @@ def test_out_equal_to_the_speech_or_report_equal_to_an_input_is_refused(inputs, 
     (["--face-index", "-2"], ["--face-index must be between 0 and 31"]),
     (["--device", "bogus"], ["unknown --device 'bogus'", "cpu"]),
     (["--device", "cuda:99"], ["--device 'cuda:99'"]),
+    (["--overlap", "16"], ["overlap 16 must be smaller than the model's window of 16 frames"]),  # before tracking
 ])
 def test_bad_option_values_are_one_line_naming_the_flag(inputs, tmp_path, capfd, extra, words):
     try:
@@ -161,7 +162,8 @@ def test_a_truncated_file_is_dubbed_and_says_how_many_frames_were_lost(inputs, t
     status, lines, err = run_here(capfd, dub_args(inputs, tmp_path / "o.mp4", "--report", report, "--length-policy",
                                                   "trim", video=inputs["truncated"]))
     assert status == 0, err
-    assert f"announces {announced} frames but only {decoded} could be decoded" in lines[1]
+    assert f"{announced - decoded} of its {announced} frames could not be decoded" in lines[1]
+    assert f"only the {decoded} decodable frames were dubbed" in lines[1]
     assert json.loads(report.read_text())["undecodable_frames"] == announced - decoded
 
 

@@ -12,8 +12,8 @@ import torch
 from stabledub_core.cli.common import ASSETS, FACE_MODEL_HELP, STOP, ProgressLine, find_face_model
 from stabledub_core.cli.options import add_option_arguments, flag, options_from_args
 from stabledub_core.errors import CheckpointError, require_file
-from stabledub_core.media.output import atomic_write, check_output_path, clean_stale_partials
-from stabledub_core.media.video import OUTPUT_FORMATS
+from stabledub_core.media.output import atomic_write, check_free_space, check_output_path, clean_stale_partials
+from stabledub_core.media.video import OUTPUT_FORMATS, VideoReader
 from stabledub_core.models.checkpoint import load_checkpoint, save_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
@@ -43,6 +43,9 @@ Reference strategies (the frame that gives the face's appearance):
   random                 a seeded random tracked frame
 """
 
+# A low estimate of an output's size (H.264 at the default quality stores a talking head in 0.05-0.3 bytes a
+# pixel): a disk with less room than this is refused before the work, a fuller one fails cleanly when it is full.
+OUTPUT_BYTES_PER_PIXEL = 0.02
 DEMO_STEPS = 4  # quick: the 75 frames of the bundled clip, the speech cut to them
 DEMO_LENGTH_POLICY = "trim"
 
@@ -194,6 +197,9 @@ def run_dub(args) -> int:
     options = _options(args)
     _check_outputs(args, args.video, args.audio)
     check_inputs(args.video, args.audio, args.out)
+    with VideoReader(args.video) as reader:
+        estimate = reader.estimated_frames() * reader.size[0] * reader.size[1] * OUTPUT_BYTES_PER_PIXEL
+    check_free_space(args.out, int(estimate), "--out")
     model = load_model(args.checkpoint, args.preset, options, args.vae, args.wav2vec2)
     result, notes = _dub(args, args.video, args.audio, model, options)
     print(f"wrote {result.sink.path} ({result.num_frames} frames at {float(result.fps):.3f} fps, audio "

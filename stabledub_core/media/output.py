@@ -77,13 +77,27 @@ def check_output_path(path, option: str = "--out", inputs: dict[str, object] | N
     except OSError as exc:
         raise OutputPathError(f"{option} {str(path)!r}: cannot write in the folder {str(folder)!r} "
                               f"({_reason(exc)}): choose a folder you can write to") from None
-    if estimate_bytes > 0:
-        free = shutil.disk_usage(folder).free
-        if free < estimate_bytes:
-            raise OutputPathError(f"{option} {str(path)!r}: the folder's disk has {free / 1e6:.0f} MB free but "
-                                  f"the output needs about {estimate_bytes / 1e6:.0f} MB: free some space or "
-                                  "choose another folder")
+    check_free_space(path, estimate_bytes, option)
     return path
+
+
+def check_free_space(path, estimate_bytes: int, option: str = "--out") -> None:
+    """Refuse an output whose folder's disk has less free space than a rough estimate of its size.
+
+    Raises:
+        OutputPathError: Saying the free space and the estimate.
+    """
+    if estimate_bytes <= 0:
+        return
+    path = Path(path)
+    free = shutil.disk_usage(path.parent).free
+    if free < estimate_bytes:
+        raise OutputPathError(f"{option} {str(path)!r}: the folder's disk has {_size(free)} free but the output "
+                              f"needs about {_size(estimate_bytes)}: free some space or choose another folder")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _reason(exc: OSError) -> str:

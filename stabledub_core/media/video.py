@@ -120,6 +120,28 @@ class VideoReader:
     def close(self) -> None:
         self.container.close()
 
+    def count_packets(self, limit: int) -> int:
+        """Non-empty video packets at the start of the file, up to ``limit`` (cheap: nothing is decoded; a damaged
+        container ends the count)."""
+        packets = 0
+        try:
+            for packet in self.container.demux(self.stream):
+                packets += packet.size > 0
+                if packets >= limit:
+                    break
+        except av.FFmpegError:
+            pass
+        return packets
+
+    def estimated_frames(self) -> int:
+        """Frames the container announces, else its duration times the frame rate (0 when it says neither)."""
+        if self.stream.frames:
+            return int(self.stream.frames)
+        duration = self.stream.duration * self.stream.time_base if self.stream.duration else None
+        if duration is None and self.container.duration:
+            duration = self.container.duration / av.time_base
+        return int(float(duration) * float(self.fps)) if duration else 0
+
     @property
     def num_frames(self) -> int:
         """Number of frames seen by :meth:`frames` (exact once it has run to the end)."""

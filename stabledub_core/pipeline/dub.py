@@ -218,11 +218,7 @@ def check_inputs(video, audio, out) -> None:
     """
     output_format(out)
     with VideoReader(video) as reader:
-        packets = 0
-        for packet in reader.container.demux(reader.stream):
-            packets += packet.size > 0
-            if packets >= 2:
-                break
+        packets = reader.count_packets(2)
         if packets < 2:
             raise EmptyMediaError(f"video {str(video)!r} has {packets} frame(s); dubbing needs at least 2: give a "
                                   "real video, not a still image")
@@ -305,6 +301,7 @@ class DubbedClip:
         fps: Output frame rate.
         faceless_frames: Output frames left unchanged because no face was tracked in them.
         habit: ``(C,)`` the lip-habit vector used.
+        face: Which face was dubbed when several were seen, or None (see :class:`DubResult`).
     """
 
     frames: np.ndarray
@@ -313,6 +310,7 @@ class DubbedClip:
     fps: Fraction
     faceless_frames: int
     habit: torch.Tensor
+    face: FaceChoice | None = None
 
 
 def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model, options: DubOptions | None = None,
@@ -343,4 +341,4 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
                         occluder, on_progress, should_stop, source_wave16=source_wave16, habit=habit)
     plan = result.plan
     return DubbedClip(result.sink.result(), fit_samples(waveform, plan.audio_samples), sample_rate, plan.fps,
-                      result.faceless_frames, result.habit)
+                      result.faceless_frames, result.habit, result.face)

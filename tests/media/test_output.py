@@ -44,7 +44,7 @@ def test_folders_extensions_and_free_space(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputPathError, match="is not a folder"):
         check_output_path(tmp_path / "file" / "o.mp4")
-    with pytest.raises(OutputPathError, match="MB free but the output needs about"):
+    with pytest.raises(OutputPathError, match="free but the output needs about"):
         check_output_path(tmp_path / "o.mp4", estimate_bytes=1 << 62)
 
 
@@ -73,3 +73,13 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
     assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
     with pytest.raises(OutputWriteError, match="cannot write --report"):
         atomic_write(tmp_path / "missing" / "r.json", "x", "--report")
+
+
+def test_estimated_frames_of_a_container_without_a_count(tmp_path):
+    from helpers.media_factory import write_video
+    from stabledub_core.media.video import VideoReader
+
+    for name in ("v.mp4", "v.mkv"):
+        with VideoReader(write_video(tmp_path / name, 25, size=(64, 96))) as reader:
+            assert abs(reader.estimated_frames() - 25) <= 1, name  # MKV stores no count: from the duration
+            assert reader.count_packets(2) == 2

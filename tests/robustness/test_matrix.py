@@ -273,3 +273,16 @@ def test_read_only_folders_are_refused_before_any_work(inputs, tmp_path):
     finally:
         folder.chmod(0o755)
     assert names(folder) == []
+
+
+def test_a_disk_without_room_for_the_output_is_refused_before_the_model_loads(inputs, tmp_path, capfd, monkeypatch):
+    from collections import namedtuple
+
+    from stabledub_core.media import output
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    status, _, err = run_here(capfd, dub_args(inputs, tmp_path / "o.mp4", checkpoint=tmp_path / "never.safetensors"))
+    assert status == 2
+    assert_one_line(err, "--out", "has 1.0 kB free but the output needs about 2.0 kB", "free some space")
+    assert names(tmp_path) == []

@@ -17,6 +17,7 @@ from stabledub_core.synthetic.render import RenderedClip, render_clip
 from stabledub_core.synthetic.speech_drive import speech_features, speech_mouth_states
 from stabledub_core.synthetic.world import (
     WorldClip,
+    dub_ground_truth,
     load_metadata,
     load_occluder_masks,
     render_speech,
@@ -25,7 +26,7 @@ from stabledub_core.synthetic.world import (
 )
 
 __all__ = ["ARCHETYPES", "Avatar", "AvatarParams", "LipHabit", "MouthEstimate", "MouthPalette", "MouthStates",
-           "OccluderSpec", "RenderedClip", "WorldClip", "archetype_habit", "build_avatar", "estimate_clip",
+           "OccluderSpec", "RenderedClip", "WorldClip", "archetype_habit", "build_avatar", "dub_ground_truth", "estimate_clip",
            "estimate_frame", "load_metadata", "load_occluder_masks", "render_clip", "render_speech", "sample_avatar",
            "sample_habit", "sample_occluder", "speech_features", "speech_mouth_states", "write_world",
            "write_world_clip"]

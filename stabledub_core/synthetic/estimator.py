@@ -6,16 +6,24 @@ source's head pose, so the clip's per-frame mouth poses from its metadata locate
 1. **Patch**: the frame is warped (``cv2.warpAffine``, bilinear) into an upright patch centred on the mouth pose
    ``(x, y, hw, tilt)``, scaled so that the neutral half-width ``hw`` is :data:`PATCH_HW` pixels, ``4 hw`` wide and
    ``3 hw`` high.
-2. **Colour classes**: each patch pixel takes the class of the nearest prototype colour in CIELAB: skin (the
-   median of the patch's outer ring), and the clip's lit mouth palette (lip, interior, teeth, tongue dark / mid /
-   light).
-3. **Mouth region**: the non-skin pixels (lip, interior, teeth, tongue) form the mouth; the connected component
-   nearest the patch centre is kept and its holes are filled (teeth as light as the skin are enclosed by lips and
-   cavity). The aperture is that region minus the lip-classed pixels.
-4. **Measures** in pixels: outer half-width ``a`` = half the region's column span; over the central columns
-   (``|x| < 0.25 a``) the mean aperture height ``2 h`` and the mean lip height (region height minus aperture).
-5. **Inversion**: ``synthetic.mouth.state_from_measures`` turns ``a``, ``h`` and the lip thickness into the state,
-   inverting the renderer's geometry formulas.
+2. **Memberships** (:func:`memberships`): weighted CIELAB distances of every pixel to prototype colours: the
+   skin (medians of four boxes just outside the largest mouth the renderer draws, so the local shading is known)
+   and the clip's lit mouth palette (lip; aperture = cavity, teeth, tongue dark / mid / light). ``aperture`` is
+   the pixel's share between lip and aperture colours (lightness first: it keeps full resolution in a yuv420p
+   video), ``mouth`` its share between skin and the mouth colours; an antialiased edge pixel gets a fraction.
+3. **Measures** in patch pixels (:func:`measure_patch`), along the central column (averaged over ``hw / 4``) and
+   the central row:
+
+   - aperture half-height ``h``: the summed ``aperture`` membership from the centre upwards (the upper half holds
+     cavity and teeth; the tongue, whose colour may be close to the lips', lies at the bottom);
+   - outer edges (top, bottom, left, right): past the aperture, the run of ``mouth >= 0.75``, and the four pixels
+     about its edge unmixed linearly between the lip colour and the skin just beyond (an edge blurred by
+     antialiasing or chroma subsampling counts by its share): lip thickness = top + bottom - 2 ``h``, outer
+     half-width ``a`` = the mean of left and right;
+   - aperture half-width ``ai``: the summed ``aperture`` membership along the central row.
+4. **Inversion**: ``synthetic.mouth.state_from_measures`` turns ``a``, ``h``, the lip thickness and ``ai`` into
+   (opening, width, rounding), inverting the renderer's geometry formulas (rounding: the mean of its reading from
+   the lip thickness and from ``ai / a``).
 
 A frame whose mouth region is covered by a known occluder (its ground-truth mask over more than
 ``max_occluded`` of the patch's central box) is marked invalid; its estimate is NaN.

@@ -5,7 +5,8 @@ line of the corners, y down, origin at the mouth centre):
 
 - outer half-width ``a = hw * (0.85 + 0.35 * width) * (1 - 0.3 * rounding)``;
 - aperture (the dark opening) half-height ``h = hw * OPEN_SCALE * opening`` (``OPEN_SCALE = 0.6``), half-width
-  ``ai = a * (0.82 - 0.35 * rounding)``;
+  ``ai = a * (0.82 - 0.35 * rounding)``; it is drawn at least ``MIN_APERTURE`` (0.6 px) high, the dark line
+  between closed lips;
 - lip thicknesses (upper, lower) ``hw * (0.16 + 0.22 * rounding)`` and ``hw * (0.2 + 0.26 * rounding)``: a pucker
   pushes the lips out, so they look thicker;
 - teeth: the upper teeth fill the top ``0.6 * teeth`` share (at most ``0.3 * hw``) of the aperture; the tongue

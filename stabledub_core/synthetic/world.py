@@ -93,7 +93,7 @@ def list_speech(speech_dir) -> list[Path]:
 
 
 def cut_speech(waveform: np.ndarray, sample_rate: int, fps: Fraction, max_seconds: float | None = None,
-               start_s: float = 0.0) -> tuple[np.ndarray, int]:
+               num_frames: int | None = None) -> tuple[np.ndarray, int]:
     """The whole frames of a speech track at ``fps``, and the samples they span.
 
     Args:
@@ -101,18 +101,18 @@ def cut_speech(waveform: np.ndarray, sample_rate: int, fps: Fraction, max_second
         sample_rate: Its rate.
         fps: The video frame rate.
         max_seconds: At most this long (None: all of it).
-        start_s: Begin here.
+        num_frames: Exactly this many frames instead (the speech cut, or padded with silence, to them).
 
     Returns:
-        ``(waveform cut to round(F * rate / fps) samples, F)``; F frames start within the speech.
+        ``(waveform cut or padded to round(F * rate / fps) samples, F)``; without ``num_frames``, the F frames that
+        start within the speech.
     """
     waveform = np.asarray(waveform, np.float32)
     if waveform.ndim == 1:
         waveform = waveform[None]
-    first = int(round(start_s * sample_rate))
-    rest = waveform[:, first:]
-    frames = int(math.floor(rest.shape[1] * fps / sample_rate))
-    if max_seconds is not None:
+    rest = waveform
+    frames = int(math.floor(rest.shape[1] * fps / sample_rate)) if num_frames is None else int(num_frames)
+    if max_seconds is not None and num_frames is None:
         frames = min(frames, int(math.floor(max_seconds * fps)))
     if frames < 1:
         raise InvalidInputError(f"the speech is shorter than one video frame at {float(fps):g} fps")
@@ -125,7 +125,7 @@ def cut_speech(waveform: np.ndarray, sample_rate: int, fps: Fraction, max_second
 
 def render_speech(avatar: AvatarParams, waveform: np.ndarray, sample_rate: int, fps=25,
                   occluder: OccluderSpec | None = None, max_seconds: float | None = None,
-                  speech: dict | None = None) -> WorldClip:
+                  speech: dict | None = None, num_frames: int | None = None) -> WorldClip:
     """An avatar speaking a speech track (also the ground truth of dubbing a world clip with that speech).
 
     Args:
@@ -136,17 +136,31 @@ def render_speech(avatar: AvatarParams, waveform: np.ndarray, sample_rate: int, 
         occluder: An occluder, or None.
         max_seconds: Cut the speech to at most this long.
         speech: Where the speech came from, for the metadata.
+        num_frames: Render exactly this many frames (the speech cut, or padded with silence, to them).
 
     Returns:
         The :class:`WorldClip`; frame ``k`` at ``k / fps`` s shows the mouth state of the speech at that time.
     """
     fps = frame_rate(fps)
-    cut, frames = cut_speech(waveform, sample_rate, fps, max_seconds)
+    cut, frames = cut_speech(waveform, sample_rate, fps, max_seconds, num_frames)
     states = speech_mouth_states(cut, sample_rate, avatar.habit, float(fps), frames)
     still = build_avatar(avatar)
     rendered = render_clip(still, states, float(fps), occluder)
     return WorldClip(avatar, fps, cut, sample_rate, states, rendered, occluder, dict(speech or {}),
                      still.lit_palette)
+
+
+def dub_ground_truth(metadata: dict, waveform: np.ndarray, sample_rate: int) -> WorldClip:
+    """What dubbing a world clip with other speech should give: the same avatar, head motion and occluder, the
+    same number of frames, the mouth driven by the new speech (cut, or padded with silence, to the clip's length).
+
+    Args:
+        metadata: The clip's :func:`load_metadata`.
+        waveform: ``(C, S)`` or ``(S,)`` float: the new speech.
+        sample_rate: Its rate.
+    """
+    return render_speech(metadata["avatar"], waveform, sample_rate, metadata["fps"], metadata["occluder"],
+                         speech={"dub_of": metadata["name"]}, num_frames=metadata["num_frames"])
 
 
 def occluder_boxes(masks: np.ndarray) -> list[list[int] | None]:

@@ -21,6 +21,7 @@ from stabledub_core.synthetic.occluders import KINDS, sample_occluder
 from stabledub_core.synthetic.render import render_frame
 from stabledub_core.synthetic.world import (
     WORLD_INDEX,
+    dub_ground_truth,
     list_speech,
     load_metadata,
     load_occluder_masks,
@@ -142,6 +143,12 @@ def test_cross_audio_renders_the_same_avatar_speaking_other_speech(tmp_path, spe
     assert np.abs(dubbed.states.opening - original.states.opening).mean() > 0.05  # other words
     corner = (slice(0, 12), slice(0, 12))
     assert np.array_equal(dubbed.frames[:, corner[0], corner[1]], original.frames[:, corner[0], corner[1]])
+    # The ground truth of a dub: as many frames as the source clip, whatever the new speech's length.
+    short = dub_ground_truth(metadata, waveform[:, :rate // 2], rate)
+    assert len(short.states) == metadata["num_frames"] and short.occluder == metadata["occluder"]
+    assert short.waveform.shape[1] == round(metadata["num_frames"] * rate / metadata["fps"])
+    assert short.states.opening[-5:].max() < 0.1  # silence after the half second of speech
+    assert short.states.opening[:12].max() > 0.3  # and speech before
 
 
 def test_bad_world_arguments_raise_clear_errors(tmp_path, speech_dir):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -257,60 +259,105 @@ def derived_seed(seed: int, index: int, stream: int = 0) -> int:
     return int(np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), int(stream), 104729]).integers(2 ** 31))
 
 
+@dataclass(frozen=True)
+class _ClipJob:
+    """Everything one clip of :func:`write_world` needs (picklable, for worker processes)."""
+
+    out: Path
+    index: int
+    clip_seed: int
+    avatar_seed: int
+    speech_path: Path
+    speech_name: str
+    occluded: bool
+    fps: Fraction
+    size: int
+    max_seconds: float | None
+    crf: int
+
+
+def _write_job(job: _ClipJob) -> tuple[Path, dict]:
+    """Render and write one clip of :func:`write_world`; returns its video and its ``world.json`` entry."""
+    clip_rng = np.random.default_rng([job.clip_seed, 1])
+    avatar = sample_avatar(job.avatar_seed, job.size)
+    waveform, rate = load_audio(job.speech_path)
+    duration = waveform.shape[1] / rate
+    if job.max_seconds is not None:
+        duration = min(duration, job.max_seconds)
+    occluder = sample_occluder(clip_rng, duration, avatar.skin) if job.occluded else None
+    clip = render_speech(avatar, waveform, rate, job.fps, occluder, job.max_seconds,
+                         speech={"file": job.speech_name, "start_s": 0.0})
+    name = f"clip_{job.index:05d}"
+    video = write_world_clip(job.out, name, clip, seed=job.clip_seed, crf=job.crf)
+    return video, {"name": name, "video": video.name, "avatar_seed": avatar.seed, "speech": job.speech_name,
+                   "occluder": occluder.kind if occluder else None, "frames": len(clip.states)}
+
+
 def write_world(out_dir, n_clips: int, seed: int, speech_dir, fps=25, size: int = 256,
                 occluder_share: float = 0.3, clips_per_avatar: int = 1, max_seconds: float | None = 8.0,
-                crf: int = 18, progress=None) -> list[Path]:
+                crf: int = 18, workers: int = 1, progress=None) -> list[Path]:
     """Write a world folder: ``n_clips`` clips of avatars speaking the speech of ``speech_dir``.
 
     Clip ``i`` (named ``clip_{i:05d}``) uses avatar ``i // clips_per_avatar`` (seed ``derived_seed(seed, i //
-    clips_per_avatar, 1)``; the clip's own random draws use ``derived_seed(seed, i)``), a
-    speech file drawn from the folder and, for exactly ``round(occluder_share * n_clips)`` clips (chosen at random),
-    an occluder. The same arguments always write the same folder.
+    clips_per_avatar, 1)``), a speech file drawn from the folder and, for exactly ``round(occluder_share *
+    n_clips)`` clips (chosen at random), an occluder; the clip's own draws (speech file, occluder) use
+    ``derived_seed(seed, i)``. The same arguments always write the same folder, with any number of workers.
 
     Args:
         out_dir: Output folder (created; existing clips of the same names are replaced).
         n_clips: Number of clips (>= 1).
         seed: The world's seed.
-        speech_dir: A folder of speech files (e.g. ``../shared/media/speech_corpus``).
+        speech_dir: A folder of speech files (e.g. ``../shared/media/speech_corpus``), or a list of speech files.
         fps: Frame rate.
         size: Frame side in pixels (>= 128).
         occluder_share: Share of clips with an occluder, 0-1.
         clips_per_avatar: Consecutive clips that share one avatar (speaking different speech).
         max_seconds: Cut each speech file to at most this long (None: whole files).
         crf: x264 quality.
+        workers: Clips rendered in parallel processes.
         progress: Called as ``progress(done, total)`` after each clip.
 
     Returns:
         The videos written, in order (also listed in ``out_dir/world.json``).
     """
-    if n_clips < 1 or clips_per_avatar < 1:
-        raise OptionError(f"n_clips and clips_per_avatar must be >= 1, got {n_clips} and {clips_per_avatar}")
+    if n_clips < 1 or clips_per_avatar < 1 or workers < 1:
+        raise OptionError(f"n_clips, clips_per_avatar and workers must be >= 1, got {n_clips}, {clips_per_avatar} "
+                          f"and {workers}")
     if not 0.0 <= occluder_share <= 1.0:
         raise OptionError(f"occluder_share must be within 0..1, got {occluder_share}")
-    speech_files = list_speech(speech_dir)
-    root = Path(speech_dir)
+    if isinstance(speech_dir, (list, tuple)):
+        speech_files = sorted(Path(p) for p in speech_dir)
+        missing = [str(p) for p in speech_files if not p.is_file()]
+        if not speech_files or missing:
+            raise DatasetNotFoundError(f"speech files missing: {', '.join(missing) or 'none given'}")
+        root = Path(os.path.commonpath([p.parent for p in speech_files]))
+    else:
+        speech_files, root = list_speech(speech_dir), Path(speech_dir)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fps = frame_rate(fps)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 31])
     occluded = set(rng.permutation(n_clips)[:int(round(occluder_share * n_clips))].tolist())
-    videos, entries = [], []
+    jobs = []
     for i in range(n_clips):
-        clip_rng = np.random.default_rng(derived_seed(seed, i))
-        avatar = sample_avatar(derived_seed(seed, i // clips_per_avatar, 1), size)
-        speech_path = speech_files[int(clip_rng.integers(len(speech_files)))]
-        waveform, rate = load_audio(speech_path)
-        duration = waveform.shape[1] / rate if max_seconds is None else min(waveform.shape[1] / rate, max_seconds)
-        occluder = sample_occluder(clip_rng, duration, avatar.skin) if i in occluded else None
-        clip = render_speech(avatar, waveform, rate, fps, occluder, max_seconds,
-                             speech={"file": speech_path.relative_to(root).as_posix(), "start_s": 0.0})
-        name = f"clip_{i:05d}"
-        videos.append(write_world_clip(out, name, clip, seed=derived_seed(seed, i), crf=crf))
-        entries.append({"name": name, "video": f"{name}.mp4", "avatar_seed": avatar.seed,
-                        "speech": clip.speech["file"], "occluder": occluder.kind if occluder else None,
-                        "frames": len(clip.states)})
-        if progress is not None:
-            progress(i + 1, n_clips)
+        clip_seed = derived_seed(seed, i)
+        speech_path = speech_files[int(np.random.default_rng([clip_seed, 0]).integers(len(speech_files)))]
+        jobs.append(_ClipJob(out, i, clip_seed, derived_seed(seed, i // clips_per_avatar, 1), speech_path,
+                             speech_path.relative_to(root).as_posix(), i in occluded, fps, size, max_seconds, crf))
+    videos, entries = [], []
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap(_write_job, jobs) if pool is not None else map(_write_job, jobs)
+        for done, (video, entry) in enumerate(results, 1):
+            videos.append(video)
+            entries.append(entry)
+            if progress is not None:
+                progress(done, n_clips)
+    finally:
+        if pool is not None:
+            pool.terminate()
     index = {"format": "stabledub-synthetic-world", "version": METADATA_VERSION, "seed": int(seed),
-             "n_clips": n_clips, "fps": [frame_rate(fps).numerator, frame_rate(fps).denominator], "size": size,
+             "n_clips": n_clips, "fps": [fps.numerator, fps.denominator], "size": size,
              "occluder_share": occluder_share, "clips_per_avatar": clips_per_avatar, "max_seconds": max_seconds,
              "speech_dir": str(root), "clips": entries}
     atomic_write(out / WORLD_INDEX, json.dumps(index, indent=1))

@@ -74,6 +74,16 @@ def test_sweeps_recover_each_parameter():
         assert np.abs(np.array(found) - values).max() < 0.12, (name, found)
 
 
+def test_habits_show_in_the_pixels(speech):
+    waveform, rate = speech
+    estimates = {}
+    for archetype in ("wide", "pucker"):
+        clip = render_speech(sample_avatar(46, archetype=archetype), waveform, rate, 25, max_seconds=1.2)
+        estimates[archetype] = estimate_clip(clip.frames, clip.rendered.mouth_poses, clip.palette)
+    assert estimates["wide"].width.mean() > estimates["pucker"].width.mean() + 0.2
+    assert estimates["pucker"].rounding.mean() > estimates["wide"].rounding.mean() + 0.15
+
+
 def test_occluded_frames_are_invalid(speech):
     waveform, rate = speech
     avatar = sample_avatar(45)

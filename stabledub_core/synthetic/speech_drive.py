@@ -10,7 +10,7 @@ Everything is a function of time, computed on the speech alone and then sampled 
 
    - ``voice``: level of the 300-3000 Hz band (vowels, formants F1/F2) in dB, mapped to [0, 1] from
      ``ref - 40`` dB (0) to ``ref - 5`` dB (1), where ``ref`` is the 95th percentile of that level over the whole
-     speech file (so any recording level works);
+     track given (the clip's speech, as cut to the clip), so any recording level works;
    - ``bright``: the spectral centroid over 300-7600 Hz, on a log scale from 700 Hz (0) to 3500 Hz (1): front
      vowels /i/, /e/ and sibilants are bright, back rounded vowels /u/, /o/ dark;
    - ``fric``: frication, the 3000-7600 Hz band level minus the 300-3000 Hz one, mapped from -25 dB (0) to

@@ -133,8 +133,10 @@ def test_metadata_and_masks_round_trip_and_sound_stays_aligned(tmp_path):
 
 
 def test_cross_audio_renders_the_same_avatar_speaking_other_speech(tmp_path, speech_dir):
-    video = write_world(tmp_path, 1, seed=3, speech_dir=speech_dir, occluder_share=0.0, max_seconds=1.0)[0]
+    video = write_world(tmp_path, 1, seed=3, speech_dir=[speech_dir / "first.wav"], occluder_share=0.0,
+                        max_seconds=1.0)[0]  # a list of speech files instead of a folder
     metadata = load_metadata(video)
+    assert metadata["speech"]["file"] == "first.wav"
     other = [p for p in list_speech(speech_dir) if p.relative_to(speech_dir).as_posix() != metadata["speech"]["file"]]
     waveform, rate = load_audio(other[0])
     dubbed = render_speech(metadata["avatar"], waveform, rate, metadata["fps"], max_seconds=1.0)
@@ -165,4 +167,8 @@ def test_bad_world_arguments_raise_clear_errors(tmp_path, speech_dir):
         write_world(tmp_path / "w", 1, 0, speech_dir, occluder_share=1.5)
     with pytest.raises(OptionError):
         write_world(tmp_path / "w", 0, 0, speech_dir)
+    with pytest.raises(OptionError):
+        write_world(tmp_path / "w", 1, 0, speech_dir, workers=0)
+    with pytest.raises(DatasetNotFoundError):
+        write_world(tmp_path / "w", 1, 0, [speech_dir / "first.wav", speech_dir / "gone.wav"])
     assert AvatarParams.from_dict(sample_avatar(1).to_dict()) == sample_avatar(1)

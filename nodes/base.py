@@ -14,6 +14,7 @@ from . import comfy_env
 MODEL = "STABLEDUB_MODEL"  # ModelHandle
 TRACK = "STABLEDUB_TRACK"  # stabledub_core.face.track.FaceTrack
 CROP_PLAN = "STABLEDUB_CROP_PLAN"  # stabledub_core.masks.crop_spans.CropPlan: crop window and Mu of every frame
+HABIT = "STABLEDUB_HABIT"  # (C,) torch.Tensor: a lip-habit vector (nodes/habit.py)
 
 # Inputs several nodes share, with their tooltips.
 MODEL_IN = (MODEL, {"tooltip": "the StableDub model (StableDub Load Model)"})
@@ -21,6 +22,9 @@ IMAGES_IN = ("IMAGE", {"tooltip": "the video frames (F, H, W, 3), e.g. from Stab
                                   "Get Video Components"})
 TRACK_IN = (TRACK, {"tooltip": "the face track of these frames (StableDub Track Faces)"})
 CROP_PLAN_IN = (CROP_PLAN, {"tooltip": "crop box and union mask Mu of every frame (StableDub Plan Masks)"})
+
+HABIT_IN = (HABIT, {"tooltip": "optional: a lip-habit vector (StableDub Habit Encode / Load Habit) instead of the "
+                              "lips of this video"})
 
 FPS = ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
                  "tooltip": "frame rate of the frames (e.g. from StableDub Load Video)"})

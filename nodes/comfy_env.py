@@ -15,6 +15,7 @@ MODEL_FOLDERS = {
     "stabledub": {".safetensors"},  # StableDub checkpoints
     "mediapipe": {".task"},  # MediaPipe face_landmarker.task
     "wav2vec2": set(),  # local transformers wav2vec2 folders (for sd15-size checkpoints)
+    "stabledub_habits": {".safetensors"},  # saved lip-habit vectors (StableDub Save Habit, the CLI's --save-habit)
 }
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,8 @@ BUNDLED_FACE_MODEL = os.path.join(PACK_DIR, "assets", FACE_MODEL)  # MediaPipe's
 
 
 def register_model_folders() -> None:
-    """Add ``models/stabledub``, ``models/mediapipe`` and ``models/wav2vec2`` to ComfyUI's model folders.
+    """Add ``models/stabledub``, ``models/mediapipe``, ``models/wav2vec2`` and ``models/stabledub_habits`` to
+    ComfyUI's model folders.
 
     Idempotent; called from the loaders' ``INPUT_TYPES``. Folders configured in ``extra_model_paths.yaml`` under
     the same names are kept; the extensions listed are added to theirs.
@@ -60,6 +62,16 @@ def model_path(folder: str, name: str) -> str:
     if path is None:
         raise InputFileNotFoundError(f"{name!r} is not in ComfyUI's models/{folder} folder(s) "
                                      f"{folder_paths.get_folder_paths(folder)}: put the file there and refresh")
+    return path
+
+
+def model_folder(folder: str) -> str:
+    """The first folder of one of ComfyUI's model folders (registering ours first), created if missing."""
+    import folder_paths
+
+    register_model_folders()
+    path = folder_paths.get_folder_paths(folder)[0]
+    os.makedirs(path, exist_ok=True)
     return path
 
 

@@ -12,7 +12,7 @@ import shutil
 import uuid
 
 from . import comfy_env, convert
-from .base import FPS, IMAGES_IN, MODEL_IN, interruptible
+from .base import FPS, HABIT_IN, IMAGES_IN, MODEL_IN, interruptible
 from .widgets import widgets
 
 SAMPLER_WIDGETS = ("steps", "scheduler", "audio_scale", "habit_scale", "seed", "overlap", "windows_per_chunk")
@@ -55,25 +55,35 @@ class StableDubSample:
             "crops": ("IMAGE", {"tooltip": "face crops at the model's resolution (StableDub Crop Faces)"}),
             "masks": ("MASK", {"tooltip": "inpainting masks in crop coordinates (Plan Masks / Occluder Exposure)"}),
             "appearance": ("IMAGE", {"tooltip": "appearance reference crops (StableDub Crop Faces)"}),
-            "lip_crops": ("IMAGE", {"tooltip": "lip-habit segment (StableDub Lip Crops), any clip of the speaker"}),
             "audio": ("AUDIO", {"tooltip": "speech, starting with the first frame"}),
             "fps": FPS,
             **widgets(SamplingOptions, *SAMPLER_WIDGETS),
-        }, "optional": {"source_audio": SOURCE_AUDIO}}
+        }, "optional": {
+            "lip_crops": ("IMAGE", {"tooltip": "lip-habit segment (StableDub Lip Crops), any clip of the speaker; "
+                                               "or connect a habit"}),
+            "habit": HABIT_IN,
+            "source_audio": SOURCE_AUDIO,
+        }}
 
     @interruptible
-    def sample(self, model, crops, masks, appearance, lip_crops, audio, fps, source_audio=None, **values):
+    def sample(self, model, crops, masks, appearance, audio, fps, lip_crops=None, habit=None, source_audio=None,
+               **values):
+        from stabledub_core.errors import OptionError
         from stabledub_core.media.audio import to_encoder_input
-        from stabledub_core.pipeline.modular import generate_crops
+        from stabledub_core.pipeline.modular import check_habit, generate_crops
 
+        if (lip_crops is None) == (habit is None):
+            raise OptionError("connect either lip_crops (StableDub Lip Crops) or a habit (StableDub Habit Encode / "
+                              "Load Habit), not both")
+        condition = check_habit(model.model, habit) if habit is not None else convert.image_uint8(lip_crops,
+                                                                                                  "lip_crops")
         waveform, rate = convert.audio_in(audio)
         with comfy_env.model_on_device(model) as device:
             options = dub_options(device, model.dtype, source_audio is not None, **values)
             out = generate_crops(
                 model.model, convert.image_uint8(crops, "crops"), convert.mask_in(masks),
                 convert.image_uint8(appearance, "appearance"), to_encoder_input(waveform, rate), fps,
-                convert.image_uint8(lip_crops, "lip_crops"), options, comfy_env.Progress(len(crops)),
-                comfy_env.should_stop, source_speech(source_audio))
+                condition, options, comfy_env.Progress(len(crops)), comfy_env.should_stop, source_speech(source_audio))
         return (convert.image_out(out),)
 
 
@@ -104,10 +114,12 @@ class StableDubDub:
             **widgets(MaskOptions, "mask_margin", "occluder_grid", "occluder_fraction"),
         }, "optional": {"occluder": ("MASK", {"tooltip": "one mask for all frames or one per frame, at the frames' "
                                                     "size; white = keep (an occluder)"}),
-                         "source_audio": SOURCE_AUDIO}}
+                         "source_audio": SOURCE_AUDIO, "habit": HABIT_IN}}
 
     @interruptible
-    def dub(self, model, images, audio, fps, face_model, occluder=None, source_audio=None, **values):
+    def dub(self, model, images, audio, fps, face_model, occluder=None, source_audio=None, habit=None, **values):
+        from stabledub_core.pipeline.modular import check_habit
+
         from stabledub_core.media.frames import FrameSource
         from stabledub_core.pipeline.dub import dub_clip
 
@@ -120,12 +132,13 @@ class StableDubDub:
                                   face_model=comfy_env.face_model_path(face_model), **values)
             result = dub_clip(source, waveform, rate, model.model, options, occluder,
                               comfy_env.Progress(len(images), stages=("track", "sample")), comfy_env.should_stop,
-                              source_speech(source_audio))
+                              source_speech(source_audio), None if habit is None else check_habit(model.model, habit))
         return (convert.image_out(result.frames), convert.audio_out(result.waveform, result.sample_rate),
                 float(result.fps))
 
 
 NO_FILE = "(the video input or video_path)"
+TEMPORARY_VIDEO = "stabledub_video_"  # name start of the temporary copy of a VIDEO held in memory
 DUB_WIDGETS = (("LengthOptions", ("length_policy",)), ("SamplingOptions", SAMPLER_WIDGETS),
                ("ConditionOptions", ("reference", "habit_frames")),
                ("MaskOptions", ("mask_margin", "occluder_grid", "occluder_fraction")))
@@ -144,7 +157,7 @@ def video_file(video: str, video_path: str = "", video_in=None) -> str:
             import folder_paths
 
             os.makedirs(folder_paths.get_temp_directory(), exist_ok=True)
-            path = os.path.join(folder_paths.get_temp_directory(), f"stabledub_video_{uuid.uuid4().hex[:10]}.mp4")
+            path = os.path.join(folder_paths.get_temp_directory(), f"{TEMPORARY_VIDEO}{uuid.uuid4().hex[:10]}.mp4")
             with open(path, "wb") as out:
                 shutil.copyfileobj(source, out)
             return path
@@ -206,6 +219,7 @@ class StableDubDubVideoFile:
                                               "into memory"}),
             "occluder": ("MASK", {"tooltip": "one mask at the video's size, for every frame; white = keep (an "
                                              "occluder)"}),
+            "habit": HABIT_IN,
         }}
 
     @classmethod
@@ -215,19 +229,26 @@ class StableDubDubVideoFile:
 
     @interruptible
     def dub(self, model, video, face_model, filename_prefix, format, crf, invert, audio=None, video_path="",
-            video_in=None, occluder=None, **values):
-        from stabledub_core.pipeline.modular import dub_file
+            video_in=None, occluder=None, habit=None, **values):
+        from stabledub_core.pipeline.modular import check_habit, dub_file
 
-        source = video_file(video, video_path, video_in)
+        if habit is not None:
+            habit = check_habit(model.model, habit)
+
         waveform, rate = convert.audio_in(audio) if audio is not None else (None, 0)
         if occluder is not None:
             occluder = convert.mask_in(occluder, "occluder")
-        path, filename, subfolder = comfy_env.output_file(filename_prefix, format)
-        with comfy_env.model_on_device(model) as device:
-            options = dub_options(device, model.dtype, bool(invert), face_model=comfy_env.face_model_path(face_model),
-                                  crf=crf, **values)
-            dub_file(source, path, model.model, options, waveform, rate, occluder,
-                     comfy_env.Progress(1, stages=("track", "sample")), comfy_env.should_stop)
+        source = video_file(video, video_path, video_in)
+        try:
+            path, filename, subfolder = comfy_env.output_file(filename_prefix, format)
+            with comfy_env.model_on_device(model) as device:
+                options = dub_options(device, model.dtype, bool(invert),
+                                      face_model=comfy_env.face_model_path(face_model), crf=crf, **values)
+                dub_file(source, path, model.model, options, waveform, rate, occluder,
+                         comfy_env.Progress(1, stages=("track", "sample")), comfy_env.should_stop, habit)
+        finally:
+            if os.path.basename(source).startswith(TEMPORARY_VIDEO):  # an in-memory VIDEO's temporary copy
+                os.unlink(source)
         return {"ui": comfy_env.video_ui(filename, subfolder), "result": (path,)}
 
 

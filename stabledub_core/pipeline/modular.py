@@ -298,3 +298,27 @@ def dub_file(video, out, model, options: DubOptions | None = None, waveform: np.
         for temporary in (speech, mask):
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
+
+
+def encode_habit(model, lip_crops: np.ndarray, options: DubOptions | None = None) -> torch.Tensor:
+    """The lip-habit vector ``(C,)`` of lip crops (any clip of a speaker, e.g. another video), to reuse or save
+    (``conditions.save_habit_vector``).
+
+    Args:
+        model: A ``StableDub`` or any ``ChunkModel``.
+        lip_crops: ``(K, s, s, 3)`` uint8 lip crops (resized to the model's lip size).
+        options: Runtime (device, dtype).
+    """
+    options = options or DubOptions()
+    if lip_crops.ndim != 4 or len(lip_crops) == 0:
+        raise OptionError(f"lip crops must be a non-empty (K, s, s, 3) batch, got shape {lip_crops.shape}")
+    return as_chunk_model(model, options.sampling, options.runtime).encode_habit(lip_crops).detach().float().cpu()
+
+
+def check_habit(model, habit: torch.Tensor) -> torch.Tensor:
+    """A given habit vector, checked against the model's habit width (a vector of another preset is refused)."""
+    size = int(model.config.habit.hidden_size)
+    if tuple(habit.shape) != (size,):
+        raise OptionError(f"the habit vector has shape {tuple(habit.shape)} but this model needs ({size},): it was "
+                          "made with another model preset; encode it again with this model")
+    return habit

@@ -120,3 +120,12 @@ def test_interrupt_leaves_no_file(comfy, setup):
     finally:
         comfy.interrupt_after = None
     assert not folder.exists() or not any(folder.iterdir())  # no partial video, no temporary speech or mask
+
+
+def test_habit_from_elsewhere(comfy, setup):
+    model = setup["model"]
+    lips = torch.from_numpy(np.random.default_rng(5).random((6, model.lip_size, model.lip_size, 3), np.float32))
+    (habit,) = run_node(comfy, "StableDubHabitEncode", model=model, lip_crops=lips)
+    own = decoded(dub(comfy, setup, filename_prefix="habit/own"))
+    transferred = decoded(dub(comfy, setup, filename_prefix="habit/transferred", habit=habit))
+    assert own.shape == transferred.shape and not np.array_equal(own, transferred)

@@ -337,7 +337,7 @@ def test_ui_workflow_is_the_api_workflow(installed, name):
 def test_workflows_use_every_node(installed):
     used = {node["class_type"] for name in WORKFLOW_NAMES
             for node in json.loads((API / f"{name}_api.json").read_text()).values()}
-    assert set(installed.nodes) <= used
+    assert set(installed.nodes) - {"StableDubLoadHabit"} <= used  # it needs a saved habit: tests/nodes/test_habit.py
 
 
 def test_api_workflow_runs(installed, media_dir):

@@ -114,19 +114,24 @@ SPECS = {
         "links": [("model", "model", "dub", "model"), ("speech", "AUDIO", "dub", "audio")],
         "columns": [["model", "speech"], ["dub"]],
     },
-    # The lip habit taken from a second video (the same speaker elsewhere, or another speaker).
+    # The lip habit encoded once from a second video (the same speaker elsewhere, or another speaker), saved to
+    # models/stabledub_habits for StableDub Load Habit, and used by the sampler instead of the dubbed video's lips.
     "stabledub_habit_transfer": {
         "nodes": {**{k: v for k, v in MODULAR.items()},
                   "other_video": ("StableDubLoadVideo", {"video": SECOND_VIDEO}),
                   "other_track": ("StableDubTrackFaces", FACE),
+                  "habit": ("StableDubHabitEncode", {}),
+                  "keep": ("StableDubSaveHabit", {"name": "second_video"}),
                   "save": ("StableDubSaveVideo", {"filename_prefix": "StableDub/habit_transfer"})},
-        "links": [link for link in MODULAR_LINKS if link[2] != "lips"] + [
+        "links": [link for link in MODULAR_LINKS if "lips" not in (link[0], link[2])] + [
             ("other_video", "images", "other_track", "images"), ("other_video", "fps", "other_track", "fps"),
             ("model", "model", "lips", "model"), ("other_video", "images", "lips", "images"),
-            ("other_track", "track", "lips", "track"), ("plan", "union_masks", "sample", "masks"),
+            ("other_track", "track", "lips", "track"), ("model", "model", "habit", "model"),
+            ("lips", "lip_crops", "habit", "lip_crops"), ("habit", "habit", "keep", "habit"),
+            ("habit", "habit", "sample", "habit"), ("plan", "union_masks", "sample", "masks"),
             ("sample", "crops", "paste", "crops")],
         "columns": [["model", "video", "speech"], ["fit", "other_video"], ["track", "other_track"],
-                    ["plan", "lips"], ["crop"], ["sample"], ["paste", "save"]],
+                    ["plan", "lips"], ["crop", "habit", "keep"], ["sample"], ["paste", "save"]],
     },
 }
 

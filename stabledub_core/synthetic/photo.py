@@ -42,6 +42,7 @@ FACE_OVAL = ((225.9, 72.3), (238.6, 73.2), (249.3, 75.1), (258.8, 78.5), (264.5,
 PERSON_BOX = (110, 0, 340, 230)  # x0, y0, x1, y1
 COLLAR_Y = 190.0  # below this the collar begins; the avatar's shirt is drawn from here down
 HAIR_BLUR = 4.0  # photo pixels
+HAIR_DARKEST = 12.0  # CIELAB lightness below the hair's mean
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,18 @@ def photo_layers(path: str = str(PHOTO_PATH)) -> PhotoLayers:
     neck = person.astype(bool) & (rows > CHIN_Y - 10) & (rows < COLLAR_Y + 10)
     skin = np.exp(-0.5 * (distance / 14.0) ** 2) * (near_face | neck)
     skin = np.maximum(skin, _feather(oval * (lips > 0), 2))
-    hair_region = person.astype(bool) & ~near_face & (rows < CHIN_Y) & (lab[..., 0] > 15)
+    hair_region = (person.astype(bool) & ~near_face & (rows < CHIN_Y)).astype(np.uint8)
+    # Close the dark gaps between curls (they are hair too, and the darkest of them face-like to a detector).
+    hair_region = cv2.morphologyEx(hair_region, cv2.MORPH_CLOSE,
+                                   cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))).astype(bool)
+    hair_region &= ~near_face
     hair = _feather(hair_region, 1.5) * (1 - skin)
     hair_lab = lab[hair_region].mean(axis=0)
-    # Soften the hair's texture: some of its dark curls look like a second small face to the face detector.
-    soft = cv2.GaussianBlur(image, (0, 0), HAIR_BLUR)
+    # Soften the hair's texture: some of its dark curls look like a second small face to the face detector. The
+    # curls' shadows are lifted (lightness at most HAIR_DARKEST below the hair's mean) and the texture blurred.
+    lifted = lab.copy()
+    lifted[..., 0] = np.maximum(lab[..., 0], hair_lab[0] - HAIR_DARKEST)
+    soft = cv2.GaussianBlur(to_rgb(lifted), (0, 0), HAIR_BLUR)
     image = image + (soft - image) * hair[..., None]
     return PhotoLayers(image, _feather(person, 1.0), skin.astype(np.float32), hair.astype(np.float32),
                        skin_lab.astype(np.float32), hair_lab.astype(np.float32))

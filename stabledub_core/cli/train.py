@@ -35,6 +35,8 @@ Filters, in order (a dropped clip is reported with the first one it fails and th
   head_angle     |yaw|, |pitch|, |roll| within --max-yaw, --max-pitch, --max-roll degrees in every frame
   transitions    the face never moves more than --max-motion face sizes, nor changes size by more than
                  --max-scale-change times, between two frames
+  sync           with --sync-scorer: the lips follow the speech (LSE-C >= --min-sync-confidence, best shift
+                 within --max-sync-offset frames); runs on the crops of a clip that passed the others
 
 """ + FACE_MODEL_HELP
 
@@ -44,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("train", help="training: preprocess videos, train the VAE and the two stages, export",
                             description="Training commands.")
     commands = parser.add_subparsers(dest="train_command", required=True,
-                                     metavar="{preprocess,vae,stage1,stage2,cache-latents,export}")
+                                     metavar="{preprocess,vae,stage1,stage2,sync,cache-latents,export}")
     pre = commands.add_parser("preprocess", help="filter, crop and shard a folder of talking videos",
                               description="Resample every video under IN_DIR to 25 fps, filter the clips (paper "
                               "Fig. 5), crop the kept ones exactly as inference does (crops, Mc, Mu, landmarks, "
@@ -115,6 +117,7 @@ STAGE_HELP = {
     "vae": "train the tiny preset's VAE on the crops (reconstruction + KL); sd15 uses SD's VAE, frozen",
     "stage1": "train the spatial layers on single frames (L_DM + L_LCF, progressive mask exposure)",
     "stage2": "train audio cross-attention, temporal Mamba and habit modulation on 16-frame clips",
+    "sync": "train the audio-visual sync scorer (SyncNet-shaped; for the preprocessing sync filter and LSE-C/D)",
 }
 TRAINING_EXTRA = ("accelerate", "matplotlib", "tqdm")
 TRAIN_EPILOG = """\

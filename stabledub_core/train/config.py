@@ -25,7 +25,7 @@ from stabledub_core.masks.exposure import DEFAULT_GRID
 from stabledub_core.models.config import PRESETS
 from stabledub_core.pipeline.options import StageOptions, option, option_fields
 
-STAGES = ("vae", "stage1", "stage2")
+STAGES = ("vae", "stage1", "stage2", "sync")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 CONFIG_FILE = "train_config.json"  # the options of a run, in its output folder

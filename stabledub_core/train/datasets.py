@@ -71,6 +71,7 @@ from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
 from stabledub_core.models.audio_context import SEGMENT_MARGIN, audio_segment
 from stabledub_core.models.config import StableDubConfig, get_preset
+from stabledub_core.models.sync_scorer import SyncScorerConfig, audio_windows, stack_centres
 from stabledub_core.pipeline.conditions import habit_segment
 from stabledub_core.train.latent_cache import open_cache
 from stabledub_core.train.preprocess import FPS, MANIFEST, SAMPLES_PER_FRAME, SHARDS
@@ -187,7 +188,32 @@ class PreprocessedData:
         return self._status[clip]
 
 
-class _Base(Dataset):
+class _Indexed(Dataset):
+    """Samples numbered clip after clip: ``starts`` holds the first index of each clip."""
+
+    stride = 1  # frames between the first frames of consecutive samples of a clip
+    starts: np.ndarray  # (clips + 1,) first dataset index of each clip, set by the subclass
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip, first frame within the clip) of a dataset index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return clip, int(index - self.starts[clip]) * self.stride
+
+    def _key(self, key) -> SampleKey:
+        if isinstance(key, tuple):
+            key = SampleKey(*key)
+            return SampleKey(int(key.index), int(key.epoch), float(key.progress))
+        return SampleKey(int(key), self.epoch, self.progress)
+
+    epoch, progress = 0, 0.0
+
+
+class _Base(_Indexed):
     """Shared options and randomness of the two stages."""
 
     def __init__(self, root, preset, exposure: ExposureSchedule | None, grid: int, seed: int,
@@ -212,19 +238,6 @@ class _Base(Dataset):
         if latent_cache is not None:
             self.data.use_latents(open_cache(root, latent_cache, {c.shard for c in self.data.clips}))
 
-    stride = 1  # frames between the first frames of consecutive samples of a clip
-    starts: np.ndarray  # (clips + 1,) first dataset index of each clip, set by the subclass
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(clip, first frame within the clip) of a dataset index."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
-        clip = int(np.searchsorted(self.starts, index, side="right")) - 1
-        return clip, int(index - self.starts[clip]) * self.stride
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -239,12 +252,6 @@ class _Base(Dataset):
         if self.exposure is None:
             return 0.0
         return self.exposure.rate(round(progress * 1_000_000), 1_000_001)
-
-    def _key(self, key) -> SampleKey:
-        if isinstance(key, tuple):
-            key = SampleKey(*key)
-            return SampleKey(int(key.index), int(key.epoch), float(key.progress))
-        return SampleKey(int(key), self.epoch, self.progress)
 
     def _seed(self, key: SampleKey, stream: int) -> list[int]:
         return [self.seed, key.epoch, key.index, stream]
@@ -424,4 +431,42 @@ class Stage2Dataset(_Base):
         return item
 
 
-__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SAMPLES_PER_FRAME"]
+class SyncDataset(_Indexed):
+    """Aligned lip-crop stacks and their speech for the sync scorer (``models.sync_scorer``).
+
+    Args:
+        root: ``train preprocess``'s OUT_DIR (25 fps).
+        config: the scorer's config (stack length, lip size).
+
+    A sample is a dict: ``lips`` (F_s, 3, L, L) float32 [0, 1] (``lip_crops`` on the stored crops, as the
+    stage-2 habit segment), ``audio`` (A,) float32 (the 16 kHz speech under the stack, ``audio_windows``),
+    ``sample_seed``, ``clip``, ``start``. Only stacks whose frames all have a tracked face are samples.
+    """
+
+    def __init__(self, root, config: SyncScorerConfig, seed: int = 0):
+        self.data = PreprocessedData(root)
+        if config.fps != FPS:
+            raise OptionError(f"the scorer works at {config.fps} fps but the data is at {FPS}")
+        self.config, self.seed = config, int(seed)
+        self.valid = []  # per clip: the first frames of stacks with a face in every frame
+        for clip in range(len(self.data.clips)):
+            detected = (self.data.status(clip) == TrackStatus.DETECTED).astype(np.int64)
+            runs = np.convolve(detected, np.ones(config.frames, np.int64), mode="valid")  # faces per stack
+            self.valid.append(np.flatnonzero(runs == config.frames))
+        self.starts = np.cumsum([0] + [len(v) for v in self.valid])
+
+    def __getitem__(self, key) -> dict:
+        key = self._key(key)
+        clip, position = self.locate(key.index)
+        start = int(self.valid[clip][position])
+        stop = start + self.config.frames
+        lips = lip_crops(np.asarray(self.data.frames(clip, "crops", start, stop)),
+                         np.asarray(self.data.frames(clip, "landmarks", start, stop)), self.config.lip_size)
+        centre = stack_centres(np.array([start]), self.config)
+        audio = audio_windows(self.data.audio(clip), centre, self.config.audio_samples)[0]
+        seed = int(np.random.default_rng([self.seed, key.epoch, key.index, _STEP]).integers(2 ** 63 - 1))
+        return {"lips": _image(lips), "audio": torch.from_numpy(audio), "sample_seed": torch.tensor(seed),
+                "clip": torch.tensor(clip), "start": torch.tensor(start)}
+
+
+__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SyncDataset", "SAMPLES_PER_FRAME"]

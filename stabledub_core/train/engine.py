@@ -22,6 +22,8 @@ Choices that make runs reproducible and resumable exactly:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import signal
@@ -39,16 +41,18 @@ from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
 from stabledub_core.models.checkpoint import load_checkpoint, read_checkpoint_config
 from stabledub_core.models.config import StableDubConfig, get_preset
 from stabledub_core.models.stabledub import StableDub
+from stabledub_core.models.sync_scorer import SyncScorer, SyncScorerConfig, scorer_config_from_json
 from stabledub_core.models.vae import build_vae, load_sd_vae
 from stabledub_core.train import checkpoints
 from stabledub_core.train.config import CONFIG_FILE, TrainOptions
-from stabledub_core.train.datasets import PreprocessedData, Stage1Dataset, Stage2Dataset
+from stabledub_core.train.datasets import PreprocessedData, Stage1Dataset, Stage2Dataset, SyncDataset
 from stabledub_core.train.latent_cache import vae_fingerprint
 from stabledub_core.train.logs import CURVE_FILE, TrainLog, plot_losses
 from stabledub_core.train.objectives import freeze_for, make_objective
 from stabledub_core.train.sampling import GlobalBatchSampler
 
 MODEL_CONFIG = "model_config.json"
+SYNC_SCORER = "sync_scorer"  # model_config.json of a `train sync` run: {"sync_scorer": {...}}
 EMA_FILE = "ema.safetensors"
 
 
@@ -188,7 +192,7 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     """Train one stage.
 
     Args:
-        stage: ``vae``, ``stage1`` or ``stage2``.
+        stage: ``vae``, ``stage1``, ``stage2`` or ``sync`` (the AV-sync scorer).
         data_dir: ``train preprocess``'s OUT_DIR.
         output_dir: the run's folder (checkpoints, logs, configs).
         options: the training options.
@@ -206,10 +210,13 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
-    config = model_config(options, data_dir)
-    if stage == "vae" and not config.vae.in_checkpoint:
-        raise OptionError(f"the {config.preset} preset uses SD 1.5's VAE, frozen: `train vae` is for presets whose "
-                          "VAE is trained here (tiny)")
+    if stage == "sync":
+        config = SyncScorerConfig()
+    else:
+        config = model_config(options, data_dir)
+        if stage == "vae" and not config.vae.in_checkpoint:
+            raise OptionError(f"the {config.preset} preset uses SD 1.5's VAE, frozen: `train vae` is for presets "
+                              "whose VAE is trained here (tiny)")
     # Accelerate runs several CPU processes data-parallel (gloo) only when told the run is on the CPU
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -224,15 +231,20 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.clean_temporary(output_dir)
         (output_dir / CONFIG_FILE).write_text(options.to_json())
-        (output_dir / MODEL_CONFIG).write_text(config.to_json())
+        (output_dir / MODEL_CONFIG).write_text(_config_json(config))
     accelerator.wait_for_everyone()
 
-    model = load_training_model(options, config).eval()
+    if stage == "sync":
+        torch.manual_seed(options.seed)
+        model = SyncScorer(config).eval()
+        dataset = SyncDataset(data_dir, config, seed=options.seed)
+    else:
+        model = load_training_model(options, config).eval()
+        if options.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        fingerprint = vae_fingerprint(model.vae) if options.latent_cache and stage != "vae" else None
+        dataset = make_dataset(stage, data_dir, config, options, fingerprint)
     params = freeze_for(model, stage)
-    if options.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    fingerprint = vae_fingerprint(model.vae) if options.latent_cache and stage != "vae" else None
-    dataset = make_dataset(stage, data_dir, config, options, fingerprint)
     objective = make_objective(model, stage, options.lcf_weight, options.drop_prob, options.kl_weight)
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, betas=(options.adam_beta1, options.adam_beta2),
                                   weight_decay=options.weight_decay)
@@ -349,9 +361,19 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     return TrainResult(output_dir, step, stopped, last_checkpoint, loss_value, identical)
 
 
-def read_model_config(output_dir) -> StableDubConfig:
+def _config_json(config) -> str:
+    if isinstance(config, SyncScorerConfig):
+        return json.dumps({SYNC_SCORER: dataclasses.asdict(config)})
+    return config.to_json()
+
+
+def read_model_config(output_dir) -> StableDubConfig | SyncScorerConfig:
+    """The config of the model a run trains (a ``SyncScorerConfig`` for ``train sync``)."""
     path = Path(output_dir) / MODEL_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{str(output_dir)!r} is not a training run folder (no {MODEL_CONFIG})")
+    raw = json.loads(path.read_text())
+    if SYNC_SCORER in raw:
+        return scorer_config_from_json(json.dumps(raw[SYNC_SCORER]))
     return StableDubConfig.from_json(path.read_text())
 

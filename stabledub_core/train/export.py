@@ -1,4 +1,5 @@
-"""``train export``: a training checkpoint -> the StableDub checkpoint the pipeline, the CLI and the nodes load.
+"""``train export``: a training checkpoint -> the StableDub checkpoint the pipeline, the CLI and the nodes load (or,
+for a ``train sync`` run, the sync scorer checkpoint ``models.sync_scorer.load_scorer`` reads).
 
 The run's ``model_config.json`` gives the model; the checkpoint's ``model.safetensors`` (Accelerate's, every weight
 of the training module, named ``model.<part>...``) gives its weights; with ``ema=True`` (the default when the run kept
@@ -18,6 +19,7 @@ from stabledub_core.errors import CheckpointError
 from stabledub_core.models.checkpoint import check_state, save_checkpoint
 from stabledub_core.models.habit import LipHabitModulation
 from stabledub_core.models.stabledub import StableDub
+from stabledub_core.models.sync_scorer import SyncScorer, SyncScorerConfig, save_scorer
 from stabledub_core.models.unet import StableDubUNet
 from stabledub_core.train import checkpoints
 from stabledub_core.train.engine import EMA_FILE, read_model_config
@@ -51,6 +53,10 @@ def export(output_dir, out, checkpoint: str = "latest", ema: bool | None = None)
     use_ema = has_ema if ema is None else ema
     if use_ema:
         tensors.update(load_file(str(folder / EMA_FILE)))
+    if isinstance(config, SyncScorerConfig):
+        scorer = SyncScorer(config)
+        scorer.load_state_dict(tensors, strict=True)
+        return save_scorer(scorer, out)
     with torch.device("meta"):  # every U-Net and habit tensor comes from the file
         parts = {"unet": StableDubUNet(config.unet),
                  "habit": LipHabitModulation(config.habit, config.audio.feature_size)}

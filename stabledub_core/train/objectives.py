@@ -9,6 +9,7 @@ stage      trained (``trainable_names``)                              loss
            cross-attention (tiny, which has no pretrained U-Net)
 ``stage2`` temporal Mamba, audio cross-attention, habit modulation    L_DM + L_LCF on 16-frame clips with audio
            (ViT, AdaLN, convs) and the audio encoder's own layers     and habit, each dropped with ``drop_prob``
+``sync``   the AV-sync scorer (``models.sync_scorer``), all of it     contrastive (InfoNCE) over the batch
 =========  =========================================================  ==========================================
 
 Everything else is frozen (``requires_grad=False``, not in the optimizer), so e.g. stage 2 leaves the spatial Mamba
@@ -23,7 +24,10 @@ processes and micro-steps.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stabledub_core.errors import OptionError
@@ -52,7 +56,10 @@ def _is_temporal(name: str) -> bool:
 
 
 def trainable_names(model, stage: str) -> list[str]:
-    """The parameter names of ``model`` (a ``StableDub``) a stage trains, in ``named_parameters`` order."""
+    """The parameter names of ``model`` (a ``StableDub``; a ``SyncScorer`` for ``sync``) a stage trains, in
+    ``named_parameters`` order."""
+    if stage == "sync":  # the whole scorer but its fixed log-mel front end
+        return [name for name, _ in model.named_parameters() if not name.startswith("mel.")]
     external = tuple(f"audio_encoder.{p}" for p in getattr(model.audio_encoder, "external_prefixes", ()))
     from_sd = model.config.preset != "tiny"  # sd15-shaped models start from SD 1.5's U-Net (models.weights)
     names = []
@@ -85,7 +92,7 @@ def freeze_for(model, stage: str) -> list[nn.Parameter]:
         if name in names:
             params.append(param)
     if not params:
-        raise OptionError(f"stage {stage} has nothing to train in a {model.config.preset} model")
+        raise OptionError(f"stage {stage} has nothing to train in this model")
     return params
 
 
@@ -220,7 +227,40 @@ class VAEObjective(nn.Module):
         return vae_losses(reconstruction, x, posterior, self.kl_weight)
 
 
+class SyncLosses(NamedTuple):
+    total: torch.Tensor
+    aligned: torch.Tensor  # mean distance of the aligned pairs
+    shuffled: torch.Tensor  # mean distance of each stack to another sample's audio
+
+
+class SyncObjective(nn.Module):
+    """The sync scorer's contrastive loss: each stack against every audio segment of the batch (and back), the
+    aligned one the target (InfoNCE). The negatives are the batch's other samples, so unlike the diffusion stages the
+    loss depends on how a global batch is split over processes.
+
+    Args:
+        model: the ``SyncScorer``.
+        temperature: softmax temperature of the cosine similarities.
+    """
+
+    def __init__(self, model, temperature: float = 0.07):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, batch: dict) -> SyncLosses:
+        video = self.model.embed_lips(batch["lips"])  # (B, D)
+        audio = self.model.embed_audio(batch["audio"])  # (B, D)
+        logits = video @ audio.T / self.temperature  # (B, B)
+        targets = torch.arange(len(logits), device=logits.device)
+        total = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        aligned = (video - audio).norm(dim=-1).mean()
+        shuffled = (video - audio.roll(1, 0)).norm(dim=-1).mean()
+        return SyncLosses(total, aligned.detach(), shuffled.detach())
+
+
 def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float) -> nn.Module:
     if stage == "vae":
         return VAEObjective(model, kl_weight)
+    if stage == "sync":
+        return SyncObjective(model)
     return DiffusionObjective(model, stage, lcf_weight, drop_prob)

@@ -8,7 +8,8 @@
 2. The face is tracked with the pipeline's own stage (``pipeline.stages.track_faces``) on the 25 fps frames, while
    the bundled face detector counts the faces every ``face_count_every`` frames.
 3. The filters of the paper's Fig. 5 (:data:`FILTERS`, options in :class:`FilterOptions`) run in order; the first
-   that fails drops the clip, and its name, measured value, limit and a sentence are recorded.
+   that fails drops the clip, and its name, measured value, limit and a sentence are recorded. The optional sync
+   filter (``--sync-scorer``, a ``models.sync_scorer`` checkpoint) runs last, on the kept clip's crops.
 4. A kept clip is cropped exactly as inference crops it: crop spans from ``masks.crop_spans.CropPlan`` (span length
    = the preset's ``num_frames``, crop size = its ``resolution``), crops by ``pipeline.stages.crop_frame``, Mu from
    the spans' ``union_mask``, Mc from ``CropSpan.coarse_masks``, landmarks in crop coordinates from the spans, and
@@ -53,6 +54,7 @@ gives the same manifest as one worker (results are taken in clip order).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -79,9 +81,11 @@ from stabledub_core.face.indices import POSE, face_size
 from stabledub_core.face.landmarker import FaceCounter
 from stabledub_core.masks.config import MaskConfig
 from stabledub_core.masks.crop_spans import CropPlan
+from stabledub_core.masks.lips import lip_crops
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE, fit_samples, load_encoder_input
 from stabledub_core.media.video import Run, VideoFrame, VideoReader
 from stabledub_core.models.config import get_preset
+from stabledub_core.models.sync_scorer import load_scorer, sync_offsets
 from stabledub_core.pipeline import stages
 from stabledub_core.pipeline.options import MaskOptions, StageOptions, option
 from stabledub_core.train.head_pose import head_angles
@@ -139,11 +143,18 @@ class FilterOptions(StageOptions):
                                     "in face sizes (excessive head transitions, cuts)", min=0.0, max=100.0)
     max_scale_change: float = option(1.15, "drop clips whose face size ever changes by more than this ratio from one "
                                            "frame to the next (zooms, cuts)", min=1.0, max=100.0)
+    sync_scorer: str = option("", "sync scorer checkpoint (`train sync` + `train export`): drop clips whose lips do "
+                                  "not follow their speech (empty: no sync filter)")
+    min_sync_confidence: float = option(0.3, "with --sync-scorer: drop clips whose sync confidence (LSE-C: median "
+                                             "minus smallest distance over shifts of +-15 frames) is lower",
+                                        min=0.0, max=100.0)
+    max_sync_offset: int = option(2, "with --sync-scorer: drop clips whose best audio shift is more frames than "
+                                     "this away from 0 (speech out of step with the video)", min=0, max=15)
 
 
 # The filters in the order they are applied; a dropped clip names the first one it fails.
 FILTERS = ("decode", "audio", "min_seconds", "one_face", "face_coverage", "min_face_size", "head_angle",
-           "transitions")
+           "transitions", "sync")
 
 
 def filter_limits(options: FilterOptions) -> dict[str, str]:
@@ -158,6 +169,8 @@ def filter_limits(options: FilterOptions) -> dict[str, str]:
         "head_angle": f"|yaw| <= {options.max_yaw:g}, |pitch| <= {options.max_pitch:g}, "
                       f"|roll| <= {options.max_roll:g} deg",
         "transitions": f"motion <= {options.max_motion:g} face/frame, size x <= {options.max_scale_change:g}",
+        "sync": (f"LSE-C >= {options.min_sync_confidence:g}, |offset| <= {options.max_sync_offset}"
+                 if options.sync_scorer else "not checked"),
     }
 
 
@@ -457,7 +470,12 @@ def _stage_kept(task: ClipTask, source: ResampledSource, track, angles: np.ndarr
     out["audio"][:] = audio
     for array in out.values():
         array.flush()
+    failure = _sync_failure(task, out, measured)
     del out
+    if failure is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        value, reason = failure
+        return _drop(task.key, seconds, "sync", value, filter_limits(task.options)["sync"], reason, measured)
     entry = {**task.key.as_dict(), "kept": True, "seconds": round(seconds, 6), "frames": frames,
              "spans": len(spans), "audio_samples": int(audio.size), "source_fps": _rounded(float(source.reader.fps)),
              "measured": measured}
@@ -465,6 +483,30 @@ def _stage_kept(task: ClipTask, source: ResampledSource, track, angles: np.ndarr
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return entry
+
+
+@functools.lru_cache(maxsize=2)
+def _scorer(path: str):
+    return load_scorer(path)
+
+
+def _sync_failure(task: ClipTask, arrays: dict, measured: dict) -> tuple[dict, str] | None:
+    """Score a cropped clip with the sync scorer (lip crops of the stored crops, as the datasets cut them); records
+    ``sync_confidence`` and ``sync_offset`` in ``measured``. Returns (value, reason) when it fails the filter."""
+    o = task.options
+    if not o.sync_scorer:
+        return None
+    scorer = _scorer(o.sync_scorer)
+    lips = lip_crops(np.asarray(arrays["crops"]), np.asarray(arrays["landmarks"]), scorer.config.lip_size)
+    score = sync_offsets(scorer, lips, np.asarray(arrays["audio"]))
+    measured.update(sync_confidence=_rounded(score.lse_c), sync_distance=_rounded(score.lse_d),
+                    sync_offset=score.offset)
+    if score.lse_c < o.min_sync_confidence:
+        return ({"confidence": _rounded(score.lse_c)},
+                f"the lips follow the speech with confidence {score.lse_c:.3g}, under {o.min_sync_confidence:g}")
+    if abs(score.offset) > o.max_sync_offset:
+        return ({"offset": score.offset}, f"the speech is {score.offset} frames out of step with the lips")
+    return None
 
 
 def _staged_entry(task: ClipTask) -> dict | None:

@@ -24,7 +24,7 @@ MOMENTS = 5  # runs
 @pytest.mark.parametrize("run", range(MOMENTS))
 def test_a_signal_at_a_random_moment_exits_130_within_10_s_and_leaves_nothing(inputs, tmp_path, run):
     rng = random.Random(1400 + run)
-    delay = [0.3, 1.5][run] if run < 2 else rng.uniform(2.0, 7.0)  # the first seconds, then later
+    delay = [0.5, 1.5][run] if run < 2 else rng.uniform(2.0, 7.0)  # the imports, then tracking and sampling
     sig = SIGNALS[run % len(SIGNALS)] if run < 3 else rng.choice(SIGNALS)
     out = tmp_path / "o.mp4"
     process = spawn(dub_args(inputs, out, "--steps", "2", video=inputs["long_video"], audio=None))

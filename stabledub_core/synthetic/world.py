@@ -314,7 +314,8 @@ def write_world(out_dir, n_clips: int, seed: int, speech_dir, fps=25, size: int 
         clips_per_avatar: Consecutive clips that share one avatar (speaking different speech).
         max_seconds: Cut each speech file to at most this long (None: whole files).
         crf: x264 quality.
-        workers: Clips rendered in parallel processes.
+        workers: Clips rendered in parallel processes (spawned, as ``train preprocess``'s: a script that asks for
+            more than one calls this under ``if __name__ == "__main__":``).
         progress: Called as ``progress(done, total)`` after each clip.
 
     Returns:

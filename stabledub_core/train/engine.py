@@ -358,6 +358,10 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     if options.tensorboard:
         accelerator.end_training()
     accelerator.wait_for_everyone()
+    if accelerator.num_processes == 1:  # leave no global state: a next run in this process may pick other settings
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     return TrainResult(output_dir, step, stopped, last_checkpoint, loss_value, identical)
 
 

@@ -204,3 +204,19 @@ def test_user_errors_are_one_line(prepared, reference_run, tmp_path, capfd, monk
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
     assert main(["train", "stage1", str(prepared[1]), "--output", str(tmp_path / "r2")]) == 2
     assert "pip install -r requirements-train.txt" in capfd.readouterr().err
+
+
+def test_gradient_accumulation_equals_the_same_global_batch_at_once_and_bf16_runs(prepared, tmp_path):
+    common = ["--max-steps", "2", "--checkpoint-every", "2", "--learning-rate", "1e-4"]
+    once, accumulated = tmp_path / "once", tmp_path / "accumulated"
+    assert main(["train", "stage1", str(prepared[1]), "--output", str(once), "--batch-size", "2", *common]) == 0
+    assert main(["train", "stage1", str(prepared[1]), "--output", str(accumulated), "--batch-size", "1",
+                 "--grad-accumulation", "2", *common]) == 0
+    for a, b in zip(log_rows(once), log_rows(accumulated)):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    mixed = tmp_path / "bf16"
+    assert main(["train", "stage1", str(prepared[1]), "--output", str(mixed), "--batch-size", "2",
+                 "--mixed-precision", "bf16", "--gradient-checkpointing", *common]) == 0
+    rows = log_rows(mixed)
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert float(rows[0]["loss"]) == pytest.approx(float(log_rows(once)[0]["loss"]), rel=0.05)

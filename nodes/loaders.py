@@ -67,7 +67,8 @@ class StableDubLoadVideo:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": (comfy_env.input_videos(), {"tooltip": "video file in ComfyUI's input folder"}),
+            "video": (comfy_env.input_videos(), {"tooltip": "video file in ComfyUI's input folder (upload one with "
+                                                            "the button)", "video_upload": True}),
             "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
                                        "tooltip": "load at most this many frames (0: all); the audio is cut to "
                                                   "match"}),

@@ -197,7 +197,8 @@ class StableDubDubVideoFile:
         return {"required": {
             "model": MODEL_IN,
             "video": ([NO_FILE] + comfy_env.input_videos(),
-                      {"tooltip": "video file in ComfyUI's input folder (unless video_path or a VIDEO is given)"}),
+                      {"tooltip": "video file in ComfyUI's input folder (unless video_path or a VIDEO is given); "
+                                  "upload one with the button", "video_upload": True}),
             "face_model": (comfy_env.face_models(),
                            {"tooltip": "MediaPipe face_landmarker.task: from models/mediapipe, else the copy "
                                        "bundled with the pack"}),

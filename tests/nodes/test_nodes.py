@@ -22,7 +22,9 @@ SECOND_VIDEO = "face_pan.mp4"  # the habit-transfer workflow's second video
 FRAMES = 20
 WORKFLOWS = REPO / "workflows"
 # Core ComfyUI nodes the workflows use: inputs and output types (the test does not have ComfyUI).
-CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],), "audioUI": ("STRING",)}, ("AUDIO",)),  # audioUI: its player
+# Inputs the front end adds to the API prompt for its own widgets (players, previews); ComfyUI drops them.
+FRONT_END_INPUTS = {"audioUI", "video-preview"}
+CORE_NODES = {"LoadAudio": ({"audio": ([SPEECH],)}, ("AUDIO",)),
               "PreviewImage": ({"images": ("IMAGE",)}, ()),
               "SolidMask": ({"value": ("FLOAT",), "width": ("INT",), "height": ("INT",)}, ("MASK",)),
               "MaskComposite": ({"destination": ("MASK",), "source": ("MASK",), "x": ("INT",), "y": ("INT",),
@@ -288,7 +290,7 @@ def test_api_workflow_matches_the_nodes(installed, name):
     assert graph
     for node_id, node in graph.items():
         required, optional, _ = _input_spec(installed, node["class_type"])
-        inputs = node["inputs"]
+        inputs = {k: v for k, v in node["inputs"].items() if k not in FRONT_END_INPUTS}
         assert set(required) <= set(inputs) <= set(required) | set(optional), node_id
         for name, value in inputs.items():
             entry = {**required, **optional}[name]
@@ -328,7 +330,8 @@ def test_ui_workflow_is_the_api_workflow(installed, name):
         widgets = [n for n, e in {**required, **optional}.items()
                    if isinstance(e[0], list) or e[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
         values = [v for v in node.get("widgets_values", []) if v not in ("fixed", "randomize")]
-        assert len(values) == len(widgets), node["type"]
+        uploads = sum(bool(e[1].get("video_upload")) for e in {**required, **optional}.values() if len(e) > 1)
+        assert len(values) == len(widgets) + uploads, node["type"]  # an upload button after its list
         for widget_name, value in zip(widgets, values):
             if widget_name not in linked:
                 assert api_inputs[widget_name] == value, (node["type"], widget_name)
@@ -350,7 +353,8 @@ def test_api_workflow_runs(installed, media_dir):
     def evaluate(node_id):
         if node_id not in results:
             node = graph[node_id]
-            inputs = {k: evaluate(v[0])[v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+            inputs = {k: evaluate(v[0])[v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()
+                      if k not in FRONT_END_INPUTS}  # as ComfyUI, which passes only the declared inputs
             if node["class_type"] == "LoadAudio":
                 waveform, rate = load_audio(media_dir / inputs["audio"])
                 speech = waveform[:, :int(0.6 * rate)]  # 0.6 s = 15 frames

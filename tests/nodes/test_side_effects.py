@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from helpers.comfy_stub import COMFY_NODES_MARKER, REPO, run_node, write_comfy_dir
+from helpers.comfy_stub import COMFY_NODES_MARKER, run_node, write_comfy_dir
 
 SCRIPT = """
 import json, sys

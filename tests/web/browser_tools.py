@@ -65,11 +65,15 @@ def open_front_end(driver, url: str, node_type: str) -> None:
                      f" && {APP}.graph.nodes.length)", "the node definitions and the start-up graph", 60)
 
 
-def load(driver, graph: dict, name: str) -> None:
+def load(driver, graph: dict, name: str, settle: float = 3.0) -> None:
+    """Open a workflow as the user does, and give the front end ``settle`` seconds to draw it (video previews load
+    and size their nodes)."""
     error = driver.execute_async_script(
         f"const done = arguments[arguments.length - 1]; {APP}.loadGraphData(arguments[0], true, true, arguments[1])"
         ".then(() => done(null), (e) => done(String(e)));", graph, name)
     assert error is None, error
+    driver.execute_script(f"{APP}.canvas.setDirty(true, true);")
+    time.sleep(settle)
 
 
 def prompt(driver) -> dict:
@@ -97,7 +101,8 @@ def graph_box(driver, node_id: int | None = None) -> list[float]:
         const title = LiteGraph.NODE_TITLE_HEIGHT;
         const nodes = arguments[0] === null ? {APP}.graph.nodes : [{APP}.graph.getNodeById(arguments[0])];
         return [Math.min(...nodes.map((n) => n.pos[0])), Math.min(...nodes.map((n) => n.pos[1] - title)),
-                Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), Math.max(...nodes.map((n) => n.pos[1] + n.size[1]))];
+                Math.max(...nodes.map((n) => n.pos[0] + n.size[0])),
+                Math.max(...nodes.map((n) => n.pos[1] + n.size[1]))];
         """, node_id)
 
 

@@ -18,13 +18,14 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]
 
-from browser_tools import APP, graph_box, open_front_end, overlaps, prompt, screenshot, start_browser, view, \
-    write_settings  # noqa: E402
+from browser_tools import APP, graph_box, load, open_front_end, overlaps, prompt, screenshot, start_browser, \
+    view, write_settings  # noqa: E402
 from helpers.comfy_stub import DEMO_CHECKPOINT, REPO, ComfyServer, install_base  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
@@ -53,7 +54,8 @@ MODULAR_LINKS = [
     ("video", "images", "fit", "images"), ("speech", "AUDIO", "fit", "audio"), ("video", "fps", "fit", "fps"),
     ("fit", "images", "track", "images"), ("video", "fps", "track", "fps"),
     ("model", "model", "plan", "model"), ("track", "track", "plan", "track"),
-    ("fit", "images", "crop", "images"), ("track", "track", "crop", "track"), ("plan", "crop_plan", "crop", "crop_plan"),
+    ("fit", "images", "crop", "images"), ("track", "track", "crop", "track"),
+    ("plan", "crop_plan", "crop", "crop_plan"),
     ("model", "model", "lips", "model"), ("fit", "images", "lips", "images"), ("track", "track", "lips", "track"),
     ("model", "model", "sample", "model"), ("crop", "crops", "sample", "crops"),
     ("crop", "appearance", "sample", "appearance"), ("lips", "lip_crops", "sample", "lip_crops"),
@@ -149,6 +151,7 @@ const [spec, done] = [arguments[0], arguments[arguments.length - 1]];
             const w = node.widgets?.find((w) => w.name === name);
             if (!w) throw new Error(`${type} has no widget ${name}`);
             w.value = value;
+            w.callback?.(value);  // as a user's choice: e.g. the video preview loads the file
         }
         made[key] = node;
     }
@@ -158,6 +161,15 @@ const [spec, done] = [arguments[0], arguments[arguments.length - 1]];
         if (o < 0 || i < 0) throw new Error(`no slot ${from}.${output} -> ${to}.${input}`);
         if (!a.connect(o, b, i)) throw new Error(`could not link ${from}.${output} -> ${to}.${input}`);
     }
+    return Object.fromEntries(Object.entries(made).map(([key, node]) => [key, node.id]));
+})().then(done, (e) => done(String(e)));
+"""
+# Nodes stacked in columns by their sizes once the front end has drawn them (video previews grow their node).
+LAYOUT = """
+const [spec, ids, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+(async () => {
+    const app = window.comfyAPI.app.app;
+    const made = Object.fromEntries(Object.entries(ids).map(([key, id]) => [key, app.graph.getNodeById(id)]));
     const title = LiteGraph.NODE_TITLE_HEIGHT, gap = 40;
     let x = 40;
     for (const column of spec.columns) {
@@ -165,7 +177,11 @@ const [spec, done] = [arguments[0], arguments[arguments.length - 1]];
         for (const key of column) {
             const node = made[key];
             const min = node.computeSize();
-            node.setSize([Math.max(node.size[0], min[0], 320), Math.max(node.size[1], min[1])]);
+            // A video list's preview grows its node to show the (square) video at the node's width once it has
+            // loaded (its widgets and slots take about 150 more pixels); room for it is kept, so nothing overlaps
+            // whenever it loads.
+            const preview = node.widgets?.some((w) => w.name === "video-preview") ? 150 + node.size[0] : 0;
+            node.setSize([Math.max(node.size[0], min[0], 320), Math.max(node.size[1], min[1], preview)]);
             node.pos = [x, y];
             y += node.size[1] + title + gap;
             width = Math.max(width, node.size[0]);
@@ -197,8 +213,20 @@ def main() -> None:
                 for name, spec in SPECS.items():
                     ordered = {**spec, "nodes": [[key, *spec["nodes"][key]] for column in spec["columns"]
                                                  for key in column]}  # Selenium sends objects with sorted keys
-                    error = driver.execute_async_script(BUILD, ordered)
-                    assert error is None, f"{name}: {error}"
+                    ids = driver.execute_async_script(BUILD, ordered)
+                    assert isinstance(ids, dict), f"{name}: {ids}"
+                    # Opened as a user opens it (video previews load and size their nodes), then laid out.
+                    load(driver, driver.execute_script(f"return {APP}.graph.serialize();"), name)
+                    sizes = None
+                    for _ in range(6):  # until the video previews have loaded and sized their nodes
+                        view(driver, graph_box(driver))
+                        time.sleep(2)
+                        error = driver.execute_async_script(LAYOUT, ordered, ids)
+                        assert error is None, f"{name}: {error}"
+                        now = driver.execute_script(f"return {APP}.graph.nodes.map((n) => [...n.size]);")
+                        if now == sizes:
+                            break
+                        sizes = now
                     assert len(ordered["nodes"]) == len(spec["nodes"]), f"{name}: a node is in no column"
                     assert not overlaps(driver), name
                     workflow = driver.execute_script(f"return {APP}.graph.serialize();")

@@ -179,13 +179,17 @@ def test_workflow_loads_in_the_real_front_end(server, browser, name):
     """Each template opens with every node known, nothing overlapping, no console error of ours, and Queue would send
     exactly its API twin (``workflows/api/``)."""
     driver = browser
-    if not driver.execute_script(f"return !!window.comfyAPI?.app?.app?.graph"):
+    if not driver.execute_script("return !!window.comfyAPI?.app?.app?.graph"):
         open_front_end(driver, server.url, NODE)
     load(driver, json.loads((REPO / "workflows" / f"{name}.json").read_text()), name)
     unknown = driver.execute_script(
         f"return {APP}.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);")
     assert not unknown, unknown
     assert not overlaps(driver)
+    loaders = driver.execute_script(f"""return {APP}.graph.nodes.filter((n) => n.type.startsWith('StableDubLoadVideo')
+        || n.type === 'StableDubDubVideoFile').map((n) => n.widgets.map((w) => w.name));""")
+    for names in loaders:  # the video list has the front end's upload button (and its video preview)
+        assert "upload" in names, names
     assert prompt(driver) == json.loads((REPO / "workflows" / "api" / f"{name}_api.json").read_text())
     errors = console_errors(driver)
     assert not errors, errors

@@ -28,6 +28,7 @@ from stabledub_core.cli import init as init_command
 from stabledub_core.cli import preview as preview_command
 from stabledub_core.cli import summary as summary_command
 from stabledub_core.cli import train as train_command
+from stabledub_core.cli import world as world_command
 from stabledub_core.cli.common import FACE_MODEL_HELP, STOP, find_face_model
 from stabledub_core.errors import StableDubError
 from stabledub_core.runtime import Interrupted
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m stabledub_core``."""
     parser = OneLineParser(prog="python -m stabledub_core", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{dub,demo,preview,init,summary,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{dub,demo,preview,init,summary,train,world}")
     dub.add_parsers(sub, DESCRIPTION)
     preview = sub.add_parser("preview", help="write a PNG strip of the masks of a few frames",
                              description="Write a PNG strip previewing StableDub's masks (mouth mask, crop box, "
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_command.add_parser(sub)
     summary_command.add_parser(sub)
     train_command.add_parser(sub)
+    world_command.add_parser(sub)
     return parser
 
 

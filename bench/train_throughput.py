@@ -135,12 +135,13 @@ def sd15_child(steps: int) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.monotonic() - started)
+        print(f"sd15 stage-2 step: {times[-1]:.1f} s, loss {loss.item():.4f}", file=sys.stderr, flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"sd15_stage2_step_s_cpu": round(float(np.median(times)), 1), "sd15_step_times_s":
                       [round(t, 1) for t in times], "sd15_stage2_step_peak_gb_cpu": round(peak / 2 ** 30, 2),
-                      "sd15_dtype": "bf16 autocast" if bf16 else "float32", "sd15_loss": float(loss),
+                      "sd15_dtype": "bf16 autocast" if bf16 else "float32", "sd15_loss": round(loss.item(), 4),
                       "sd15_trained_parameters": sum(p.numel() for p in params),
-                      "sd15_parameters": sum(p.numel() for p in model.network_parameters())}))
+                      "sd15_parameters": sum(p.numel() for _, p in model.network_parameters())}))
 
 
 def main() -> None:

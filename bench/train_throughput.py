@@ -16,7 +16,7 @@ wav2vec2-base built from its config), takes one 16-frame 512-pixel clip of the s
 checkpointing and bf16 autocast when the CPU has bf16 (else fp32); peak memory is the child's ``ru_maxrss``.
 
 Usage:
-    python bench/train_throughput.py [--steps 6] [--sd15-steps 2] [--skip-sd15] [--out FILE]
+    python bench/train_throughput.py [--steps 6] [--sd15-steps 2] [--skip-sd15] [--skip-tiny] [--out FILE]
 
 Writes bench/results/train_throughput.json.
 """
@@ -148,7 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps of each tiny run")
     parser.add_argument("--sd15-steps", type=int, default=2, help="timed sd15 stage-2 steps")
-    parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--skip-sd15", action="store_true", help="keep the last sd15 figures of the results file")
+    parser.add_argument("--skip-tiny", action="store_true", help="keep the last tiny figures of the results file")
     parser.add_argument("--sd15-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -156,20 +157,24 @@ def main() -> None:
         sd15_child(args.sd15_steps)
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    results = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "steps": args.steps}
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.update({"cpu_count": os.cpu_count(), "machine": platform.machine()})
+
+    def save() -> None:  # after each part, so a failing later part never loses a measured one
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
     if not args.skip_sd15:  # first, alone: the full-size step must not compete with anything for memory
         prepare("sd15")
         done = subprocess.run([sys.executable, __file__, "--sd15-child", "--sd15-steps", str(args.sd15_steps)],
-                              capture_output=True, text=True)
+                              stdout=subprocess.PIPE, text=True)  # its stderr (a line per step) passes through
         if done.returncode:
-            raise SystemExit(f"sd15 step failed:\n{done.stderr[-4000:]}")
+            raise SystemExit(f"sd15 step failed (exit {done.returncode}): see its messages above")
         results.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    results.update(tiny(args.steps))
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if args.skip_sd15:  # keep the last measured full-size figures
-        results.update({k: v for k, v in old.items() if k.startswith("sd15")})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+        save()
+    if not args.skip_tiny:
+        results.update(tiny(args.steps), steps=args.steps)
+        save()
     rows = [(k, v) for k, v in results.items() if not isinstance(v, list)]
     width = max(len(k) for k, _ in rows)
     print(f"{'figure':<{width}}  value")

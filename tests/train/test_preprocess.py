@@ -117,7 +117,7 @@ def test_the_report_counts_clips_and_hours_per_filter(run1):
     assert report["clips"] == 5 and report["kept_clips"] == 1
     assert {name: row["dropped_clips"] for name, row in rows.items()} == {
         "decode": 0, "audio": 1, "min_seconds": 1, "one_face": 2, "face_coverage": 0, "min_face_size": 0,
-        "head_angle": 0, "transitions": 0}
+        "head_angle": 0, "transitions": 0, "sync": 0}
     assert rows["one_face"]["in_clips"] == 3 and rows["one_face"]["kept_clips"] == 1
     assert rows["audio"]["dropped_hours"] == pytest.approx(1.6 / 3600, abs=1e-6)
     assert rows["transitions"]["kept_hours"] == pytest.approx(report["kept_hours"]) == pytest.approx(1.6 / 3600)

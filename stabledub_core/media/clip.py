@@ -64,11 +64,12 @@ def read_clip(path, max_frames: int = 0, should_stop: StopCheck | None = None) -
 
 
 def write_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rate: int = 0, crf: int = 18,
-               preset: str = "medium", should_stop: StopCheck | None = None) -> Path:
+               preset: str = "medium", should_stop: StopCheck | None = None, lossless_audio: bool = True) -> Path:
     """Encode frames (and speech) into a video file, atomically (``VideoWriter``).
 
-    The waveform is first stored losslessly (16-bit PCM WAV) beside the output and muxed from there; the temporary
-    file is deleted in every case.
+    The waveform is first stored beside the output and muxed from there; the temporary file is deleted in every
+    case. ``lossless_audio``: stored as 16-bit PCM, which the muxer keeps losslessly (ALAC in MP4, PCM in MOV and
+    MKV); otherwise as float64 PCM, a codec no output container takes as is, so the muxer encodes it (AAC).
 
     Args:
         path: Output file (.mp4, .m4v, .mov or .mkv).
@@ -79,6 +80,7 @@ def write_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rat
         crf: x264 quality.
         preset: x264 speed preset.
         should_stop: Interruption check, polled per frame (no file is left behind).
+        lossless_audio: Keep the audio losslessly (True) or let the muxer encode it as AAC (False).
 
     Returns:
         The path written.
@@ -92,7 +94,7 @@ def write_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rat
     try:
         info = None
         if waveform is not None:
-            write_wav(wav, check_waveform(waveform, sample_rate), sample_rate)
+            write_wav(wav, check_waveform(waveform, sample_rate), sample_rate, float64=not lossless_audio)
             info = probe_audio(wav, "audio")
         with VideoWriter(path, source.fps, source.size, audio=info, crf=crf, preset=preset) as writer:
             for i in range(source.num_frames):
@@ -103,13 +105,17 @@ def write_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rat
     return path
 
 
-def write_wav(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
-    """A ``(C, S)`` float waveform as a 16-bit PCM WAV file (PyAV)."""
-    pcm = (np.clip(waveform, -1, 1) * 32767).round().astype(np.int16)  # (C, S)
-    layout = f"{pcm.shape[0]}c"
+def write_wav(path: Path, waveform: np.ndarray, sample_rate: int, float64: bool = False) -> None:
+    """A ``(C, S)`` float waveform as a 16-bit (or, with ``float64``, 64-bit float) PCM WAV file (PyAV)."""
+    if float64:
+        samples, codec, layout_format = np.ascontiguousarray(waveform, np.float64), "pcm_f64le", "dblp"
+    else:
+        samples = (np.clip(waveform, -1, 1) * 32767).round().astype(np.int16)  # (C, S)
+        codec, layout_format = "pcm_s16le", "s16p"
+    layout = f"{samples.shape[0]}c"
     with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16p", layout=layout)
+        stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=layout_format, layout=layout)
         frame.sample_rate = sample_rate
         for packet in stream.encode(frame):
             container.mux(packet)

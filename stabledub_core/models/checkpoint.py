@@ -23,19 +23,16 @@ infinite (:func:`check_finite_weights`, also after a conversion to float16), and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from stabledub_core.errors import CheckpointError, NonFiniteWeightsError
 from stabledub_core.models.audio_encoders import Wav2Vec2AudioEncoder
 from stabledub_core.models.config import StableDubConfig
 from stabledub_core.models.habit import LipHabitModulation
-from stabledub_core.models.safetensors_io import check_safetensors_file
+from stabledub_core.models.safetensors_io import check_safetensors_file, save_safetensors
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.unet import StableDubUNet
 from stabledub_core.models.vae import load_sd_vae
@@ -89,16 +86,7 @@ def save_checkpoint(model, path, metadata: dict[str, str] | None = None) -> Path
     meta = dict(metadata or {})
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, config=model.config.to_json(),
                 preset=model.config.preset, external=",".join(external_prefixes(model)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_safetensors(tensors, path, meta)
 
 
 def read_checkpoint_config(path) -> StableDubConfig:

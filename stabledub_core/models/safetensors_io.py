@@ -8,11 +8,14 @@ through :func:`check_safetensors_file` first, so a truncated download, a file th
 from __future__ import annotations
 
 import json
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stabledub_core.errors import CheckpointError, PickleRefusedError, WeightsNotFoundError
 
@@ -97,3 +100,27 @@ def safetensors_keys(path) -> list[str]:
     check_safetensors_file(path)
     with safe_open(str(path), framework="pt") as fh:
         return list(fh.keys())
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Args:
+        tensors: name -> tensor (contiguous, on the CPU, no shared storage).
+        path: the file to write (its folder is created).
+        metadata: string metadata of the file.
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

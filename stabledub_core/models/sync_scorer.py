@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -31,14 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from stabledub_core.errors import CheckpointError, InvalidInputError
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
 from stabledub_core.models.audio_encoders import MelAudioEncoder
 from stabledub_core.models.config import AudioConfig
-from stabledub_core.models.safetensors_io import check_safetensors_file
+from stabledub_core.models.safetensors_io import check_safetensors_file, save_safetensors
 
 FORMAT = "stabledub-sync-scorer"
 
@@ -154,19 +151,8 @@ def sync_offsets(scorer: SyncScorer, lips: np.ndarray, wave16: np.ndarray, max_o
 
 def save_scorer(scorer: SyncScorer, path) -> Path:
     """Write a scorer checkpoint atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in scorer.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(scorer.config))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_safetensors(tensors, path, {"format": FORMAT, "config": json.dumps(dataclasses.asdict(scorer.config))})
 
 
 def scorer_config_from_json(text: str) -> SyncScorerConfig:

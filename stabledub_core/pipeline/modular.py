@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -21,9 +20,9 @@ from stabledub_core.errors import EmptyMediaError, OptionError
 from stabledub_core.face.track import FaceTrack
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposedPatches
-from stabledub_core.media.audio import check_waveform, probe_audio
-from stabledub_core.media.clip import write_wav
-from stabledub_core.media.video import VideoWriter, output_format
+from stabledub_core.media.audio import check_waveform
+from stabledub_core.media.clip import write_clip, write_wav
+from stabledub_core.media.video import output_format
 from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
 from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
@@ -218,40 +217,17 @@ def save_clip(path, frames, fps, waveform: np.ndarray | None = None, sample_rate
     output_format(path)
     if len(frames) == 0:
         raise EmptyMediaError("no frames to write")
-    source = FrameSource(frames, fps)
-    wav = path.with_name(f".{path.stem}.audio.wav")
-    try:
-        info = None
-        if waveform is not None:
-            waveform = check_waveform(waveform, sample_rate)
-            fitted = np.zeros((waveform.shape[0], int(round(source.num_frames / float(source.fps) * sample_rate))),
-                              np.float32)
-            kept = min(fitted.shape[1], waveform.shape[1])
-            fitted[:, :kept] = waveform[:, :kept]
-            if fitted.shape[1] == 0:
-                raise EmptyMediaError("the frames are too short to hold any audio sample")
-            (write_wav if audio_codec == "lossless" else _write_float_wav)(wav, fitted, sample_rate)
-            info = probe_audio(wav, "audio")
-        with VideoWriter(path, source.fps, source.size, audio=info, crf=crf, preset=preset) as writer:
-            for i in range(source.num_frames):
-                check_interrupt(should_stop)
-                writer.write(source.image(i))
-    finally:
-        wav.unlink(missing_ok=True)
-    return path
-
-
-def _write_float_wav(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
-    """A ``(C, S)`` float waveform as a 64-bit float PCM WAV file (PyAV)."""
-    layout = f"{waveform.shape[0]}c"
-    with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_f64le", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform, np.float64), format="dblp", layout=layout)
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    if waveform is not None:  # cut or padded with silence to the frames' duration
+        waveform = check_waveform(waveform, sample_rate)
+        fitted = np.zeros((waveform.shape[0], int(round(len(frames) / float(frame_rate(fps)) * sample_rate))),
+                          np.float32)
+        kept = min(fitted.shape[1], waveform.shape[1])
+        fitted[:, :kept] = waveform[:, :kept]
+        if fitted.shape[1] == 0:
+            raise EmptyMediaError("the frames are too short to hold any audio sample")
+        waveform = fitted
+    return write_clip(path, frames, fps, waveform, sample_rate, crf=crf, preset=preset, should_stop=should_stop,
+                      lossless_audio=audio_codec == "lossless")
 
 
 def dub_file(video, out, model, options: DubOptions | None = None, waveform: np.ndarray | None = None,
@@ -283,7 +259,7 @@ def dub_file(video, out, model, options: DubOptions | None = None, waveform: np.
     mask = out.with_name(f".{out.stem}.occluder.png") if occluder is not None else None
     try:
         if speech is not None:
-            _write_float_wav(speech, check_waveform(waveform, sample_rate), sample_rate)
+            write_wav(speech, check_waveform(waveform, sample_rate), sample_rate, float64=True)
         if mask is not None:
             occluder = np.asarray(occluder, np.float32)
             if occluder.ndim == 3 and len(occluder) == 1:

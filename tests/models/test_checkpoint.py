@@ -114,7 +114,7 @@ def test_save_is_atomic(tiny_model, tiny_file, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("stabledub_core.models.checkpoint.save_file", boom)
+    monkeypatch.setattr("stabledub_core.models.safetensors_io.save_file", boom)  # the one atomic writer
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tiny_model, target)
     assert target.read_bytes() == before

@@ -20,6 +20,9 @@ class MaskConfig:
         box_smoothing: weight of the neighbouring windows in the exponential smoothing of box centre and size
             across windows (0: no smoothing, each window's own box).
         min_box: smallest crop box side in source pixels.
+        max_growth: largest area of a window's union rectangle as a multiple of its largest single-frame Mc
+            rectangle. A face moving fast across a window widens the union into a band over the background; above
+            this ratio the window's masks follow the face instead (see :mod:`stabledub_core.masks.crop_spans`).
     """
 
     coarse_dilation: float = 0.06
@@ -28,6 +31,7 @@ class MaskConfig:
     box_shift_y: float = -0.12
     box_smoothing: float = 0.6
     min_box: int = 32
+    max_growth: float = 1.5
 
     def __post_init__(self) -> None:
         checks = {
@@ -36,8 +40,10 @@ class MaskConfig:
             "box_scale": self.box_scale >= 1,
             "box_smoothing": 0 <= self.box_smoothing < 1,
             "min_box": self.min_box >= 1,
+            "max_growth": self.max_growth >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise OptionError(f"invalid MaskConfig values for {bad}: coarse_dilation >= 0, feather >= 0, "
-                              f"box_scale >= 1, 0 <= box_smoothing < 1, min_box >= 1 (got {self})")
+                              f"box_scale >= 1, 0 <= box_smoothing < 1, min_box >= 1, max_growth >= 1 "
+                              f"(got {self})")

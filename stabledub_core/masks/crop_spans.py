@@ -4,6 +4,22 @@ Mu unions the horizontal and vertical extents of the span's coarse masks Mc - a 
 extents - and blurs its boundary outwards, so it only marks the approximate mouth position and removes the
 audio-related jaw motion from the mask. The crop box is a fixed square, much larger than Mu, so the network sees a
 continuous signal across the span; boxes are smoothed across spans so crops do not jump between spans.
+
+Fast motion. The crops are not aligned per frame: a span has one fixed box, so its crop coordinates are its source
+coordinates up to a scale, and what widens Mu is the face's own travel across the box during the span (34 px a frame
+over a 16-frame window unions 510 px of mouth positions into a band over the background, which the model repaints).
+When the union rectangle's area exceeds ``MaskConfig.max_growth`` times the span's largest single-frame Mc rectangle,
+the span's masks become *motion-compensated*: the extents are unioned in the face's own frame (each frame's extents
+taken relative to a rigid anchor that follows the head but not the jaw, :func:`mouth_masks.face_anchor`) and that one
+rectangle is placed back on each frame's anchor (``CropSpan.frame_rects``; ``CropSpan.mask_at``). The mask then has
+one shape relative to the face for the whole span - it still covers every jaw position, as Mu must, and it moves
+rigidly with the face, like the pixels under it - so the model sees the same masked face region in every frame. A
+rectangle still above the bound (a face growing or turning fast) is shrunk towards the frame's own Mc extents, which
+it always contains, until its area is the bound. This was chosen over the alternatives: splitting the span into
+sub-windows changes the crop box inside the model's window (the crops jump, and the temporal layers see it) and
+breaks the one-box-per-window layout the training data rely on; clipping the union to each frame's own mask gives
+the jaw motion back to the mask shape (the leak Mu exists to prevent). The box, ``union_mask`` and ``union_rect``
+are unchanged (the box still contains the whole travel), and a span under the bound is planned exactly as before.
 """
 
 from __future__ import annotations
@@ -37,6 +53,11 @@ class CropSpan:
         own_stop: one past the last frame it writes.
         landmarks: (n, 478, 2) float32 the span's landmarks in crop coordinates (NaN for frames without a face).
         coarse_dilation: Mc's widening as a fraction of the face width.
+        growth: area of ``union_rect`` as a multiple of the largest single-frame Mc rectangle (1 for a still face).
+        frame_rects: (n, 4) float64 (x0, y0, x1, y1) source pixels, each frame's motion-compensated Mu rectangle
+            when the span's growth was capped (NaN rows for frames without a face), else None (every frame's mask
+            is ``union_mask``).
+        frame_feathers: (n,) float64 their soft edges in source pixels, or None.
 
     ``coarse_masks`` ((n, S, S) float32 Mc per frame in crop coordinates, zeros for frames without a face; for the
     latent coarse facial loss) is drawn on first access, so inference, which does not need it, never pays for it.
@@ -53,6 +74,32 @@ class CropSpan:
     own_stop: int
     landmarks: np.ndarray = field(repr=False)
     coarse_dilation: float = 0.0
+    growth: float = 1.0
+    frame_rects: np.ndarray | None = field(default=None, repr=False)
+    frame_feathers: np.ndarray | None = field(default=None, repr=False)
+    _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def capped(self) -> bool:
+        """True when the union's growth was capped: each frame has its own (motion-compensated) mask."""
+        return self.frame_rects is not None
+
+    def mask_at(self, offset: int) -> np.ndarray:
+        """The Mu of the span's frame ``offset``: (S, S) float32 in [0, 1], crop coordinates.
+
+        ``union_mask`` itself (not a copy: treat it as read-only) unless the span was capped and the frame has a
+        face; then the frame's motion-compensated rectangle, feathered (the last one drawn is kept).
+        """
+        if self.frame_rects is None or not self.active[offset]:
+            return self.union_mask
+        if offset not in self._mask_cache:
+            scale = box_scale(self.box, self.crop_size)
+            origin = np.array([self.box[0], self.box[1], self.box[0], self.box[1]], np.float64)
+            mask = feathered_rect((self.frame_rects[offset] - origin) * scale, self.frame_feathers[offset] * scale,
+                                  self.crop_size)
+            self._mask_cache.clear()
+            self._mask_cache[offset] = mask
+        return self._mask_cache[offset]
 
     @property
     def passthrough(self) -> bool:
@@ -132,6 +179,50 @@ def _union_rect(extents: np.ndarray, feather: float) -> tuple[np.ndarray, float]
     return rect, feather * float(max(rect[2] - rect[0], rect[3] - rect[1]))
 
 
+def _area(rects: np.ndarray) -> np.ndarray:
+    """(...,) areas of (..., 4) (x0, y0, x1, y1) rectangles."""
+    return (rects[..., 2] - rects[..., 0]) * (rects[..., 3] - rects[..., 1])
+
+
+def growth_of(rect: np.ndarray, extents: np.ndarray) -> float:
+    """Area of a union rectangle (4,) as a multiple of the largest of the (n, 4) single-frame extents it unions."""
+    single = float(_area(extents).max()) if len(extents) else 0.0
+    return float(_area(rect)) / single if single > 0 else 1.0
+
+
+def compensated_rects(extents: np.ndarray, anchors: np.ndarray, max_growth: float) -> np.ndarray:
+    """Motion-compensated union rectangles: the extents unioned in the face's frame, placed on each frame's anchor.
+
+    Args:
+        extents: (n, 4) Mc extents (x0, y0, x1, y1) of the span's frames with a face, source pixels.
+        anchors: (n, 2) their rigid face anchors (:func:`mouth_masks.face_anchor`).
+        max_growth: bound on each rectangle's area as a multiple of the largest single-frame extents' area; a
+            rectangle above it is shrunk linearly towards its frame's own extents until its area is the bound.
+
+    Returns:
+        (n, 4) float64 rectangles; rectangle ``i`` contains ``extents[i]``.
+    """
+    extents = np.asarray(extents, np.float64)
+    shift = np.tile(np.asarray(anchors, np.float64), 2)  # (n, 4) (ax, ay, ax, ay)
+    local = extents - shift  # the extents relative to the face
+    aligned = np.array([*local[:, :2].min(axis=0), *local[:, 2:].max(axis=0)])  # (4,) one rectangle for the span
+    rects = aligned[None] + shift  # (n, 4)
+    target = max_growth * float(_area(extents).max())
+    over = _area(rects) > target
+    if over.any():
+        # area(own + t * (rect - own)) = target for t in [0, 1]: (w + t dw)(h + t dh) = target.
+        own = extents[over]
+        w, h = own[:, 2] - own[:, 0], own[:, 3] - own[:, 1]
+        delta = rects[over] - own
+        dw, dh = delta[:, 2] - delta[:, 0], delta[:, 3] - delta[:, 1]
+        a, b, c = dw * dh, w * dh + h * dw, w * h - target
+        root = np.sqrt(np.maximum(b * b - 4 * a * c, 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(a > 1e-9, (root - b) / (2 * a), -c / np.maximum(b, 1e-9))
+        rects[over] = own + np.clip(t, 0, 1)[:, None] * delta
+    return rects
+
+
 def plan_crop_spans(
     track: FaceTrack,
     length: int,
@@ -173,19 +264,37 @@ def plan_crop_spans(
     extents = mouth_masks.coarse_extents(landmarks, config.coarse_dilation)  # (F, 4)
     ranges = _span_ranges(len(status), length, overlap)
 
-    rects, feathers, reaches = [], [], []
+    rects, feathers, reaches, growths, capped = [], [], [], [], []
     for start, stop in ranges:
-        rect, feather = _union_rect(extents[start:stop][active[start:stop]], config.feather)
+        own = extents[start:stop][active[start:stop]]  # (n_active, 4)
+        rect, feather = _union_rect(own, config.feather)
+        reach = rect + np.array([-feather, -feather, feather, feather])  # Mu with its soft edge
+        growth = growth_of(rect, own) if len(own) else 1.0
+        frame_rects = frame_feathers = None
+        if growth > config.max_growth:
+            anchors = mouth_masks.face_anchor(landmarks[start:stop][active[start:stop]])  # (n_active, 2)
+            frame_rects = np.full((stop - start, 4), np.nan)
+            frame_rects[active[start:stop]] = compensated_rects(own, anchors, config.max_growth)
+            sides = np.maximum(frame_rects[:, 2] - frame_rects[:, 0], frame_rects[:, 3] - frame_rects[:, 1])
+            frame_feathers = config.feather * sides  # (n,) NaN for frames without a face
+            inner = frame_rects[active[start:stop]]
+            edge = frame_feathers[active[start:stop], None]
+            # The box must show every frame's mask with its soft edge, as well as the plain union.
+            reach = np.concatenate([np.minimum(reach[:2], (inner[:, :2] - edge).min(axis=0)),
+                                    np.maximum(reach[2:], (inner[:, 2:] + edge).max(axis=0))])
         rects.append(rect)
         feathers.append(feather)
-        reaches.append(rect + np.array([-feather, -feather, feather, feather]))  # Mu with its soft edge
+        reaches.append(reach)
+        growths.append(growth)
+        capped.append((frame_rects, frame_feathers))
     wanted = [box_around(reach, config.box_scale, config.box_shift_y, config.min_box)
               if np.isfinite(reach).all() else np.full(3, np.nan) for reach in reaches]
     boxes = smooth_boxes(np.array(wanted), np.array(reaches), config.box_smoothing, track.frame_size,
                          previous=previous_box)
 
     spans = []
-    for k, ((start, stop), box, rect, feather) in enumerate(zip(ranges, boxes, rects, feathers)):
+    for k, ((start, stop), box, rect, feather, growth, (frame_rects, frame_feathers)) in enumerate(
+            zip(ranges, boxes, rects, feathers, growths, capped)):
         scale = box_scale(box, crop_size)
         span_active = active[start:stop].copy()
         if span_active.any():
@@ -200,9 +309,45 @@ def plan_crop_spans(
         spans.append(CropSpan(start=start, stop=stop, box=box, union_mask=union,
                               active=span_active, union_rect=tuple(float(v) for v in rect),
                               feather=float(feather), own_start=own_start, own_stop=own_stop,
-                              landmarks=crop_landmarks, coarse_dilation=config.coarse_dilation))
+                              landmarks=crop_landmarks, coarse_dilation=config.coarse_dilation,
+                              growth=float(growth), frame_rects=frame_rects, frame_feathers=frame_feathers))
     return spans
 
+
+
+@dataclass(frozen=True)
+class MaskCaps:
+    """How often fast motion made a union mask grow past its bound (``MaskConfig.max_growth``) in a plan.
+
+    Attributes:
+        spans: spans whose masks were motion-compensated instead of their union (see the module's docstring).
+        frames: frames of those spans.
+        total_spans: spans planned.
+        widest: the largest growth seen in a capped span (how many single-frame masks its union would have been).
+        limit: the bound.
+    """
+
+    spans: int = 0
+    frames: int = 0
+    total_spans: int = 0
+    widest: float = 1.0
+    limit: float = MaskConfig.max_growth
+
+    @classmethod
+    def of(cls, spans: list[CropSpan], limit: float) -> "MaskCaps":
+        """The count over some spans."""
+        capped = [w for w in spans if w.capped]
+        return cls(len(capped), sum(w.stop - w.start for w in capped), len(spans),
+                   max((w.growth for w in capped), default=1.0), float(limit))
+
+    def __add__(self, other: "MaskCaps") -> "MaskCaps":
+        return MaskCaps(self.spans + other.spans, self.frames + other.frames, self.total_spans + other.total_spans,
+                        max(self.widest, other.widest), self.limit)
+
+    def as_dict(self) -> dict:
+        """For a JSON report."""
+        return {"capped_windows": self.spans, "capped_frames": self.frames, "windows": self.total_spans,
+                "widest_growth": round(self.widest, 2), "max_growth": self.limit}
 
 
 SPANS_PER_GROUP = 8  # spans planned together by CropPlan (box smoothing runs within a group, then continues)
@@ -234,6 +379,7 @@ class CropPlan:
         self.keep_all = keep_all
         self.group = self.span_length * SPANS_PER_GROUP
         self._groups: dict[int, list[CropSpan]] = {}
+        self._caps: dict[int, MaskCaps] = {}  # per planned group (a group planned again is not counted twice)
 
     def __len__(self) -> int:
         """Output frames the plan covers."""
@@ -261,6 +407,13 @@ class CropPlan:
         if not self.keep_all:
             self._groups = {k: v for k, v in self._groups.items() if k == g - 1}
         self._groups[g] = spans
+        self._caps[g] = MaskCaps.of(spans, self.config.max_growth)
+
+    @property
+    def caps(self) -> MaskCaps:
+        """Spans of the groups planned so far whose union growth was capped (all of them once every frame was
+        asked for)."""
+        return sum(self._caps.values(), MaskCaps(limit=self.config.max_growth))
 
     def span_at(self, i: int) -> tuple[CropSpan, int]:
         """``(span, offset)``: the span of output frame ``i`` and ``i``'s position in it."""
@@ -281,7 +434,8 @@ class CropPlan:
 
 
 def single_frame_span(span: CropSpan, offset: int) -> CropSpan:
-    """A one-frame view of a span (for per-frame occluder exposure)."""
+    """A one-frame view of a span (for per-frame occluder exposure): its ``union_mask`` is the frame's own Mu."""
     return dataclasses.replace(span, start=0, stop=1, own_start=0, own_stop=1,
                                active=span.active[offset:offset + 1],
-                               landmarks=span.landmarks[offset:offset + 1])
+                               landmarks=span.landmarks[offset:offset + 1], union_mask=span.mask_at(offset),
+                               frame_rects=None, frame_feathers=None)

@@ -83,6 +83,18 @@ def coarse_extents(landmarks: np.ndarray, dilation: float) -> np.ndarray:
     return np.concatenate([low, high], axis=-1)
 
 
+def face_anchor(landmarks: np.ndarray) -> np.ndarray:
+    """A point that follows the head but not the jaw: the mean of :data:`regions.RIGID_ANCHOR`.
+
+    Args:
+        landmarks: (..., 478, 2) pixel coordinates.
+
+    Returns:
+        (..., 2) float32 (x, y) (NaN where the landmarks are NaN).
+    """
+    return _check_landmarks(landmarks)[..., list(regions.RIGID_ANCHOR), :].mean(axis=-2)
+
+
 def _to_fixed(points: np.ndarray, offset: np.ndarray, scale: float) -> np.ndarray:
     return np.round((points - offset) * scale * _ONE).astype(np.int32)
 

@@ -91,10 +91,10 @@ def render_frame(
     def warp(crop_raster: np.ndarray) -> np.ndarray:
         return cv2.warpAffine(crop_raster.astype(np.float32), to_tile, (tile, tile), flags=cv2.INTER_LINEAR)
 
-    _tint(image, warp(span.union_mask), style.union, style.union_alpha)
+    local = index - span.start
+    _tint(image, warp(span.mask_at(local)), style.union, style.union_alpha)  # the frame's own Mu when capped
     if patches is not None and patches.cells:
         _tint(image, warp(patches.raster(span.crop_size)), style.patches, style.patches_alpha)
-    local = index - span.start
     landmarks = span.landmarks[local] * a + b if span.active[local] else None  # (478, 2) tile coordinates
     if landmarks is not None:
         coarse = mouth_masks.rasterize(landmarks, (tile, tile), dilation=span.coarse_dilation)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from stabledub_core.face.indices import FACE_OVAL, LIPS_INNER, LIPS_OUTER, MOUTH_CORNERS, NUM_LANDMARKS
 
 __all__ = ["FACE_OVAL", "FACE_WIDTH_PAIR", "LIP_CENTRES", "LIPS_INNER", "LIPS_OUTER", "LOWER_FACE_OVAL",
-           "LOWER_FACE_POLYGON", "MOUTH_CORNERS", "NOSE_BASE", "NUM_LANDMARKS"]
+           "LOWER_FACE_POLYGON", "MOUTH_CORNERS", "NOSE_BASE", "NUM_LANDMARKS", "RIGID_ANCHOR"]
 
 # Lower face oval: from the image-left cheek (132, at the level of the nose base), down the jaw line, through the
 # chin (152), up to the image-right cheek (361). Followed by NOSE_BASE it is a closed simple polygon.
@@ -30,3 +30,7 @@ FACE_WIDTH_PAIR: tuple[int, int] = (234, 454)
 
 # Top of the upper lip and bottom of the lower lip on the face's midline.
 LIP_CENTRES: tuple[int, int] = (0, 17)
+
+# Points that move with the head but not with the jaw (the nose base and the cheeks at the nose's level): their mean
+# follows the face's translation, so masks aligned on it keep the jaw's motion inside the mask.
+RIGID_ANCHOR: tuple[int, ...] = NOSE_BASE + FACE_WIDTH_PAIR

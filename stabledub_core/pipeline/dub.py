@@ -33,7 +33,7 @@ import torch
 
 from stabledub_core.errors import EmptyMediaError, NoAudioStreamError, OptionError, require_file
 from stabledub_core.face.selection import FaceChoice
-from stabledub_core.masks.crop_spans import CropPlan
+from stabledub_core.masks.crop_spans import CropPlan, MaskCaps
 from stabledub_core.media.audio import (
     check_waveform,
     encoder_length,
@@ -81,6 +81,8 @@ class DubResult:
             dub covers only the decodable frames.
         size: ``(H, W)`` of the output frames (always the source's).
         source_frames: Frames decoded from the source.
+        mask_caps: Windows where fast motion made the union mask grow past ``max_mask_growth`` (their masks followed
+            the face instead; :func:`mask_cap_note` says it in a sentence).
     """
 
     sink: object
@@ -92,6 +94,7 @@ class DubResult:
     undecodable_frames: int = 0
     size: tuple[int, int] | None = None
     source_frames: int = 0
+    mask_caps: MaskCaps = field(default_factory=MaskCaps)
 
     @property
     def num_frames(self) -> int:
@@ -201,7 +204,21 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
             done = range(start, start + len(crops))
             compositor.write(start, [buffer.pop(i) for i in done], crops, [masks.pop(i) for i in done])
     return DubResult(sink, plan, compositor.faceless, habit.detach().float().cpu(), dict(clock.seconds), track.choice,
-                     undecodable, tuple(source.size), source.num_frames)
+                     undecodable, tuple(source.size), source.num_frames, crop_plan.caps)
+
+
+def mask_cap_note(caps: MaskCaps, option: str = "max_mask_growth") -> str | None:
+    """One sentence for the user when fast motion capped union masks, else None.
+
+    Args:
+        caps: The dub's :class:`~stabledub_core.masks.crop_spans.MaskCaps` (``DubResult.mask_caps``).
+        option: How the user names the bound (the CLI: ``--max-mask-growth``).
+    """
+    if not caps.spans:
+        return None
+    return (f"fast motion: in {caps.spans} of {caps.total_spans} windows ({caps.frames} frames) the face moved so "
+            f"far that the union mouth mask would have covered up to {caps.widest:.1f}x one frame's mask, over the "
+            f"background; there the mask followed the face instead, at most {caps.limit:g}x ({option} sets it)")
 
 
 def check_inputs(video, audio, out) -> None:
@@ -302,6 +319,7 @@ class DubbedClip:
         faceless_frames: Output frames left unchanged because no face was tracked in them.
         habit: ``(C,)`` the lip-habit vector used.
         face: Which face was dubbed when several were seen, or None (see :class:`DubResult`).
+        mask_caps: Windows whose union mask fast motion capped (see :class:`DubResult`).
     """
 
     frames: np.ndarray
@@ -311,6 +329,7 @@ class DubbedClip:
     faceless_frames: int
     habit: torch.Tensor
     face: FaceChoice | None = None
+    mask_caps: MaskCaps = field(default_factory=MaskCaps)
 
 
 def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model, options: DubOptions | None = None,
@@ -341,4 +360,4 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
                         occluder, on_progress, should_stop, source_wave16=source_wave16, habit=habit)
     plan = result.plan
     return DubbedClip(result.sink.result(), fit_samples(waveform, plan.audio_samples), sample_rate, plan.fps,
-                      result.faceless_frames, result.habit, result.face)
+                      result.faceless_frames, result.habit, result.face, result.mask_caps)

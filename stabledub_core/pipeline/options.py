@@ -111,10 +111,13 @@ class MaskOptions(StageOptions):
                                 min=1, max=64)
     occluder_fraction: float = option(0.2, "part of a patch an occluder must cover to keep the patch",
                                       min=0.01, max=1.0, step=0.01)
+    max_mask_growth: float = option(MaskConfig.max_growth, "largest area of a window's union mask as a multiple "
+                                    "of one frame's mask; a face moving faster makes the masks follow the face "
+                                    "instead of covering its whole path (100: practically never)", min=1.0, max=100.0, step=0.1)
 
     def mask_config(self) -> MaskConfig:
-        """The mask geometry with this margin."""
-        return MaskConfig(coarse_dilation=self.mask_margin)
+        """The mask geometry with this margin and growth bound."""
+        return MaskConfig(coarse_dilation=self.mask_margin, max_growth=self.max_mask_growth)
 
 
 @dataclass

@@ -201,7 +201,8 @@ class AppearanceCrops:
 
 def inpaint_mask(span: CropSpan, offset: int, options: MaskOptions, patches: ExposedPatches | None = None,
                  occluder: np.ndarray | None = None) -> np.ndarray:
-    """The inpainting mask of one frame: its span's Mu with the exposed patches set to 0.
+    """The inpainting mask of one frame: its Mu (the span's, or its own where fast motion capped the span's union:
+    ``CropSpan.mask_at``) with the exposed patches set to 0.
 
     Args:
         span: The frame's span.
@@ -214,7 +215,7 @@ def inpaint_mask(span: CropSpan, offset: int, options: MaskOptions, patches: Exp
         ``(S, S)`` float32, 1 = inpaint, 0 = keep the source pixels (the span's own Mu, not a copy, when no patch
         is exposed: treat it as read-only).
     """
-    mask = span.union_mask  # shared by the span's frames while nothing is exposed (the paste weight is reused)
+    mask = span.mask_at(offset)  # the span's Mu is shared by its frames while nothing is exposed (paste weight reused)
     if patches is not None and patches.cells:
         mask = apply(mask, patches)
     if occluder is not None and not span.passthrough:
@@ -329,12 +330,13 @@ class Compositor:
             start: Output index of the first frame.
             images: Its source images ``(H, W, 3)`` uint8, in order.
             crops: Their generated crops ``(s, s, 3)`` of any size ``s`` (uint8, or float in [0, 1]).
-            masks: Their blending masks ``(S, S)`` in crop coordinates, or None for each span's Mu.
+            masks: Their blending masks ``(S, S)`` in crop coordinates, or None for each frame's Mu
+                (``CropSpan.mask_at``).
         """
         masks = iter(masks) if masks is not None else None
         for i, (image, crop) in enumerate(zip(images, crops), start):
             span, offset = self.plan.span_at(i)
-            mask = next(masks) if masks is not None else span.union_mask
+            mask = next(masks) if masks is not None else span.mask_at(offset)
             if span.active[offset]:
                 with self.clock.stage("composite"):
                     image = paste_back(image[None], to_uint8(crop)[None], span.box,

@@ -2,7 +2,8 @@
 
 Everything is small so that a whole dub (MediaPipe tracking, the tiny preset, one sampler step) takes a few seconds:
 4 frames of the astronaut photo under the head motion of ``assets/face_occluded.mp4`` at 160x160, a 0.16 s tone as
-speech (the model's cost grows with the frames; a dub of 12 frames for the signal tests, which must last), and checkpoints of the tiny preset (one healthy, one with a NaN weight, one all-inf VAE tensor, one whose
+speech (the model's cost grows with the frames; a dub of 12 frames for the signal tests, which must last), the face
+moving 34 px a frame, and checkpoints of the tiny preset (one healthy, one with a NaN weight, one all-inf VAE tensor, one whose
 weights overflow when the model runs).
 """
 
@@ -39,6 +40,23 @@ def _two_faces(frames: list[np.ndarray]) -> list[np.ndarray]:
         right = np.full_like(f, 40)
         right[20:140, 20:140] = small
         out.append(np.concatenate([f, right], axis=1))
+    return out
+
+
+STEP = 34  # px a frame of the fast-moving face
+
+
+FAST_FACE, FAST_SIZE = 192, (288, 294)  # the fast clip: face frames of 192 px in 294x288 frames (a smaller face is lost)
+
+
+def _fast(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The face frames moving STEP px a frame to the right over a grey background, in frames tall enough for a crop
+    box holding their travel."""
+    out = []
+    for k, f in enumerate(frames):
+        canvas = np.full((*FAST_SIZE, 3), 90, np.uint8)
+        canvas[48:48 + FAST_FACE, STEP * k:STEP * k + FAST_FACE] = f
+        out.append(canvas)
     return out
 
 
@@ -83,6 +101,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         "two_faces": write_video(folder / "two.mp4", FRAMES, fps=FPS, size=(SIZE, 2 * SIZE),
                                  frames=_two_faces(frames)),
         "odd": _odd_video(folder / "odd.mp4", frames, (159, 161)),
+        "fast": write_video(folder / "fast.mp4", FRAMES, fps=FPS, size=FAST_SIZE, frames=_fast(_frames(FAST_FACE))),
         "long_video": write_video(folder / "long.mp4", LONG, fps=FPS, size=(SIZE, SIZE), frames=_frames(count=LONG),
                                   audio=tone(LONG / FPS, 16000), audio_rate=16000),
     }

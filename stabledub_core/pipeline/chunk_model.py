@@ -3,6 +3,13 @@
 :class:`ChunkModel` is the seam between the orchestration and the network: the stages hand it model-resolution
 crops, masks and appearance crops of a chunk of frames and get generated crops back. :class:`StableDubChunkModel`
 implements it for a ``StableDub`` model; tests give light stand-ins.
+
+The per-frame audio context does not depend on how the clip is cut into chunks: the frames are grouped in blocks of
+the model's window (frames ``[k W, (k + 1) W)``, the length the model was trained on) and each block's context is
+cut from the audio encoder run on that block's speech segment, as the training datasets do. A chunk takes the blocks
+it overlaps (:class:`AudioContextBlocks`, bounded memory); the whole clip's context
+(:meth:`StableDubChunkModel.audio_context`, the ComfyUI Audio Encode node) is the same blocks in a row, so a context
+computed once and handed to ``begin`` gives exactly what the model computes itself.
 """
 
 from __future__ import annotations
@@ -129,9 +136,10 @@ class ChunkModel(Protocol):
         """The lip-habit vector ``(C,)`` of K lip crops ``(K, s, s, 3)`` uint8 (any size s)."""
 
     def begin(self, wave16: np.ndarray, frame_times: np.ndarray, habit: torch.Tensor,
-              source: SourceSpeech | None = None) -> None:
+              source: SourceSpeech | None = None, audio_context: torch.Tensor | None = None) -> None:
         """Start a clip: its 16 kHz mono speech, output frame times (s) and habit vector ``(C,)``; with ``source``,
-        start every chunk from the DDIM inversion of its source crops under that speech."""
+        start every chunk from the DDIM inversion of its source crops under that speech; with ``audio_context``
+        (``(F_out, T, C_a)``, from ``StableDubChunkModel.audio_context``), use it instead of encoding ``wave16``."""
 
     def generate(self, start: int, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray,
                  clock: StageTimer, should_stop: StopCheck | None,
@@ -150,6 +158,58 @@ class ChunkModel(Protocol):
         Returns:
             ``(n, S, S, 3)`` uint8 generated crops.
         """
+
+
+class AudioContextBlocks:
+    """The per-frame audio context of a clip, computed block by block (blocks of ``window`` frames) on demand.
+
+    Args:
+        encode: ``encode(wave16, times) -> (n, T, C_a)``: the context of frames at ``times`` from the encoder run on
+            their speech segment (``StableDubChunkModel._audio_context``).
+        wave16: ``(S16,)`` float32 16 kHz mono speech.
+        times: ``(F,)`` frame times (s) in it.
+        window: Frames per block (the model's window).
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray, np.ndarray], torch.Tensor], wave16: np.ndarray,
+                 times: np.ndarray, window: int):
+        self.encode, self.wave16, self.times, self.window = encode, wave16, np.asarray(times, np.float64), window
+        self._blocks: dict[int, torch.Tensor] = {}  # block index -> (window, T, C_a), only those still needed
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def block(self, k: int) -> torch.Tensor:
+        """``(n, T, C_a)`` context of frames ``[k window, (k + 1) window)`` (fewer at the clip's end)."""
+        if k not in self._blocks:
+            part = slice(k * self.window, min((k + 1) * self.window, len(self.times)))
+            self._blocks[k] = self.encode(self.wave16, self.times[part])
+        return self._blocks[k]
+
+    def frames(self, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, T, C_a)`` context of frames ``[start, stop)``; blocks before ``start`` are dropped
+        (chunks come in order), so memory stays bounded on long clips."""
+        if not 0 <= start < stop <= len(self.times):
+            raise OptionError(f"audio context of frames [{start}, {stop}) asked for a clip of {len(self.times)} "
+                              "frames")
+        first, last = start // self.window, (stop - 1) // self.window
+        for k in [k for k in self._blocks if k < first]:
+            del self._blocks[k]
+        context = torch.cat([self.block(k) for k in range(first, last + 1)])
+        return context[start - first * self.window:stop - first * self.window]
+
+
+class PrecomputedAudioContext:
+    """A clip's whole ``(F, T, C_a)`` audio context given to ``begin`` (e.g. by the ComfyUI Audio Encode node)."""
+
+    def __init__(self, context: torch.Tensor):
+        self.context = context
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    def frames(self, start: int, stop: int) -> torch.Tensor:
+        return self.context[start:stop]
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -183,13 +243,45 @@ class StableDubChunkModel:
         return habit_vector(self.model.habit, lips, self.device, self.dtype)
 
     def begin(self, wave16: np.ndarray, frame_times: np.ndarray, habit: torch.Tensor,
-              source: SourceSpeech | None = None) -> None:
+              source: SourceSpeech | None = None, audio_context: torch.Tensor | None = None) -> None:
         self.wave16 = wave16
         self.times = np.asarray(frame_times, np.float64)
         self.source = source
+        if audio_context is None:
+            self._audio = AudioContextBlocks(self._audio_context, wave16, self.times, self.window)
+        else:
+            self._audio = PrecomputedAudioContext(self.check_audio_context(audio_context, len(self.times)))
+        self._source_audio = None if source is None else AudioContextBlocks(
+            self._audio_context, source.wave16, source.frame_times, self.window)
         self._v = habit.to(self.device, self.dtype)
         latent = self.crop_size // 2 ** (len(self.config.vae.block_out_channels) - 1)
         self._noise = self.sampler.clip_noise((self.config.vae.latent_channels, latent, latent))
+
+    def audio_context(self, wave16: np.ndarray, frame_times: np.ndarray) -> torch.Tensor:
+        """The whole clip's per-frame audio context, block by block exactly as :meth:`generate` computes it.
+
+        Args:
+            wave16: ``(S16,)`` float32 16 kHz mono speech.
+            frame_times: ``(F,)`` output frame times (s) in it.
+
+        Returns:
+            ``(F, T, C_a)`` float32 on the CPU, for ``begin(..., audio_context=...)``.
+        """
+        blocks = AudioContextBlocks(self._audio_context, np.asarray(wave16, np.float32), frame_times, self.window)
+        if len(blocks) == 0:
+            raise OptionError("no frames to compute the audio context of")
+        return torch.cat([blocks.block(k) for k in range((len(blocks) - 1) // self.window + 1)])
+
+    def check_audio_context(self, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """A given audio context checked against the clip's frames and this model's audio features."""
+        audio_cfg = self.config.audio
+        shape = (num_frames, int(audio_cfg.tokens_per_frame), int(audio_cfg.feature_size))
+        if not isinstance(context, torch.Tensor) or tuple(context.shape) != shape:
+            got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise OptionError(f"the audio features have shape {got} but this clip and model need {shape} (frames, "
+                              "tokens per frame, feature width): encode the speech again for these frames with this "
+                              "model")
+        return context.float().cpu()
 
     def _audio_context(self, wave16: np.ndarray, times: np.ndarray) -> torch.Tensor:
         """``(n, T, C_a)`` per-frame audio features of the speech ``wave16`` at the frame times ``times`` (s)."""
@@ -209,7 +301,7 @@ class StableDubChunkModel:
         vae = self.model.vae
         with torch.no_grad():
             with clock.stage("audio"):
-                audio = self._audio_context(self.wave16, self.times[start:start + n])  # (n, T, C_a)
+                audio = self._audio.frames(start, start + n)  # (n, T, C_a)
             with clock.stage("vae_encode"):
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
                 masked = encode_frames(vae, _to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
@@ -221,7 +313,7 @@ class StableDubChunkModel:
             start_latents = {"noise": self._noise.frames(start, start + n)}
             if self.source is not None:
                 with clock.stage("invert"):  # EdiDub: the source crops' latents walked back to the first step
-                    source_audio = self._audio_context(self.source.wave16, self.source.frame_times[start:start + n])
+                    source_audio = self._source_audio.frames(start, start + n)  # (n, T, C_a)
                     source_tokens = branch_tokens(self.model.habit, source_audio, self._v, (Branch.FULL,),
                                                   self.device, self.dtype)
                     clean = encode_frames(vae, _to_tensor(crops)).float().cpu()

@@ -1,6 +1,7 @@
 """The stages over a whole clip in memory, one function per node of the modular ComfyUI graph.
 
     Track Faces -> Plan Masks -> (Occluder Exposure) -> Crop Faces -> Lip Crops -> Sample -> Paste Back
+                                                               (Audio Encode) -^
 
 Each function maps the per-frame stage of ``pipeline/stages.py`` over the clip, so the graph computes exactly what
 the streaming dub computes for the same frames, options and seed; what it adds is that every intermediate is a value
@@ -10,6 +11,8 @@ occluder MASK from a segmentation node).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -20,10 +23,11 @@ from stabledub_core.errors import EmptyMediaError, OptionError
 from stabledub_core.face.track import FaceTrack
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposedPatches
-from stabledub_core.media.audio import check_waveform
+from stabledub_core.media.audio import check_waveform, encoder_length, fit_samples, to_encoder_input
 from stabledub_core.media.clip import write_clip, write_wav
 from stabledub_core.media.video import output_format
 from stabledub_core.media.frames import FrameSink, FrameSource, frame_rate
+from stabledub_core.media.length_policy import plan_length
 from stabledub_core.models.audio_context import uniform_frame_times
 from stabledub_core.pipeline.chunk_model import SourceSpeech, as_chunk_model
 from stabledub_core.pipeline.dub import DubResult, dub_video
@@ -106,10 +110,78 @@ def occluded_cells(plan: CropPlan, index: int, options: MaskOptions, occluder: n
     return occluder_cells(span, offset, options, frame)
 
 
-def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray, wave16: np.ndarray, fps,
-                   habit: np.ndarray | torch.Tensor, options: DubOptions | None = None,
+@dataclass
+class AudioFeatures:
+    """Speech encoded once for a clip's frames (the ComfyUI Audio Encode node), reusable by every Sample.
+
+    Attributes:
+        context: ``(F, T, C_a)`` float32 per-frame audio context (``StableDubChunkModel.audio_context``).
+        wave16: ``(S16,)`` float32 16 kHz mono speech it was encoded from (after the length policy).
+        fps: Frame rate of the frames.
+        waveform: ``(C, S)`` float32 speech after the length policy, at ``sample_rate`` (to save with the frames).
+        sample_rate: Its rate.
+    """
+
+    context: torch.Tensor
+    wave16: np.ndarray
+    fps: Fraction
+    waveform: np.ndarray
+    sample_rate: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.context)
+
+
+def encode_audio(model, waveform: np.ndarray, sample_rate: int, num_frames: int, fps, length_policy: str,
+                 options: DubOptions | None = None) -> AudioFeatures:
+    """Encode speech once into the per-frame audio context of a clip's frames, under a length policy.
+
+    The speech is fitted as the streaming dub fits it (``plan_length``; resampled to 16 kHz, then cut or padded to
+    the policy's duration) and encoded block by block as ``StableDubChunkModel.generate`` does, so Sample with these
+    features gives exactly what it computes from the speech itself.
+
+    Args:
+        model: A ``StableDub`` or any ``ChunkModel`` with ``audio_context``.
+        waveform: ``(C, S)`` float32 speech.
+        sample_rate: Its rate.
+        num_frames: Frames of the clip the speech is for.
+        fps: Their frame rate.
+        length_policy: What to do when speech and frames differ in length (``LengthOptions.length_policy``). A
+            policy that changes the frame count (e.g. ``loop``) gives features for the new count: fit the frames the
+            same way (StableDub Fit Length).
+        options: Runtime (device, dtype).
+
+    Returns:
+        The :class:`AudioFeatures`.
+    """
+    options = options or DubOptions()
+    waveform = check_waveform(waveform, sample_rate)
+    rate = frame_rate(fps)
+    plan = plan_length(length_policy, int(num_frames), rate, waveform.shape[1], sample_rate)
+    wave16 = fit_samples(to_encoder_input(waveform, sample_rate), encoder_length(plan.audio_samples, sample_rate))
+    chunk_model = as_chunk_model(model, options.sampling, options.runtime)
+    context = chunk_model.audio_context(wave16, uniform_frame_times(plan.num_frames, plan.fps))  # (F, T, C_a)
+    return AudioFeatures(context, wave16, plan.fps, fit_samples(waveform, plan.audio_samples), sample_rate)
+
+
+def check_audio_features(features: AudioFeatures, num_frames: int, fps) -> AudioFeatures:
+    """Audio features checked against the frames they are used with (count and frame rate)."""
+    if features.num_frames != num_frames:
+        raise OptionError(f"the audio features cover {features.num_frames} frames but there are {num_frames}: encode "
+                          "the speech for these frames (StableDub Audio Encode with their images), or fit the frames "
+                          "with the same length policy (StableDub Fit Length)")
+    if frame_rate(fps) != features.fps:
+        raise OptionError(f"the audio features were encoded for {float(features.fps):g} fps but the frames are at "
+                          f"{float(frame_rate(fps)):g} fps: give Audio Encode the frames' fps")
+    return features
+
+
+def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.ndarray, wave16: np.ndarray | None,
+                   fps, habit: np.ndarray | torch.Tensor, options: DubOptions | None = None,
                    on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
-                   source_wave16: np.ndarray | None = None) -> np.ndarray:
+                   source_wave16: np.ndarray | None = None,
+                   audio_features: AudioFeatures | None = None) -> np.ndarray:
     """Dub model-resolution crops with a model: the chunk loop of the streaming dub over crops in memory.
 
     Args:
@@ -117,7 +189,8 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
         crops: ``(F, S, S, 3)`` uint8 source crops at the model's resolution.
         masks: ``(F, S, S)`` float32 inpainting masks (1 = generate).
         appearance: ``(F, S, S, 3)`` uint8 appearance reference crops.
-        wave16: ``(S16,)`` float32 16 kHz mono speech; frame ``i`` is at ``i / fps`` seconds.
+        wave16: ``(S16,)`` float32 16 kHz mono speech; frame ``i`` is at ``i / fps`` seconds (None with
+            ``audio_features``).
         fps: Frame rate of the crops.
         habit: ``(K, s, s, 3)`` uint8 lip crops of the habit segment (any clip of the same speaker), or a saved
             ``(C,)`` habit vector.
@@ -126,11 +199,15 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
         should_stop: Interruption check.
         source_wave16: ``(S16,)`` float32 16 kHz mono speech the crops were filmed with (same timing as
             ``wave16``): when given, every chunk starts from the DDIM inversion of its crops under it.
+        audio_features: The speech encoded once (:func:`encode_audio`), instead of ``wave16``: the same crops as
+            from the speech it was encoded from.
 
     Returns:
         ``(F, S, S, 3)`` uint8 generated crops.
     """
     options = options or DubOptions()
+    if (wave16 is None) == (audio_features is None):
+        raise OptionError("give either the speech or its audio features (StableDub Audio Encode), not both")
     chunk_model = as_chunk_model(model, options.sampling, options.runtime)
     n, size = len(crops), chunk_model.crop_size
     for name, value, shape in (("crops", crops, (n, size, size, 3)), ("masks", masks, (n, size, size)),
@@ -142,7 +219,11 @@ def generate_crops(model, crops: np.ndarray, masks: np.ndarray, appearance: np.n
     times = uniform_frame_times(n, rate)
     v = habit if isinstance(habit, torch.Tensor) else chunk_model.encode_habit(habit)
     source = None if source_wave16 is None else SourceSpeech.covering(source_wave16, times, rate)
-    chunk_model.begin(np.asarray(wave16, np.float32), times, v, source=source)
+    if audio_features is None:
+        chunk_model.begin(np.asarray(wave16, np.float32), times, v, source=source)
+    else:
+        check_audio_features(audio_features, n, rate)
+        chunk_model.begin(audio_features.wave16, times, v, source=source, audio_context=audio_features.context)
 
     def inputs(chunk):
         part = slice(chunk.start, chunk.stop)

@@ -42,9 +42,9 @@ def _load_core() -> None:
 
 _load_core()
 
-from . import compositing, face, habit, loaders, masks, sampling  # noqa: E402
+from . import audio, compositing, face, habit, loaders, masks, sampling  # noqa: E402
 
-_MODULES = (loaders, face, habit, masks, compositing, sampling)
+_MODULES = (loaders, face, habit, masks, compositing, audio, sampling)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

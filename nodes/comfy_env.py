@@ -21,6 +21,8 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACE_MODEL = "face_landmarker.task"
 BUNDLED_FACE_MODEL = os.path.join(PACK_DIR, "assets", FACE_MODEL)  # MediaPipe's model, shipped with the pack
+DEMO_CHECKPOINT = "stabledub_tiny_demo.safetensors"  # the checkpoint the shipped workflows name
+BUNDLED_CHECKPOINT = os.path.join(PACK_DIR, "assets", DEMO_CHECKPOINT)  # the tiny demo model, shipped with the pack
 
 
 def register_model_folders() -> None:
@@ -75,24 +77,46 @@ def model_folder(folder: str) -> str:
     return path
 
 
+def files_with_bundled(folder: str, name: str, bundled: str) -> list[str]:
+    """A model folder's files, then the pack's bundled file ``bundled`` listed as ``name`` when the folder has no
+    file of that name (so a fresh install works; a user's copy in the folder takes precedence)."""
+    names = model_files(folder)
+    if name not in names and os.path.isfile(bundled):
+        names.append(name)
+    return names
+
+
+def path_with_bundled(folder: str, name: str, bundled_name: str, bundled: str) -> str:
+    """Full path of a :func:`files_with_bundled` entry: the file in the model folder, else the bundled copy."""
+    import folder_paths
+
+    register_model_folders()
+    path = folder_paths.get_full_path(folder, name)
+    if path is None and name == bundled_name and os.path.isfile(bundled):
+        return bundled
+    return model_path(folder, name)
+
+
 def face_models() -> list[str]:
     """The face-model dropdown: ``.task`` files of ``models/mediapipe``, then the pack's bundled
-    ``face_landmarker.task`` under that name when the folder has none of that name (so a fresh install works)."""
-    names = model_files("mediapipe")
-    if FACE_MODEL not in names and os.path.isfile(BUNDLED_FACE_MODEL):
-        names.append(FACE_MODEL)
-    return names
+    ``face_landmarker.task`` under that name when the folder has none of that name."""
+    return files_with_bundled("mediapipe", FACE_MODEL, BUNDLED_FACE_MODEL)
 
 
 def face_model_path(name: str) -> str:
     """Full path of a :func:`face_models` entry: the file in ``models/mediapipe``, else the bundled copy."""
-    import folder_paths
+    return path_with_bundled("mediapipe", name, FACE_MODEL, BUNDLED_FACE_MODEL)
 
-    register_model_folders()
-    path = folder_paths.get_full_path("mediapipe", name)
-    if path is None and name == FACE_MODEL and os.path.isfile(BUNDLED_FACE_MODEL):
-        return BUNDLED_FACE_MODEL
-    return model_path("mediapipe", name)
+
+def checkpoints() -> list[str]:
+    """The checkpoint dropdown: ``.safetensors`` files of ``models/stabledub``, then the pack's bundled demo model
+    ``stabledub_tiny_demo.safetensors`` (``assets/``) when it exists and the folder has none of that name."""
+    return files_with_bundled("stabledub", DEMO_CHECKPOINT, BUNDLED_CHECKPOINT)
+
+
+def checkpoint_path(name: str) -> str:
+    """Full path of a :func:`checkpoints` entry: the file in ``models/stabledub``, else the bundled demo model."""
+    return path_with_bundled("stabledub", name, DEMO_CHECKPOINT, BUNDLED_CHECKPOINT)
 
 
 def model_subfolders(folder: str) -> list[str]:
@@ -139,21 +163,59 @@ def input_path(name: str) -> str:
     return folder_paths.get_annotated_filepath(name)
 
 
+def check_prefix(prefix: str) -> str:
+    """A ``filename_prefix`` checked before any work: a relative name inside ComfyUI's output folder.
+
+    Raises:
+        OutputPathError: An empty prefix, one with control characters, an absolute path or one leaving the output
+            folder (ComfyUI's own savers refuse those too), each with what to type instead.
+    """
+    from stabledub_core.errors import OutputPathError
+
+    name = prefix.strip()
+    if not name or name.endswith(("/", os.sep)) or os.path.basename(os.path.normpath(name)) in ("", ".", ".."):
+        raise OutputPathError(f"filename_prefix {prefix!r} has no file name: give one such as StableDub or "
+                              "clips/dub (a sub-folder, then the name)")
+    if any(ord(c) < 32 for c in name):
+        raise OutputPathError(f"filename_prefix {prefix!r} holds control characters: use letters, digits, - _ "
+                              "and / for a sub-folder")
+    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+        raise OutputPathError(f"filename_prefix {prefix!r} leaves ComfyUI's output folder: give a name relative to "
+                              "it (a sub-folder such as clips/dub is fine)")
+    return name
+
+
 def output_file(prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[str, str, str]:
     """A new file in ComfyUI's output folder, numbered as ComfyUI's own savers do: ``<name>_00001_.<extension>``.
 
     Returns:
         ``(full path, file name, sub-folder)``; the name is never one that exists already.
+
+    Raises:
+        OutputPathError: A bad prefix (:func:`check_prefix`), or a sub-folder that cannot be made (a file in the
+            way, no permission), or a folder that cannot be written to; nothing is written.
     """
     import folder_paths
 
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-        prefix, folder_paths.get_output_directory(), width, height)
+    from stabledub_core.errors import OutputPathError
+    from stabledub_core.media.output import check_output_path
+
+    prefix = check_prefix(prefix)
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            prefix, folder_paths.get_output_directory(), width, height)
+    except OSError as exc:
+        raise OutputPathError(f"filename_prefix {prefix!r}: cannot make its folder in the output folder "
+                              f"({exc.strerror or type(exc).__name__}: {exc.filename}): choose another "
+                              "filename_prefix") from None
     while True:  # the trailing "_" lets ComfyUI's counter advance; a name taken some other way is skipped
         filename = f"{name}_{counter:05}_.{extension}"
         if not os.path.exists(os.path.join(folder, filename)):
-            return os.path.join(folder, filename), filename, subfolder
+            break
         counter += 1
+    path = os.path.join(folder, filename)
+    check_output_path(path, "filename_prefix")  # a writable folder, probed by a file, before any work
+    return path, filename, subfolder
 
 
 def video_ui(filename: str, subfolder: str) -> dict:

@@ -32,7 +32,8 @@ class StableDubLoadModel:
         from stabledub_core.pipeline.options import RuntimeOptions
 
         return {"required": {
-            "ckpt_name": (comfy_env.model_files("stabledub"), {"tooltip": "checkpoint in models/stabledub"}),
+            "ckpt_name": (comfy_env.checkpoints(), {"tooltip": "checkpoint in models/stabledub (else the demo model "
+                                                               "bundled with the pack, when present)"}),
             "dtype": widget(RuntimeOptions, "dtype"),
             "vae_name": ([IN_CHECKPOINT] + comfy_env.model_files("vae"),
                          {"tooltip": "SD 1.5 VAE, for checkpoints that do not store it"}),
@@ -41,17 +42,24 @@ class StableDubLoadModel:
                                      "audio encoder"}),
         }}
 
+    @interruptible
     def load(self, ckpt_name, dtype, vae_name=IN_CHECKPOINT, wav2vec2=NOT_NEEDED):
         import comfy.model_management as mm  # ComfyUI's: imported when a node runs, never at import time
 
+        from stabledub_core.errors import CheckpointError
         from stabledub_core.models.checkpoint import load_checkpoint
         from stabledub_core.pipeline.chunk_model import resolve_dtype, torch_dtype
 
         name = resolve_dtype(dtype, mm.get_torch_device())
-        model = load_checkpoint(
-            comfy_env.model_path("stabledub", ckpt_name), device=mm.unet_offload_device(), dtype=torch_dtype(name),
-            vae_path=None if vae_name == IN_CHECKPOINT else comfy_env.model_path("vae", vae_name),
-            wav2vec2_path=None if wav2vec2 == NOT_NEEDED else comfy_env.model_subfolder("wav2vec2", wav2vec2))
+        try:
+            model = load_checkpoint(
+                comfy_env.checkpoint_path(ckpt_name), device=mm.unet_offload_device(), dtype=torch_dtype(name),
+                vae_path=None if vae_name == IN_CHECKPOINT else comfy_env.model_path("vae", vae_name),
+                wav2vec2_path=None if wav2vec2 == NOT_NEEDED else comfy_env.model_subfolder("wav2vec2", wav2vec2))
+        except CheckpointError as exc:  # what is wrong with the file, then what to do in the node
+            exc.args = (f"ckpt_name {ckpt_name!r}: {exc}; pick another ckpt_name, or replace the file in "
+                        "models/stabledub with a StableDub .safetensors checkpoint",)
+            raise
         return (ModelHandle(model, name, ckpt_name),)
 
 

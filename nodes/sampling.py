@@ -12,7 +12,8 @@ import shutil
 import uuid
 
 from . import comfy_env, convert
-from .base import FPS, HABIT_IN, IMAGES_IN, MODEL_IN, interruptible
+from .base import AUDIO_FEATURES_IN, FPS, HABIT_IN, IMAGES_IN, MODEL_IN, interruptible
+from .face import FACE_WIDGETS
 from .widgets import widgets
 
 SAMPLER_WIDGETS = ("steps", "scheduler", "audio_scale", "habit_scale", "seed", "overlap", "windows_per_chunk")
@@ -55,10 +56,11 @@ class StableDubSample:
             "crops": ("IMAGE", {"tooltip": "face crops at the model's resolution (StableDub Crop Faces)"}),
             "masks": ("MASK", {"tooltip": "inpainting masks in crop coordinates (Plan Masks / Occluder Exposure)"}),
             "appearance": ("IMAGE", {"tooltip": "appearance reference crops (StableDub Crop Faces)"}),
-            "audio": ("AUDIO", {"tooltip": "speech, starting with the first frame"}),
             "fps": FPS,
             **widgets(SamplingOptions, *SAMPLER_WIDGETS),
         }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "speech, starting with the first frame (or connect audio_features)"}),
+            "audio_features": AUDIO_FEATURES_IN,
             "lip_crops": ("IMAGE", {"tooltip": "lip-habit segment (StableDub Lip Crops), any clip of the speaker; "
                                                "or connect a habit"}),
             "habit": HABIT_IN,
@@ -66,8 +68,8 @@ class StableDubSample:
         }}
 
     @interruptible
-    def sample(self, model, crops, masks, appearance, audio, fps, lip_crops=None, habit=None, source_audio=None,
-               **values):
+    def sample(self, model, crops, masks, appearance, fps, audio=None, audio_features=None, lip_crops=None, habit=None,
+               source_audio=None, **values):
         from stabledub_core.errors import OptionError
         from stabledub_core.media.audio import to_encoder_input
         from stabledub_core.pipeline.modular import check_habit, generate_crops
@@ -75,15 +77,17 @@ class StableDubSample:
         if (lip_crops is None) == (habit is None):
             raise OptionError("connect either lip_crops (StableDub Lip Crops) or a habit (StableDub Habit Encode / "
                               "Load Habit), not both")
+        if (audio is None) == (audio_features is None):
+            raise OptionError("connect either audio or audio_features (StableDub Audio Encode), not both")
         condition = check_habit(model.model, habit) if habit is not None else convert.image_uint8(lip_crops,
                                                                                                   "lip_crops")
-        waveform, rate = convert.audio_in(audio)
+        wave16 = None if audio is None else to_encoder_input(*convert.audio_in(audio))
         with comfy_env.model_on_device(model) as device:
             options = dub_options(device, model.dtype, source_audio is not None, **values)
             out = generate_crops(
                 model.model, convert.image_uint8(crops, "crops"), convert.mask_in(masks),
-                convert.image_uint8(appearance, "appearance"), to_encoder_input(waveform, rate), fps,
-                condition, options, comfy_env.Progress(len(crops)), comfy_env.should_stop, source_speech(source_audio))
+                convert.image_uint8(appearance, "appearance"), wave16, fps, condition, options,
+                comfy_env.Progress(len(crops)), comfy_env.should_stop, source_speech(source_audio), audio_features)
         return (convert.image_out(out),)
 
 
@@ -98,7 +102,8 @@ class StableDubDub:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from stabledub_core.pipeline.options import ConditionOptions, LengthOptions, MaskOptions, SamplingOptions
+        from stabledub_core.pipeline.options import (ConditionOptions, LengthOptions, MaskOptions, SamplingOptions,
+                                                     TrackingOptions)
 
         return {"required": {
             "model": MODEL_IN,
@@ -112,6 +117,7 @@ class StableDubDub:
             **widgets(SamplingOptions, *SAMPLER_WIDGETS),
             **widgets(ConditionOptions, "reference", "habit_frames"),
             **widgets(MaskOptions, "mask_margin", "occluder_grid", "occluder_fraction"),
+            **widgets(TrackingOptions, *FACE_WIDGETS),
         }, "optional": {"occluder": ("MASK", {"tooltip": "one mask for all frames or one per frame, at the frames' "
                                                     "size; white = keep (an occluder)"}),
                          "source_audio": SOURCE_AUDIO, "habit": HABIT_IN}}
@@ -141,7 +147,8 @@ NO_FILE = "(the video input or video_path)"
 TEMPORARY_VIDEO = "stabledub_video_"  # name start of the temporary copy of a VIDEO held in memory
 DUB_WIDGETS = (("LengthOptions", ("length_policy",)), ("SamplingOptions", SAMPLER_WIDGETS),
                ("ConditionOptions", ("reference", "habit_frames")),
-               ("MaskOptions", ("mask_margin", "occluder_grid", "occluder_fraction")))
+               ("MaskOptions", ("mask_margin", "occluder_grid", "occluder_fraction")),
+               ("TrackingOptions", FACE_WIDGETS))
 
 
 def video_file(video: str, video_path: str = "", video_in=None) -> str:

@@ -75,3 +75,33 @@ def _face_frames(n: int) -> torch.Tensor:
 
     image = cv2.cvtColor(cv2.imread(str(REPO / "tests" / "data" / "astronaut.jpg")), cv2.COLOR_BGR2RGB)
     return torch.from_numpy(np.stack([image] * n)).float() / 255
+
+
+def test_checkpoint_list_falls_back_to_the_bundled_demo_model(comfy, tmp_path, monkeypatch):
+    """The pack's assets/stabledub_tiny_demo.safetensors is listed when it exists (made here: the test does not need
+    the real file); a user's copy of that name in models/stabledub takes precedence."""
+    from comfyui_stabledub.nodes import comfy_env
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.stabledub import StableDub
+
+    name = "bundled_demo_test.safetensors"
+    bundled = tmp_path / "assets" / name
+    monkeypatch.setattr(comfy_env, "DEMO_CHECKPOINT", name)
+    monkeypatch.setattr(comfy_env, "BUNDLED_CHECKPOINT", str(bundled))
+    listed = lambda: comfy.nodes["StableDubLoadModel"].INPUT_TYPES()["required"]["ckpt_name"][0]  # noqa: E731
+    assert name not in listed()  # not bundled (yet): not listed
+    bundled.parent.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(StableDub.from_config(micro_config()), bundled)
+    assert listed()[-1] == name and listed().count(name) == 1
+    assert comfy_env.checkpoint_path(name) == str(bundled)
+    (model,) = run_node(comfy, "StableDubLoadModel", ckpt_name=name, dtype="float32", vae_name="(in checkpoint)",
+                        wav2vec2="(not needed)")
+    assert model.name == name and model.crop_size == micro_config().resolution
+    user_copy = comfy.root / "models" / "stabledub" / name
+    user_copy.write_bytes(bundled.read_bytes())
+    try:
+        assert listed().count(name) == 1
+        assert comfy_env.checkpoint_path(name) == str(user_copy)
+    finally:
+        user_copy.unlink()

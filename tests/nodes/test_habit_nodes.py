@@ -67,7 +67,10 @@ def test_encode_save_load(comfy, model):
 
 
 def test_sample_takes_a_habit_instead_of_lip_crops(comfy, model):
-    lips, other = images(6, model.lip_size, 3), images(6, model.lip_size, 4)
+    # another speaker's lips: clearly other crops (two sets of uniform noise give nearly the same habit vector, too
+    # close to change the micro model's 8-bit output)
+    lips = images(6, model.lip_size, 3)
+    other = torch.zeros_like(lips)
     (habit,) = run_node(comfy, "StableDubHabitEncode", model=model, lip_crops=lips)
     (transferred,) = run_node(comfy, "StableDubHabitEncode", model=model, lip_crops=other)
     from_lips = sample(comfy, model, lip_crops=lips)

@@ -93,20 +93,24 @@ SPECS = {
                     ["expose", "crop"], ["sample"], ["paste", "save"]],
     },
     # The generated crops upscaled by a core node before they are pasted back (any restore/upscale node fits);
-    # the mask preview shows Mu and the crop boxes.
+    # the mask preview shows Mu and the crop boxes. The speech is encoded once (Audio Encode) for the sampler.
     "stabledub_upscale": {
         "nodes": {**MODULAR,
+                  "audio": ("StableDubAudioEncode", {}),
                   "upscale": ("ImageScale", {"upscale_method": "lanczos", "width": 512, "height": 512}),
                   "masks_preview": ("StableDubPreview", {}),
                   "show": ("PreviewImage", {}),
                   "save": ("StableDubSaveVideo", {"filename_prefix": "StableDub/upscale"})},
-        "links": MODULAR_LINKS + [
+        "links": [link for link in MODULAR_LINKS if link != ("fit", "audio", "sample", "audio")] + [
+            ("model", "model", "audio", "model"), ("fit", "audio", "audio", "audio"),
+            ("fit", "images", "audio", "images"), ("video", "fps", "audio", "fps"),
+            ("audio", "audio_features", "sample", "audio_features"),
             ("plan", "union_masks", "sample", "masks"), ("sample", "crops", "upscale", "image"),
             ("upscale", "IMAGE", "paste", "crops"),
             ("fit", "images", "masks_preview", "images"), ("plan", "crop_plan", "masks_preview", "crop_plan"),
             ("masks_preview", "preview", "show", "images")],
         "columns": [["model", "video", "speech"], ["fit", "track"], ["plan", "lips", "masks_preview"],
-                    ["crop", "show"], ["sample"], ["upscale", "paste", "save"]],
+                    ["crop", "audio", "show"], ["sample"], ["upscale", "paste", "save"]],
     },
     # A long video dubbed file to file, a chunk at a time (bounded memory, however long the video).
     "stabledub_long_video": {

@@ -76,6 +76,22 @@ def load(driver, graph: dict, name: str, settle: float = 3.0) -> None:
     time.sleep(settle)
 
 
+def serialized(driver) -> dict:
+    """The loaded graph as the front end saves it. Taken through JSON in the page: WebDriver would turn the
+    properties the front end leaves ``undefined`` into nulls, which its own workflow schema then refuses
+    ("Invalid workflow against zod schema" on opening the file)."""
+    return json.loads(driver.execute_script(f"return JSON.stringify({APP}.graph.serialize());"))
+
+
+def schema_alert(driver) -> str:
+    """The text of the front end's alert that a loaded workflow does not match its schema ("Invalid workflow
+    against zod schema"), or "" when none is shown."""
+    return driver.execute_script("""
+        const text = document.body.innerText || "";
+        const at = text.toLowerCase().indexOf("invalid workflow");
+        return at < 0 ? "" : text.slice(at, at + 300);""")
+
+
 def prompt(driver) -> dict:
     """The API prompt of the loaded graph, as Queue would send it."""
     return driver.execute_async_script(

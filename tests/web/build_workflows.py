@@ -24,8 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]
 
-from browser_tools import APP, graph_box, load, open_front_end, overlaps, prompt, screenshot, start_browser, \
-    view, write_settings  # noqa: E402
+from browser_tools import APP, graph_box, load, open_front_end, overlaps, prompt, schema_alert, screenshot, \
+    serialized, start_browser, view, write_settings  # noqa: E402
 from helpers.comfy_stub import DEMO_CHECKPOINT, REPO, ComfyServer, install_base  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
@@ -220,7 +220,7 @@ def main() -> None:
                     ids = driver.execute_async_script(BUILD, ordered)
                     assert isinstance(ids, dict), f"{name}: {ids}"
                     # Opened as a user opens it (video previews load and size their nodes), then laid out.
-                    load(driver, driver.execute_script(f"return {APP}.graph.serialize();"), name)
+                    load(driver, serialized(driver), name)
                     sizes = None
                     for _ in range(6):  # until the video previews have loaded and sized their nodes
                         view(driver, graph_box(driver))
@@ -233,7 +233,8 @@ def main() -> None:
                         sizes = now
                     assert len(ordered["nodes"]) == len(spec["nodes"]), f"{name}: a node is in no column"
                     assert not overlaps(driver), name
-                    workflow = driver.execute_script(f"return {APP}.graph.serialize();")
+                    assert not schema_alert(driver), f"{name}: {schema_alert(driver)}"  # taken as it is
+                    workflow = serialized(driver)
                     workflow.pop("id", None)  # a fresh id each time the template is opened
                     workflow.get("extra", {}).pop("ds", None)  # the viewer's scroll and zoom
                     (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")

@@ -20,10 +20,13 @@ import shutil
 import pytest
 
 from browser_tools import (APP, CHROMEDRIVER, CHROMIUM, console_errors, graph_box, load, open_front_end, overlaps,
-                           prompt, screenshot, start_browser, wait_for, write_settings)
+                           prompt, schema_alert, screenshot, serialized, start_browser, wait_for,
+                           write_settings)
 from helpers.comfy_stub import REPO, ComfyServer, install_base
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+EMPTY = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {}, "extra": {},
+         "version": 0.4}  # an empty workflow, complete as the front end's schema wants it
 if COMFYUI_DIR:
     pytest.importorskip("selenium.webdriver", reason="Selenium is not installed")
 pytestmark = [
@@ -145,7 +148,7 @@ def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
     expected = {"grid": 16, "cells": [[10, 10], [11, 10]]}
     assert patches(driver, nid) == expected
 
-    saved = driver.execute_script(f"return {APP}.graph.serialize();")
+    saved = serialized(driver)
     node = next(n for n in saved["nodes"] if n["id"] == nid)
     assert json.loads(node["widgets_values"][0]) == expected  # the patches widget in the workflow
     assert len(node["widgets_values"]) == 4  # patches, occluder_grid, occluder_fraction, preview_frame: no editor
@@ -160,7 +163,7 @@ def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
         shutil.copy(tmp_path / "exposure_editor.png", DOCS_SCREENSHOT)
 
     # The saved workflow loaded again: the picture is back without running anything.
-    load(driver, {"nodes": [], "links": [], "version": 0.4}, "empty")
+    load(driver, EMPTY, "empty")
     load(driver, saved, name)
     nid = node_id(driver)
     show_node(driver, nid)
@@ -169,6 +172,7 @@ def test_exposure_editor_in_the_real_front_end(server, browser, tmp_path):
     assert len(server.get("/history")) == history + 1
     errors = console_errors(driver, ("SEVERE", "WARNING"))
     assert not errors, errors
+    assert not schema_alert(driver), schema_alert(driver)  # the saved workflow matches the front end's schema
 
 
 WORKFLOW_NAMES = tuple(sorted(p.stem for p in (REPO / "workflows").glob("*.json")))
@@ -185,6 +189,7 @@ def test_workflow_loads_in_the_real_front_end(server, browser, name):
     unknown = driver.execute_script(
         f"return {APP}.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);")
     assert not unknown, unknown
+    assert not schema_alert(driver), schema_alert(driver)  # the file matches the front end's workflow schema
     assert not overlaps(driver)
     loaders = driver.execute_script(f"""return {APP}.graph.nodes.filter((n) => n.type.startsWith('StableDubLoadVideo')
         || n.type === 'StableDubDubVideoFile').map((n) => n.widgets.map((w) => w.name));""")

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from stabledub_core.errors import OptionError
 
 
+MIXERS = ("mamba", "attention")  # UNetConfig.mixer
+
+
 @dataclass
 class UNetConfig:
     """The denoising U-Net (SD 1.5 layout, text removed, Mamba in place of self-attention)."""
@@ -29,6 +32,8 @@ class UNetConfig:
     mamba_d_conv: int = 4
     mamba_expand: int = 2
     mamba_bidirectional: bool = True  # Vim v2 backward branch in every spatial and temporal Mamba
+    mixer: str = "mamba"  # "mamba", or "attention": self-attention in every mixer (the paper's ablation)
+    temporal: bool = True  # temporal layers (False: the "w/o temporal" ablation)
     gradient_checkpointing: bool = False  # recompute resnets and transformers in the backward pass
 
 
@@ -49,6 +54,7 @@ class HabitConfig:
     lambda_init: float = 1.0  # initial value of every entry of the learnable vector lambda (AdaLN out + lambda * a)
     out_conv_kernel: int = 1  # the zero-initialised Conv1d producing the cross-attention tokens
     drop_prob: float = 0.1  # training: each of audio / habit replaced by the zero embedding with this probability
+    enabled: bool = True  # False: the habit vector is always the zero embedding (the "w/o habit" ablation)
 
 
 @dataclass
@@ -132,3 +138,36 @@ def get_preset(name: str) -> StableDubConfig:
         return PRESETS[name]()
     except KeyError:
         raise OptionError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def config_with(config: StableDubConfig, settings: list[str] | tuple[str, ...]) -> StableDubConfig:
+    """A copy of ``config`` with ``section.field=value`` settings applied (``unet.mixer=attention``,
+    ``unet.temporal=false``, ``habit.enabled=false``, ``resolution=96``); values are parsed as the field's type
+    (``true``/``false`` for booleans, comma-separated numbers for tuples).
+    """
+    config = StableDubConfig.from_json(config.to_json())  # a deep copy
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        path = key.strip().split(".")
+        if not sep or not 1 <= len(path) <= 2:
+            raise OptionError(f"--set {setting!r}: write section.field=value, e.g. unet.mixer=attention")
+        owner = config if len(path) == 1 else getattr(config, path[0], None)
+        fields = {f.name: f for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
+        if path[-1] not in fields or dataclasses.is_dataclass(getattr(owner, path[-1])):
+            raise OptionError(f"--set {setting!r}: {key!r} is not a config field; see the config in "
+                              "stabledub_core/models/config.py (sections: unet, habit, audio, vae)")
+        setattr(owner, path[-1], _parse_value(getattr(owner, path[-1]), text.strip(), setting))
+    return config
+
+
+def _parse_value(current, text: str, setting: str):
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(type(current[0])(part) for part in text.split(",")) if current else ()
+        return type(current)(text)
+    except ValueError:
+        raise OptionError(f"--set {setting!r}: {text!r} is not a {type(current).__name__}") from None

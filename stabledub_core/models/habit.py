@@ -146,7 +146,7 @@ class LipHabitModulation(nn.Module):
             raise HabitInputError(f"{t} audio tokens per frame is fewer than audio_pool={self.config.audio_pool}")
         dtype = self.audio_conv.weight.dtype
         audio = _apply_drop(audio.to(dtype), drop_audio)
-        if v is None:
+        if v is None or not self.config.enabled:
             v = audio.new_zeros(b, self.config.hidden_size)
         if v.shape != (b, self.config.hidden_size):
             raise HabitInputError(f"v must be ({b}, {self.config.hidden_size}), got {tuple(v.shape)}")

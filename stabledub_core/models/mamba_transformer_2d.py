@@ -23,6 +23,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from stabledub_core.errors import ModelConfigError
+from stabledub_core.models.attention_mixer import SelfAttentionMixer
 from stabledub_core.models.mamba import Mamba
 from stabledub_core.models.recompute import recompute_in_blocks
 
@@ -38,14 +39,21 @@ class MambaSettings:
         d_conv: depthwise convolution kernel size.
         expand: inner width factor.
         bidirectional: scan both directions (Vim v2).
+        attention_heads: when > 0, every mixer is a :class:`SelfAttentionMixer` with this many heads instead (the
+            "Mamba -> attention" ablation, ``UNetConfig.mixer = "attention"``).
     """
 
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
     bidirectional: bool = True
+    attention_heads: int = 0
 
-    def build(self, dim: int) -> Mamba:
+    def build(self, dim: int, ordered: bool = False) -> Mamba | SelfAttentionMixer:
+        """The mixer of width ``dim``; ``ordered``: its sequence order matters beyond what convolutions tell (the
+        temporal layers), so an attention mixer gets position codes."""
+        if self.attention_heads:
+            return SelfAttentionMixer(dim, self.attention_heads, positional=ordered)
         return Mamba(dim, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
                      bidirectional=self.bidirectional)
 
@@ -134,7 +142,7 @@ class TemporalMamba(nn.Module):
     def __init__(self, dim: int, mamba: MambaSettings):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.mamba = mamba.build(dim)
+        self.mamba = mamba.build(dim, ordered=True)
         nn.init.zeros_(self.mamba.out_proj.weight)
         if self.mamba.out_proj.bias is not None:
             nn.init.zeros_(self.mamba.out_proj.bias)
@@ -166,17 +174,18 @@ class MambaTransformer2D(nn.Module):
         norm_num_groups: groups of the input GroupNorm.
         mamba: Mamba hyper-parameters.
         transpose_scan: column-major spatial scan (see :class:`SpatialMambaTransformerBlock`).
+        temporal: with the temporal Mamba (False: the "w/o temporal" ablation, ``UNetConfig.temporal``).
     """
 
     def __init__(self, channels: int, num_heads: int, cross_attention_dim: int, norm_num_groups: int,
-                 mamba: MambaSettings, transpose_scan: bool = False):
+                 mamba: MambaSettings, transpose_scan: bool = False, temporal: bool = True):
         super().__init__()
         self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
         self.transformer_blocks = nn.ModuleList([
             SpatialMambaTransformerBlock(channels, num_heads, cross_attention_dim, mamba, transpose_scan)
         ])
-        self.temporal = TemporalMamba(channels, mamba)
+        self.temporal = TemporalMamba(channels, mamba) if temporal else None
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -195,6 +204,7 @@ class MambaTransformer2D(nn.Module):
         tokens = tokens.permute(0, 2, 3, 1).reshape(bf, height * width, c)  # (B*F, h*w, C) row-major
         for block in self.transformer_blocks:
             tokens = block(tokens, encoder_hidden_states, height, width)
-        tokens = self.temporal(tokens, num_frames)
+        if self.temporal is not None:
+            tokens = self.temporal(tokens, num_frames)
         maps = tokens.reshape(bf, height, width, c).permute(0, 3, 1, 2)  # (B*F, C, h, w)
         return self.proj_out(maps.contiguous()) + residual

@@ -16,10 +16,10 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from stabledub_core.errors import UNetInputError
+from stabledub_core.errors import ModelConfigError, UNetInputError
 from stabledub_core.models.mamba_transformer_2d import MambaSettings, MambaTransformer2D
 from stabledub_core.models.unet_blocks import DownBlock, MidBlock, UpBlock, _Stage
-from stabledub_core.models.config import UNetConfig
+from stabledub_core.models.config import MIXERS, UNetConfig
 
 
 def build_unet_input(noisy: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,
@@ -64,13 +64,16 @@ class StableDubUNet(nn.Module):
         levels = len(channels)
         temb_channels = channels[0] * 4
         groups = config.norm_num_groups
+        if config.mixer not in MIXERS:
+            raise ModelConfigError(f"unknown U-Net mixer {config.mixer!r}; choose one of {', '.join(MIXERS)}")
         mamba = MambaSettings(d_state=config.mamba_d_state, d_conv=config.mamba_d_conv, expand=config.mamba_expand,
-                              bidirectional=config.mamba_bidirectional)
+                              bidirectional=config.mamba_bidirectional,
+                              attention_heads=config.attention_head_dim if config.mixer == "attention" else 0)
         layer_index = itertools.count()  # consecutive transformers alternate row-/column-major spatial scans
 
         def make_transformer(width: int) -> MambaTransformer2D:
             return MambaTransformer2D(width, config.attention_head_dim, config.cross_attention_dim, groups, mamba,
-                                      transpose_scan=next(layer_index) % 2 == 1)
+                                      transpose_scan=next(layer_index) % 2 == 1, temporal=config.temporal)
 
         self.conv_in = nn.Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
         self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)

@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from stabledub_core.errors import CheckpointError, WeightsNotFoundError
+from stabledub_core.models.checkpoint import read_checkpoint_config
 from stabledub_core.models.safetensors_io import read_safetensors, safetensors_keys
 from stabledub_core.models.vae import LDM_VAE_PREFIX, load_sd_vae
 
@@ -155,6 +157,7 @@ class WeightInitReport:
     """
 
     source: str
+    origin: str = "SD 1.5"  # or "StableDub checkpoint" (init_from_checkpoint)
     copied: list[str] = field(default_factory=list)
     partial: list[tuple[str, str]] = field(default_factory=list)
     new: list[tuple[str, str]] = field(default_factory=list)
@@ -167,14 +170,14 @@ class WeightInitReport:
 
     def to_text(self, examples: int = 3) -> str:
         """A readable summary: counts, and per reason the number of tensors with a few example names."""
-        lines = [f"SD 1.5 initialisation from {self.source}",
+        lines = [f"{self.origin} initialisation from {self.source}",
                  f"  copied: {len(self.copied)} tensors",
                  *(f"  partial: {name}: {note}" for name, note in self.partial),
                  f"  new: {len(self.new)} tensors"]
         lines += _grouped(self.new, examples, "    init:")
         lines.append(f"  shape mismatches (kept as initialised): {len(self.mismatched)}")
         lines += [f"    {name}: {note}" for name, note in self.mismatched]
-        lines.append(f"  skipped SD tensors: {len(self.skipped)}")
+        lines.append(f"  skipped source tensors: {len(self.skipped)}")
         lines += _grouped(self.skipped, examples, "    ")
         lines.append(f"  VAE: {self.vae}")
         return "\n".join(lines)
@@ -288,4 +291,38 @@ def init_from_sd15(model: nn.Module, source, load_vae: bool = True) -> WeightIni
                                   "the VAE from its own file")
     if load_vae:
         report.vae = load_sd_vae(model.vae, source, model.config.vae)
+    return report
+
+
+def init_from_checkpoint(model: nn.Module, source) -> WeightInitReport:
+    """Copy into ``model`` every tensor of a StableDub checkpoint whose name and shape match; the rest keep their
+    initialisation. This starts a model of a changed config (``init --set``, e.g. the ablations'
+    ``unet.mixer=attention``) from a trained one (e.g. its trained VAE).
+
+    Args:
+        model: the ``StableDub`` to initialise (its config may differ from the checkpoint's).
+        source: the StableDub ``.safetensors`` checkpoint.
+
+    Returns:
+        the report: copied, new (kept as initialised), mismatched shapes, checkpoint tensors left out.
+    """
+    read_checkpoint_config(source)  # validates the file and its format
+    report = WeightInitReport(source=str(source), origin="StableDub checkpoint")
+    target = model.state_dict()
+    with safe_open(str(source), framework="pt") as fh:
+        names = set(fh.keys())
+        for name, tensor in target.items():
+            if name not in names:
+                report.new.append((name, "initialised"))
+                continue
+            stored = fh.get_tensor(name)
+            if tuple(stored.shape) != tuple(tensor.shape):
+                report.mismatched.append((name, f"{tuple(stored.shape)} in the checkpoint, {tuple(tensor.shape)} "
+                                                "here"))
+                continue
+            with torch.no_grad():
+                tensor.copy_(stored.to(tensor.dtype))
+            report.copied.append(name)
+    report.skipped = [(name, "not in this config") for name in sorted(names - set(target))]
+    report.vae = "copied" if any(n.startswith("vae.") for n in report.copied) else "as initialised"
     return report

@@ -47,6 +47,7 @@ from stabledub_core.train import checkpoints
 from stabledub_core.train.config import CONFIG_FILE, TrainOptions
 from stabledub_core.train.datasets import PreprocessedData, Stage1Dataset, Stage2Dataset, SyncDataset
 from stabledub_core.train.latent_cache import vae_fingerprint
+from stabledub_core.train.latent_scale import measure_latent_scale
 from stabledub_core.train.logs import CURVE_FILE, TrainLog, plot_losses
 from stabledub_core.train.objectives import freeze_for, make_objective
 from stabledub_core.train.sampling import GlobalBatchSampler
@@ -355,6 +356,10 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
             state = checkpoints.read_state(last_checkpoint)
             state["ranks_identical"] = identical
             checkpoints.write_state(last_checkpoint, state)
+    if stage == "vae" and main and step == options.max_steps:
+        # the latents' own scale, as SD measured its 0.18215 (``train.latent_scale``); export reads it from here
+        config.vae.scaling_factor = measure_latent_scale(accelerator.unwrap_model(objective).model.vae, dataset)
+        (output_dir / MODEL_CONFIG).write_text(_config_json(config))
     if options.tensorboard:
         accelerator.end_training()
     accelerator.wait_for_everyone()

@@ -165,6 +165,16 @@ def test_the_vae_stage_trains_only_the_vae(prepared, init_checkpoint, tmp_path):
     before, after = load_checkpoint(init_checkpoint).state_dict(), load_checkpoint(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("vae."))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("vae."))
+    # the latent scale is measured on the run's own crops (1 / std of the posterior means) and exported
+    trained = load_checkpoint(out)
+    dataset = Stage1Dataset(prepared[1])
+    assert len(dataset) <= 256  # so every crop is measured
+    crops = torch.stack([dataset[i]["crop"] for i in range(len(dataset))])
+    scale = trained.config.vae.scaling_factor
+    assert scale != get_preset("tiny").vae.scaling_factor and trained.vae.config.scaling_factor == scale
+    with torch.no_grad():
+        std = trained.vae.encode(crops * 2 - 1).latent_dist.mean.double().std(unbiased=False).item()
+    assert abs(scale * std - 1) < 1e-3
 
 
 def test_the_latent_cache_holds_what_the_loop_would_encode_and_gives_the_same_loss(prepared, init_checkpoint):

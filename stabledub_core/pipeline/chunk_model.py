@@ -310,19 +310,22 @@ class StableDubChunkModel:
                 app = encode_frames(vae, _to_tensor(unique.reshape(-1, *appearance.shape[1:]))).float().cpu()
                 app = app[torch.from_numpy(inverse.reshape(-1))]  # (n, 4, h, w)
                 mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
+                clean = None
+                if self.sampler.keep_known or self.source is not None:
+                    clean = encode_frames(vae, _to_tensor(crops)).float().cpu()  # (n, 4, h, w) source latents
             start_latents = {"noise": self._noise.frames(start, start + n)}
             if self.source is not None:
                 with clock.stage("invert"):  # EdiDub: the source crops' latents walked back to the first step
                     source_audio = self._source_audio.frames(start, start + n)  # (n, T, C_a)
                     source_tokens = branch_tokens(self.model.habit, source_audio, self._v, (Branch.FULL,),
                                                   self.device, self.dtype)
-                    clean = encode_frames(vae, _to_tensor(crops)).float().cpu()
                     start_latents = {"init_latents": invert_clip(
                         self.model.unet, ClipConditions(masked, mask, app, source_tokens), clean, self.sampler,
                         self.device, self.dtype, should_stop=should_stop)}
             with clock.stage("audio"):  # branch -> (n, T', C_cross) tokens, checked against the latents
                 conditions = clip_conditions(self.model.habit, audio, self._v, masked, mask, app,
-                                             self.sampler.guidance.branches, self.device, self.dtype)
+                                             self.sampler.guidance.branches, self.device, self.dtype,
+                                             known=clean if self.sampler.keep_known else None)
             with clock.stage("sample"):
                 latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
                                         device=self.device, dtype=self.dtype, on_step=on_step,

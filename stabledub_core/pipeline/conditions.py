@@ -158,7 +158,8 @@ def branch_tokens(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, bran
 
 def clip_conditions(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, masked: torch.Tensor,
                     mask: torch.Tensor, appearance: torch.Tensor, branches: tuple[Branch, ...],
-                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ClipConditions:
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                    known: torch.Tensor | None = None) -> ClipConditions:
     """Assemble the sampler's conditions of a clip or chunk.
 
     Args:
@@ -170,12 +171,16 @@ def clip_conditions(habit: HabitModule, audio: torch.Tensor, v: torch.Tensor, ma
         appearance: ``(4, h, w)`` appearance latent.
         branches: the branches the sampler will evaluate (``SamplerConfig.guidance.branches``).
         device, dtype: where the habit module runs.
+        known: ``(F, 4, h, w)`` latents of the unmasked source crops (known-region blending), or None.
 
     Returns:
         :class:`ClipConditions`, validated.
     """
     if audio.shape[0] != masked.shape[0]:
         raise ConditionError(f"audio context of {audio.shape[0]} frames for {masked.shape[0]} frames")
-    cond = ClipConditions(masked, mask, appearance, branch_tokens(habit, audio, v, branches, device, dtype))
+    if known is not None and known.shape != masked.shape:
+        raise ConditionError(f"source latents {tuple(known.shape)} do not match the masked ones "
+                             f"{tuple(masked.shape)}")
+    cond = ClipConditions(masked, mask, appearance, branch_tokens(habit, audio, v, branches, device, dtype), known)
     cond.validate(branches)
     return cond

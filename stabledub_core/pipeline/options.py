@@ -99,6 +99,9 @@ class SamplingOptions(StageOptions):
     overlap: int = option(4, "frames shared by consecutive sampler windows (averaged at every step)", min=0, max=63)
     windows_per_chunk: int = option(4, "sampler windows denoised together; bounds memory on long videos",
                                     min=1, max=64)
+    keep_known: bool = option(True, "at every step, set the latents outside the inpainting mask to the source "
+                                    "crops' latents noised to that step (RePaint-style known-region blending), so "
+                                    "the mouth is denoised against the real face around it")
 
 
 @dataclass

@@ -110,12 +110,15 @@ class ClipConditions:
         mask: ``(F, 1, h, w)`` latent-size inpainting masks.
         appearance: ``(4, h, w)`` one appearance latent, or ``(F, 4, h, w)`` per frame.
         tokens: branch -> ``(F, T, C)`` habit-modulated audio tokens of that branch.
+        known: ``(F, 4, h, w)`` latents of the unmasked source crops, or None: with ``SamplerConfig.keep_known``
+            the latents outside the mask follow them, noised to each step.
     """
 
     masked: torch.Tensor
     mask: torch.Tensor
     appearance: torch.Tensor
     tokens: Mapping[Branch, torch.Tensor]
+    known: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -149,7 +152,8 @@ class ClipConditions:
         """The conditions of frames ``[start, stop)``."""
         app = self.appearance if self.appearance.dim() == 3 else self.appearance[start:stop]
         return ClipConditions(self.masked[start:stop], self.mask[start:stop], app,
-                              {b: t[start:stop] for b, t in self.tokens.items()})
+                              {b: t[start:stop] for b, t in self.tokens.items()},
+                              None if self.known is None else self.known[start:stop])
 
 
 @dataclass
@@ -166,6 +170,7 @@ class SamplerConfig:
         window_batch_size: windows evaluated in one forward (each times the number of guidance branches).
         seed: seed of the clip noise.
         shared_noise: see :class:`ClipNoise`.
+        keep_known: known-region blending (``SamplingOptions.keep_known``) when the conditions carry ``known``.
     """
 
     scheduler: SchedulerKind = SchedulerKind(SamplingOptions.scheduler)
@@ -178,6 +183,7 @@ class SamplerConfig:
     seed: int = 0
     shared_noise: float = 0.0
     scheduler_overrides: dict = field(default_factory=dict)
+    keep_known: bool = SamplingOptions.keep_known
 
     def __post_init__(self):
         self.scheduler = SchedulerKind.parse(self.scheduler)
@@ -189,7 +195,7 @@ class SamplerConfig:
         """The sampler settings of the pipeline's sampling options for a model with ``window``-frame windows."""
         return cls(scheduler=options.scheduler, num_inference_steps=options.steps, scale_audio=options.audio_scale,
                    scale_habit=options.habit_scale, window=window, overlap=options.overlap,
-                   seed=stream_seed(options.seed, "noise"))
+                   seed=stream_seed(options.seed, "noise"), keep_known=options.keep_known)
 
     @property
     def guidance(self) -> GuidancePlan:
@@ -319,15 +325,48 @@ def denoise_chunk(
         x = x * scheduler.init_noise_sigma
     else:
         x = to_sample_space(x, noise_levels(scheduler, config.scheduler)[0][1], config.scheduler)
+    blend = None
+    if config.keep_known and conditions.known is not None and noise is not None:
+        blend = KnownRegion(conditions.known.to(device, torch.float32), conditions.mask.to(device, torch.float32),
+                            noise.to(device, torch.float32))
     total = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         if should_stop is not None and should_stop():
             raise Interrupted(f"sampling interrupted at step {i} of {total}")
+        if blend is not None:
+            x = blend.at(scheduler, x, t)
         eps = denoiser(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(eps, t, x).prev_sample
         if on_step is not None:
             on_step(i + 1, total)
+    if blend is not None:
+        x = blend.final(x)
     return x.cpu()
+
+
+@dataclass
+class KnownRegion:
+    """Known-region blending (RePaint, Lugmayr et al. 2022; diffusers' inpainting with a non-inpainting U-Net):
+    before every step the latents outside the mask are replaced by the source latents noised to that step with the
+    chunk's own initial noise, and after the last step by the source latents themselves. The generated region is
+    thus always denoised next to a face that is exactly on the data, which keeps a weak model's samples coherent.
+
+    Attributes:
+        known: ``(F, C, h, w)`` clean source latents.
+        mask: ``(F, 1, h, w)`` inpainting mask in [0, 1] (1 = generate).
+        noise: ``(F, C, h, w)`` the initial standard normal noise of the chunk.
+    """
+
+    known: torch.Tensor
+    mask: torch.Tensor
+    noise: torch.Tensor
+
+    def at(self, scheduler, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        noised = scheduler.add_noise(self.known, self.noise, t.reshape(1))  # in the solver's sample space
+        return self.mask * x + (1 - self.mask) * noised
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask * x + (1 - self.mask) * self.known
 
 
 def sample_clip(

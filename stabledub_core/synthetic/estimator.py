@@ -159,6 +159,7 @@ def _lip_edge(rgb: np.ndarray, aperture: np.ndarray, mouth: np.ndarray, centre: 
     """
     _, edge = _soft_run(aperture, centre, step, limit)
     i = edge + 2 * step  # past the blend of aperture and lip (a lip is >= 0.16 hw = 5 patch pixels thick)
+    i = min(max(i, 0), len(rgb) - 1)  # a generated mouth may be open to the patch's border
     while 0 <= i + step < len(mouth) and abs(i - centre) < limit and mouth[i] >= 0.75:
         i += step
     beyond = [j for j in (i + 3 * step, i + 4 * step, i + 5 * step) if 0 <= j < len(rgb)]

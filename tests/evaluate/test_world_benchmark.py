@@ -1,0 +1,67 @@
+"""The world benchmark: cases, the estimator against the truth, a real dub measured end to end."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.repo_media import ASSETS
+from stabledub_core.evaluate.world_benchmark import (
+    evaluate_clip, make_cases, mean_metrics, state_errors, transfer_truth)
+from stabledub_core.models.config import get_preset
+from stabledub_core.models.stabledub import StableDub
+from stabledub_core.pipeline.options import DubOptions
+
+FACE_MODEL = ASSETS / "face_landmarker.task"
+
+
+def test_cases_dub_each_clip_with_speech_it_was_not_rendered_with(eval_world):
+    world, speech = eval_world
+    cases = make_cases(world, speech)
+    assert [c.name for c in cases] == ["clip_00000", "clip_00001"]
+    assert [c.speech.name for c in cases] == ["b.wav", "c.wav"]
+    assert all(c.truth.rendered.frames.shape == c.frames.shape for c in cases)
+    assert [c.occluder is not None for c in cases].count(True) == 1
+
+
+def test_the_truth_itself_scores_as_perfectly_synced(eval_world):
+    case = make_cases(*eval_world)[0]
+    errors = state_errors(case.truth.rendered.frames, case.truth, case.metadata["mouth_poses"])
+    # the estimator's own floor: the opening is read closely, width and rounding within about 0.1
+    assert errors["sync_correlation"] > 0.8 and errors["opening_error"] < 0.06 and errors["habit_error"] < 0.15
+    # the source speaks other words: its mouth does not follow the new speech
+    source = state_errors(case.frames, case.truth, case.metadata["mouth_poses"])
+    assert source["sync_correlation"] < 0.8 and source["opening_error"] > 2 * errors["opening_error"]
+
+
+def test_habit_transfer_truth_uses_the_donors_habit(eval_world):
+    a, b = make_cases(*eval_world)
+    moved = transfer_truth(a, b)
+    assert moved.avatar.habit == b.metadata["avatar"].habit and moved.avatar.seed == a.metadata["avatar"].seed
+    assert not np.allclose(moved.states.opening, a.truth.states.opening)
+
+
+def test_a_real_dub_is_measured_and_leaves_every_pixel_outside_the_mask(eval_world):
+    cases = make_cases(*eval_world)
+    torch.manual_seed(0)
+    model = StableDub.from_config(get_preset("tiny")).eval()
+    options = DubOptions.from_values(steps=1, seed=0)
+    rows = []
+    for case in cases:
+        metrics, frames = evaluate_clip(case, model, options, FACE_MODEL)
+        assert frames.shape == case.frames.shape and frames.dtype == np.uint8
+        assert metrics["outside_mask_identical"] is True
+        assert 0 < metrics["paste_region_share"] < 0.5
+        assert not np.array_equal(frames, case.frames)  # the mouth was repainted
+        for key in ("psnr", "ssim", "flicker", "habit_error"):
+            assert np.isfinite(metrics[key]), key
+        rows.append(metrics)
+    assert "occluder_psnr" in rows[1] and "occluder_psnr" not in rows[0]
+    mean = mean_metrics(rows)
+    assert mean["outside_mask_identical"] is True
+    assert mean["psnr"] == pytest.approx((rows[0]["psnr"] + rows[1]["psnr"]) / 2)
+    # the same dub without exposure: the occluder is painted over, so its pixels are further from the truth
+    metrics, _ = evaluate_clip(cases[1], model, options, FACE_MODEL, exposure=False, check_outside=False)
+    assert metrics["occluder_psnr"] < rows[1]["occluder_psnr"]
+    assert dataclasses.is_dataclass(options)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import cv2
@@ -276,8 +277,8 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None, occlu
         model: A ``StableDub`` model, a checkpoint path (``.safetensors``), or any ``chunk_model.ChunkModel``.
         out: Output path (.mp4, .m4v, .mov or .mkv); written atomically.
         options: :class:`DubOptions`.
-        occluder_mask: Optional image file (H, W) of the video's size; white = an occluder in front of the mouth
-            whose pixels are kept.
+        occluder_mask: Optional image file (H, W) of the video's size, or an ``(H, W)`` / ``(F, H, W)`` float
+            array in [0, 1]; white = an occluder in front of the mouth whose pixels are kept.
         on_progress: Called as ``on_progress(stage, done, total)``; see :func:`dub_stream`.
         should_stop: Polled often; returning True aborts with ``Interrupted`` and leaves no output file.
         habit: A saved ``(C,)`` lip-habit vector (e.g. of another video of the speaker).
@@ -296,7 +297,9 @@ def dub_video(video, audio, model, out, options: DubOptions | None = None, occlu
             source16 = None
             if options.sampling.invert:
                 source16 = wave16 if audio is None else _source_speech(video)
-        occluder = None if occluder_mask is None else load_occluder_image(occluder_mask, reader.size)
+        occluder = occluder_mask
+        if isinstance(occluder_mask, (str, Path)):
+            occluder = load_occluder_image(occluder_mask, reader.size)
         output = options.output
 
         def open_writer(plan: LengthPlan, time_base: Fraction | None) -> VideoWriter:

@@ -238,8 +238,6 @@ def test_a_fast_moving_face_is_dubbed_inside_a_mask_that_follows_it(inputs, tmp_
     assert abs(centres[3] - centres[0] - 3 * 34) < 8, centres
 
 
-@pytest.mark.xfail(strict=True, reason="cli/dub.py does not yet print pipeline.dub.mask_cap_note nor report "
-                                       "DubResult.mask_caps (issue 14.3: the change is described in its report)")
 def test_fast_motion_is_said_in_the_summary_and_the_report(inputs, tmp_path, capfd):
     out, report = tmp_path / "o.mp4", tmp_path / "r.json"
     status, lines, err = run_here(capfd, dub_args(inputs, out, "--report", report, video=inputs["fast"]))

@@ -1,0 +1,339 @@
+"""Quality benchmark in the synthetic world: the paper's Tables II and IV as numbers with a known ground truth.
+
+Held-out avatars (world seed 1000, never trained on) speaking held-out speech (the last 20 files of the sorted
+corpus; ``bench/train_world_models.py`` trains on the first 140) are dubbed with other held-out speech by the real
+pipeline, and measured against what the world renders for that speech (``stabledub_core.evaluate``):
+
+| row | model | at inference |
+| --- | --- | --- |
+| ours | ``assets/stabledub_tiny_demo.safetensors`` | the occluder's mask given (its patches exposed) |
+| ours, occluder not exposed | the same | no occluder mask |
+| w/o mask exposure | ``bench/models/ablation_no_exposure`` | no occluder mask (the model never learnt to keep one) |
+| w/o habit modulation | ``bench/models/ablation_no_habit`` | as ours |
+| Mamba -> attention | ``bench/models/ablation_attention`` | as ours |
+| w/o temporal Mamba | ``bench/models/ablation_no_temporal`` | as ours |
+
+plus **habit transfer**: each clip dubbed by ours with the habit vector of the next clip's avatar (the Habit Encode
+node's computation), measured against the clip's avatar rendered with the donor's habit (``transfer_gain``: how
+much closer to the donor's habit than the own-habit dub; > 0 means it moved toward the donor).
+
+Headline keys (``bench/results/quality.json``): ``sync_correlation`` (ours), ``habit_error_reduction`` (1 - ours
+/ w/o habit, habit error = mean |estimated - true| of opening, width, rounding), ``occluder_psnr_gain_db`` (ours
+minus w/o mask exposure, PSNR of the occluder's pixels), ``flicker_ratio_without_temporal`` (w/o temporal over
+ours), ``outside_mask_identical``; with the targets they are checked against and each row's full metrics.
+
+Usage:
+    python bench/quality.py [--evaluate-only] [--speech DIR --out FILE] [--corpus ../shared/media/speech_corpus]
+        [--clips 4] [--steps 8] [--workers 2]
+
+Without ``--evaluate-only`` the models are first trained (``bench/train_world_models.py``; steps already done are
+skipped). ``--speech DIR`` drives the held-out avatars with any folder of speech files instead of the held-out
+corpus files, and ``--out FILE`` writes the results there (default: ``bench/results/quality.json`` plus the markdown
+table ``quality.md`` and the example frames ``quality.png`` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import multiprocessing
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stabledub_core.cli.common import find_face_model  # noqa: E402
+from stabledub_core.evaluate.figures import labelled_grid, write_png  # noqa: E402
+from stabledub_core.evaluate.world_benchmark import (  # noqa: E402
+    evaluate_clip, habit_from, make_cases, mean_metrics, mouth_patches, state_errors, transfer_truth)
+from stabledub_core.masks.lips import lip_crops  # noqa: E402
+from stabledub_core.media.audio import to_encoder_input  # noqa: E402
+from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
+from stabledub_core.models.sync_scorer import load_scorer, sync_offsets  # noqa: E402
+from stabledub_core.pipeline.chunk_model import StableDubChunkModel  # noqa: E402
+from stabledub_core.pipeline.options import DubOptions  # noqa: E402
+from stabledub_core.synthetic.world import write_world  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "quality.json"
+DEMO_MODEL = REPO / "assets" / "stabledub_tiny_demo.safetensors"
+SCORER = REPO / "assets" / "sync_scorer_world.safetensors"
+ABLATIONS = REPO / "bench" / "models"
+TRAINING = REPO / "bench" / "results" / "train_world_ablations.json"
+HELD_OUT_SEED, HELD_OUT_FIRST = 1000, 140  # world seed; first held-out file of the sorted corpus
+TARGETS = {"sync_correlation": (">=", 0.8), "habit_error_reduction": (">=", 0.3), "occluder_psnr_gain_db": (">=", 3.0),
+           "flicker_ratio_without_temporal": (">", 1.0), "outside_mask_identical": ("==", True)}
+# row -> (model file, exposure at inference)
+ROWS = {
+    "ours": (DEMO_MODEL, True),
+    "ours, occluder not exposed": (DEMO_MODEL, False),
+    "w/o mask exposure": (ABLATIONS / "ablation_no_exposure.safetensors", False),
+    "w/o habit modulation": (ABLATIONS / "ablation_no_habit.safetensors", True),
+    "Mamba -> attention": (ABLATIONS / "ablation_attention.safetensors", True),
+    "w/o temporal Mamba": (ABLATIONS / "ablation_no_temporal.safetensors", True),
+}
+COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error", "occluder_psnr", "flicker", "psnr",
+           "ssim", "outside_mask_identical")
+
+
+def held_out_world(work: Path, corpus: Path, clips: int) -> Path:
+    """The held-out avatars, each speaking one held-out corpus file (written once)."""
+    folder = work / f"world_held_{clips}"
+    if not (folder / "world.json").is_file():
+        speech = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]
+        write_world(folder, clips, HELD_OUT_SEED, speech, occluder_share=0.5, max_seconds=4.0)
+    return folder
+
+
+def held_out_speech(work: Path, corpus: Path) -> Path:
+    folder = work / "speech_held"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]:
+        if not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+@dataclass
+class Job:
+    """One row (or the habit transfer) of the table, run in its own process."""
+
+    name: str
+    model: Path
+    exposure: bool
+    world: Path
+    speech: Path
+    steps: int
+
+
+def _setting(job: Job):
+    torch.set_num_threads(1)  # the same reductions on every machine: the committed figures are reproduced exactly
+    cases = make_cases(job.world, job.speech)
+    return cases, DubOptions.from_values(steps=job.steps, seed=0), find_face_model()
+
+
+def example_picks(cases) -> list[tuple[int, int]]:
+    """(clip, frame) pairs of the example image: the middle frame of the first two clips with an occluder."""
+    clips = [i for i, c in enumerate(cases) if c.metadata["occluder"] is not None][:2] or [0]
+    picks = []
+    for i in clips:
+        occluder, fps = cases[i].metadata["occluder"], float(cases[i].metadata["fps"])
+        frame = int((occluder.start_s + occluder.end_s) / 2 * fps) if occluder is not None else 0
+        picks.append((i, min(frame, cases[i].metadata["num_frames"] - 1)))
+    return picks
+
+
+def run_row(job: Job) -> dict:
+    """Dub every case with the row's model and measure it."""
+    cases, options, face_model = _setting(job)
+    scorer = load_scorer(SCORER) if SCORER.is_file() else None
+    model = load_checkpoint(job.model, dtype=torch.float32)
+    started, rows, frames = time.monotonic(), [], {}
+    for i, case in enumerate(cases):
+        metrics, dubbed = evaluate_clip(case, model, options, face_model, scorer, exposure=job.exposure,
+                                        check_outside=job.name == "ours")
+        rows.append({"clip": case.name, "speech": case.speech.name, **metrics})
+        frames.update({(i, k): dubbed[k] for j, k in example_picks(cases) if j == i})
+        print(f"  {job.name}: {case.name}: sync r {metrics['sync_correlation']:.3f}, habit error "
+              f"{metrics['habit_error']:.4f}, psnr {metrics['psnr']:.2f}", flush=True)
+    return {"model": _shown(job.model), "exposure": job.exposure, "mean": mean_metrics(rows), "clips": rows,
+            "seconds": round(time.monotonic() - started, 1), "_frames": frames}
+
+
+def run_reference(job: Job) -> dict:
+    """The ground truth itself through the same measures (what a perfect dub scores; LSE of the scorer's best)."""
+    cases, _, face_model = _setting(job)
+    scorer = load_scorer(SCORER) if SCORER.is_file() else None
+    rows = []
+    for case in cases:
+        truth = case.truth
+        metrics = state_errors(truth.rendered.frames, truth, case.metadata["mouth_poses"])
+        metrics.pop("estimated")
+        if scorer is not None:
+            lips = lip_crops(truth.rendered.frames, case.track(face_model).landmarks, scorer.config.lip_size)
+            score = sync_offsets(scorer, lips, to_encoder_input(truth.waveform, truth.sample_rate))
+            metrics.update(lse_d=score.lse_d, lse_c=score.lse_c, sync_offset=score.offset)
+        rows.append({"clip": case.name, **metrics})
+    return {"model": "the world's ground truth", "exposure": True, "mean": mean_metrics(rows), "clips": rows,
+            "seconds": 0.0, "_frames": {}}
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def run_transfer(job: Job) -> dict:
+    """Ours with the next clip's habit: error to the donor-habit truth, against the own-habit dub's."""
+    cases, options, face_model = _setting(job)
+    model = load_checkpoint(job.model, dtype=torch.float32)
+    chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
+    rows = []
+    for i, case in enumerate(cases):
+        donor = cases[(i + 1) % len(cases)]
+        truth_b = transfer_truth(case, donor)
+        own_metrics, own = evaluate_clip(case, model, options, face_model, check_outside=False)
+        habit = habit_from(donor, chunk_model, options, face_model)
+        _, moved = evaluate_clip(case, model, options, face_model, habit=habit, check_outside=False)
+        poses = case.metadata["mouth_poses"]
+        own_to_b = state_errors(own, truth_b, poses)["habit_error"]
+        moved_to_b = state_errors(moved, truth_b, poses)["habit_error"]
+        moved_to_a = state_errors(moved, case.truth, poses)["habit_error"]
+        truth_gap = float(np.mean([np.abs(getattr(truth_b.states, n) - getattr(case.truth.states, n)).mean()
+                                   for n in ("opening", "width", "rounding")]))
+        rows.append({"clip": case.name, "donor": donor.name, "own_habit_error_to_donor_truth": own_to_b,
+                     "transfer_error_to_donor_truth": moved_to_b, "transfer_error_to_own_truth": moved_to_a,
+                     "own_error_to_own_truth": own_metrics["habit_error"], "truth_habit_gap": truth_gap,
+                     "transfer_gain": 1 - moved_to_b / own_to_b if own_to_b > 0 else math.nan})
+        print(f"  habit transfer {case.name} <- {donor.name}: to donor truth {own_to_b:.4f} -> {moved_to_b:.4f}",
+              flush=True)
+    return {"mean": mean_metrics(rows), "clips": rows}
+
+
+def run_job(job: Job) -> dict:
+    """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps) ran before."""
+    key = hashlib.sha256(json.dumps([job.name, job.exposure, str(job.world), str(job.speech), job.steps,
+                                     hashlib.sha256(job.model.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+    cache = job.world.parent / "rows" / f"{key}.json"
+    if cache.is_file():
+        result = json.loads(cache.read_text())
+        frames = np.load(cache.with_suffix(".npz"))
+        result["_frames"] = {tuple(map(int, k.split("_"))): frames[k] for k in frames.files}
+        return result
+    run = {"habit transfer": run_transfer, "ground truth": run_reference}.get(job.name, run_row)
+    result = run(job)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache.with_suffix(".npz"), **{f"{i}_{k}": v for (i, k), v in result.get("_frames", {}).items()})
+    cache.write_text(json.dumps({k: v for k, v in result.items() if k != "_frames"}))
+    return result
+
+
+def headline(rows: dict, transfer: dict | None) -> dict:
+    ours = rows["ours"]["mean"]
+    get = lambda row, key: rows[row]["mean"].get(key, math.nan) if row in rows else math.nan  # noqa: E731
+    out = {"sync_correlation": ours["sync_correlation"], "opening_error": ours["opening_error"],
+           "lse_c": ours.get("lse_c", math.nan), "lse_d": ours.get("lse_d", math.nan),
+           "habit_error": ours["habit_error"], "habit_error_without_habit": get("w/o habit modulation", "habit_error"),
+           "occluder_psnr_db": ours.get("occluder_psnr", math.nan),
+           "occluder_psnr_without_exposure_db": get("w/o mask exposure", "occluder_psnr"),
+           "occluder_psnr_not_exposed_db": get("ours, occluder not exposed", "occluder_psnr"),
+           "flicker": ours["flicker"], "flicker_without_temporal": get("w/o temporal Mamba", "flicker"),
+           "outside_mask_identical": ours["outside_mask_identical"], "psnr": ours["psnr"], "ssim": ours["ssim"]}
+    out["habit_error_reduction"] = 1 - out["habit_error"] / out["habit_error_without_habit"]
+    out["occluder_psnr_gain_db"] = out["occluder_psnr_db"] - out["occluder_psnr_without_exposure_db"]
+    out["flicker_ratio_without_temporal"] = out["flicker_without_temporal"] / out["flicker"]
+    if transfer is not None:
+        out["habit_transfer_gain"] = transfer["mean"]["transfer_gain"]
+    return out
+
+
+def check_targets(values: dict) -> dict:
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        value = values.get(key, math.nan)
+        met = {">=": lambda: value >= target, ">": lambda: value > target, "==": lambda: value == target}[op]()
+        out[key] = {"target": f"{op} {target}", "value": value, "met": bool(met)}
+    return out
+
+
+def _clean(value):
+    """JSON-ready: floats rounded to 4 significant decimals, NaN/inf as strings."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (bool, str, int)) or value is None:
+        return value
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else str(value)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: dict) -> str:
+    lines = ["| row | " + " | ".join(COLUMNS) + " | seconds |", "| --- |" + " --- |" * (len(COLUMNS) + 1)]
+    for name, row in results["rows"].items():
+        cells = [_fmt(row["mean"].get(key, "")) for key in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['seconds']} |")
+    lines += ["", "| headline | value | target | met |", "| --- | --- | --- | --- |"]
+    for key, check in results["targets"].items():
+        lines.append(f"| {key} | {_fmt(check['value'])} | {check['target']} | {'yes' if check['met'] else 'NO'} |")
+    if "habit_transfer" in results:
+        m = results["habit_transfer"]["mean"]
+        lines += ["", "Habit transfer (ours with the next clip's habit): error to the donor-habit truth "
+                      f"{_fmt(m['own_habit_error_to_donor_truth'])} with its own habit, "
+                      f"{_fmt(m['transfer_error_to_donor_truth'])} with the donor's (transfer_gain "
+                      f"{_fmt(m['transfer_gain'])}); the two truths differ by {_fmt(m['truth_habit_gap'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def example_png(path: Path, cases, rows: dict) -> None:
+    """The example frames: per pick, the mouth patch of source | ground truth | each row, enlarged."""
+    names = [n for n in rows if rows[n]["_frames"]]
+    grid = []
+    for i, k in example_picks(cases):
+        case, pose = cases[i], cases[i].metadata["mouth_poses"][k:k + 1]
+        images = [case.frames[k], case.truth.rendered.frames[k]] + [rows[n]["_frames"][(i, k)] for n in names]
+        grid.append([mouth_patches(im[None], pose)[0] for im in images])
+    write_png(path, labelled_grid(grid, ["source", "ground truth", *names], tile=(256, 192)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--evaluate-only", action="store_true", help="do not train; evaluate the committed models")
+    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "media" / "speech_corpus",
+                        help="the speech corpus (its last 20 files are the held-out speech)")
+    parser.add_argument("--speech", type=Path, default=None, help="drive the held-out avatars with these files")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "quality", help="working folder")
+    parser.add_argument("--clips", type=int, default=4, help="held-out clips (default: 4)")
+    parser.add_argument("--steps", type=int, default=8, help="sampling steps (default: 8)")
+    parser.add_argument("--workers", type=int, default=2, help="rows evaluated in parallel processes (default: 2; "
+                        "each uses one thread, so the figures do not depend on it)")
+    args = parser.parse_args()
+    if not args.evaluate_only:
+        subprocess.run([sys.executable, str(REPO / "bench" / "train_world_models.py"), "--speech", str(args.corpus),
+                        "--part", "all"], check=True)
+    work = args.work.resolve()
+    world = held_out_world(work, args.corpus.resolve(), args.clips)
+    speech = args.speech.resolve() if args.speech is not None else held_out_speech(work, args.corpus.resolve())
+    jobs = [Job("ground truth", DEMO_MODEL, True, world, speech, args.steps)]
+    for name, (path, exposure) in ROWS.items():
+        if path.is_file():
+            jobs.append(Job(name, path, exposure, world, speech, args.steps))
+        else:
+            print(f"[missing] {name}: {path} (train it with bench/train_world_models.py)")
+    jobs.append(Job("habit transfer", DEMO_MODEL, True, world, speech, args.steps))
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        done = dict(zip([j.name for j in jobs], pool.map(run_job, jobs, chunksize=1)))
+    transfer = done.pop("habit transfer")
+    rows = {name: done[name] for name in ["ours", *[n for n in done if n != "ours"]] if name in done}
+    values = headline(rows, transfer)
+    results = {"settings": {"clips": args.clips, "steps": args.steps, "seed": 0,
+                            "held_out_world_seed": HELD_OUT_SEED, "torch_threads": 1,
+                            "speech": "held-out corpus files" if args.speech is None else str(args.speech),
+                            "scorer": SCORER.name if SCORER.is_file() else None},
+               **values, "targets": check_targets(values), "rows": rows, "habit_transfer": transfer}
+    if TRAINING.is_file():
+        results["training"] = json.loads(TRAINING.read_text()).get("training_minutes", {})
+    cases = make_cases(world, speech)
+    clean = _clean(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(clean, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(clean))
+    example_png(args.out.with_suffix(".png"), cases, rows)
+    print(markdown(clean))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,7 @@ each other, directly or through others (``tests/test_layers.py`` checks both on 
 function-local imports included, and that the package never imports ComfyUI). Each layer is named by the top-level
 module or subpackage of ``stabledub_core`` it holds; the ground floor holds several modules that import nothing of
 the package (``runtime``: stop checks and progress types; ``errors``: the error hierarchy; this module; and the
-package's ``__init__``). ``synthetic``, ``train`` and ``evaluate`` are declared ahead of their code. ``__main__``
+package's ``__init__``). ``__main__``
 (``python -m stabledub_core``) belongs with the command line. Above the package: ``nodes/`` (the ComfyUI adapters),
 which may import ``stabledub_core`` but never the other way round.
 """

@@ -299,6 +299,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="sampling steps (default: 8)")
     parser.add_argument("--workers", type=int, default=2, help="rows evaluated in parallel processes (default: 2; "
                         "each uses one thread, so the figures do not depend on it)")
+    parser.add_argument("--reverse", action="store_true", help="run the jobs in reverse order (a second process "
+                        "started so shares the work: each job's results are cached in WORK/rows)")
     args = parser.parse_args()
     if not args.evaluate_only:
         subprocess.run([sys.executable, str(REPO / "bench" / "train_world_models.py"), "--speech", str(args.corpus),
@@ -313,10 +315,11 @@ def main() -> int:
         else:
             print(f"[missing] {name}: {path} (train it with bench/train_world_models.py)")
     jobs.append(Job("habit transfer", DEMO_MODEL, True, world, speech, args.steps))
+    order = jobs[::-1] if args.reverse else jobs
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        done = dict(zip([j.name for j in jobs], pool.map(run_job, jobs, chunksize=1)))
+        done = dict(zip([j.name for j in order], pool.map(run_job, order, chunksize=1)))
     transfer = done.pop("habit transfer")
-    rows = {name: done[name] for name in ["ours", *[n for n in done if n != "ours"]] if name in done}
+    rows = {name: done[name] for name in [*ROWS, "ground truth"] if name in done}
     values = headline(rows, transfer)
     results = {"settings": {"clips": args.clips, "steps": args.steps, "seed": 0,
                             "held_out_world_seed": HELD_OUT_SEED, "torch_threads": 1,

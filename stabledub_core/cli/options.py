@@ -27,8 +27,9 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             if not meta["flag"]:
                 continue
             text = f"{meta['help']} (default: %(default)s)"
-            if isinstance(f.default, bool):
-                group.add_argument(flag(f.name), action="store_true", default=f.default, help=text)
+            if isinstance(f.default, bool):  # on by default: --name / --no-name
+                action = argparse.BooleanOptionalAction if f.default else "store_true"
+                group.add_argument(flag(f.name), action=action, default=f.default, help=text)
             else:
                 group.add_argument(flag(f.name), type=type(f.default), choices=meta["choices"], default=f.default,
                                    help=text)

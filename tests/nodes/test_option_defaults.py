@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from stabledub_core.cli.dub import DEMO_STEPS
 from stabledub_core.cli.main import build_parser
 from stabledub_core.cli.options import GROUPS, flag
 from stabledub_core.errors import OptionError
@@ -33,7 +34,7 @@ def test_cli_flag_defaults_are_the_options(stage, field):
     assert getattr(args, field.name) == field.default == getattr(getattr(DubOptions(), stage), field.name)
     dub = build_parser()._subparsers._group_actions[0].choices["dub"]
     text = " ".join(dub.format_help().split())  # argparse wraps lines
-    help_line = re.search(re.escape(flag(field.name)) + r"[^-]*?(?:\{[^}]*\})?[^-]*?" +
+    help_line = re.search(re.escape(flag(field.name)) + r"(?:, --no-[a-z-]+)?[^-]*?(?:\{[^}]*\})?[^-]*?" +
                           re.escape(" ".join(field.metadata["help"].split())) + r" \(default: ([^)]*)\)", text)
     assert help_line, field.name
     assert help_line.group(1) == str(field.default)
@@ -83,7 +84,7 @@ def test_one_vocabulary_and_one_home_for_each_default():
 
 def test_demo_changes_only_what_it_says(capsys):
     args = build_parser().parse_args(["demo"])
-    assert (args.steps, args.length_policy) == (4, "trim")
+    assert (args.steps, args.length_policy) == (DEMO_STEPS, "trim") == (10, "trim")
     assert args.scheduler == SamplingOptions.scheduler and args.seed == SamplingOptions.seed
 
 

@@ -188,3 +188,11 @@ def test_known_region_blending_ends_on_the_source_outside_the_mask(kind):
     tol = 0.15 if kind is SchedulerKind.DDIM else 1e-3
     assert (plain - target).abs().max() < tol  # without blending the source latents play no part
     assert (out[~outside] - target[~outside]).abs().max() < tol
+
+
+def test_keep_known_is_on_by_default_and_can_be_turned_off_on_the_command_line():
+    from stabledub_core.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    base = ["dub", "--video", "v.mp4", "--checkpoint", "c.safetensors", "--out", "o.mp4"]
+    assert parse(base).keep_known is True and parse(base + ["--no-keep-known"]).keep_known is False

@@ -13,7 +13,7 @@ from stabledub_core.cli.common import ASSETS, FACE_MODEL_HELP, STOP, ProgressLin
 from stabledub_core.cli.options import add_option_arguments, flag, options_from_args
 from stabledub_core.errors import CheckpointError, require_file
 from stabledub_core.evaluate.figures import labelled_grid, write_png
-from stabledub_core.evaluate.metrics import pearson
+from stabledub_core.evaluate.world_benchmark import state_errors
 from stabledub_core.media.audio import load_audio
 from stabledub_core.media.clip import read_clip
 from stabledub_core.media.output import atomic_write, check_free_space, check_output_path, clean_stale_partials
@@ -23,7 +23,6 @@ from stabledub_core.pipeline.chunk_model import check_runtime, torch_dtype
 from stabledub_core.pipeline.conditions import load_habit_vector, save_habit_vector
 from stabledub_core.pipeline.dub import DubResult, check_inputs, dub_video, mask_cap_note
 from stabledub_core.pipeline.options import DubOptions
-from stabledub_core.synthetic.estimator import estimate_clip
 from stabledub_core.synthetic.world import dub_ground_truth, load_metadata, load_occluder_masks
 
 DUB_EPILOG = FACE_MODEL_HELP + """
@@ -246,12 +245,11 @@ def run_demo(args) -> int:
     picks = demo_frames(metadata)
     write_png(picture, labelled_grid([[source[k], truth.rendered.frames[k], dubbed[k]] for k in picks],
                                      ["source", "ground truth", "ours"]))
-    estimate = estimate_clip(dubbed, metadata["mouth_poses"], truth.palette, truth.rendered.occluder_masks)
-    valid = estimate.valid
-    r = pearson(estimate.opening[valid], truth.states.opening[valid])
+    sync = state_errors(dubbed, truth, metadata["mouth_poses"])
     print(f"wrote {result.sink.path} ({result.num_frames} frames) and {picture} (frames {', '.join(map(str, picks))}: "
           f"source | ground truth | ours); the dub's mouth opening follows the new speech with correlation "
-          f"{r:.2f} to the world's truth ({int(valid.sum())} frames where the microphone leaves the mouth visible)")
+          f"{sync['sync_correlation']:.2f} to the world's truth ({sync['valid_frames']} frames where the microphone "
+          "leaves the mouth visible)")
     _print_notes(notes)
     return 0
 

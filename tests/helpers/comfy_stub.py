@@ -182,6 +182,24 @@ def micro_config():
         vae=dataclasses.replace(cfg.vae, block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64))
 
 
+def random_model_node(comfy, checkpoint: str, config=None):
+    """A StableDub of ``config`` (default :func:`micro_config`) with its zero-initialised layers made random (so a
+    dub changes the frames), saved as ``models/stabledub/<checkpoint>`` and loaded by StableDub Load Model."""
+    from stabledub_core.models.checkpoint import save_checkpoint
+    from stabledub_core.models.stabledub import StableDub
+
+    torch.manual_seed(0)
+    model = StableDub.from_config(config if config is not None else micro_config())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.05)
+    save_checkpoint(model, comfy.root / "models" / "stabledub" / checkpoint)
+    (handle,) = run_node(comfy, "StableDubLoadModel", ckpt_name=checkpoint, dtype="float32",
+                         vae_name="(in checkpoint)", wav2vec2="(not needed)")
+    return handle
+
+
 def run_node(comfy, node_id, **inputs):
     """Call a node as ComfyUI does; returns the result tuple (and keeps the UI part in ``comfy.ui``)."""
     cls = comfy.nodes[node_id]

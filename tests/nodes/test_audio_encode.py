@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.comfy_stub import run_node
+from helpers.comfy_stub import random_model_node, run_node
 from helpers.media_factory import tone
 
 FRAMES, FPS, RATE = 20, 25.0, 16000  # 20 frames: two chunks of the tiny model's 16-frame windows (overlap 4)
@@ -26,19 +26,9 @@ def speech(seconds: float, freq: float) -> dict:
 def setup(comfy):
     """The tiny preset with its zero-initialised layers made random (so the speech changes the crops), and random
     crops, masks, appearance and lip crops at its resolution."""
-    from stabledub_core.models.checkpoint import save_checkpoint
     from stabledub_core.models.config import get_preset
-    from stabledub_core.models.stabledub import StableDub
 
-    torch.manual_seed(0)
-    model = StableDub.from_config(get_preset("tiny"))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    save_checkpoint(model, comfy.root / "models" / "stabledub" / CHECKPOINT)
-    (handle,) = run_node(comfy, "StableDubLoadModel", ckpt_name=CHECKPOINT, dtype="float32",
-                         vae_name="(in checkpoint)", wav2vec2="(not needed)")
+    handle = random_model_node(comfy, CHECKPOINT, get_preset("tiny"))
     size, rng = handle.crop_size, np.random.default_rng(5)
     crops = torch.from_numpy(rng.random((FRAMES, size, size, 3), np.float32))
     masks = torch.zeros(FRAMES, size, size)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.comfy_stub import micro_config, run_node
+from helpers.comfy_stub import random_model_node, run_node
 from helpers.media_factory import tone, write_video
 from stabledub_core.media.clip import read_clip, write_clip
 
@@ -26,22 +26,11 @@ VALUES = dict(length_policy="trim", steps=1, scheduler="ddim", audio_scale=2.0, 
 
 @pytest.fixture(scope="module")
 def setup(comfy, media_dir):
-    from stabledub_core.models.checkpoint import save_checkpoint
-    from stabledub_core.models.stabledub import StableDub
-
     with av.open(str(media_dir / "face_pan.mp4")) as c:
         frames = [cv2.resize(f.to_ndarray(format="rgb24"), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
                   for _, f in zip(range(FRAMES), c.decode(video=0))]
     write_video(comfy.root / "input" / "clip.mp4", FRAMES, fps=FPS, size=(SIZE, SIZE), frames=frames)
-    torch.manual_seed(0)
-    model = StableDub.from_config(micro_config())
-    with torch.no_grad():  # zero-initialised layers made random: the dub changes the frames
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    save_checkpoint(model, comfy.root / "models" / "stabledub" / CHECKPOINT)
-    (handle,) = run_node(comfy, "StableDubLoadModel", ckpt_name=CHECKPOINT, dtype="float32",
-                         vae_name="(in checkpoint)", wav2vec2="(not needed)")
+    handle = random_model_node(comfy, CHECKPOINT)
     speech = tone(0.8, 16000, freq=180.0)  # longer than the clip: trimmed to its 12 frames
     audio = {"waveform": torch.from_numpy(np.asarray(speech, np.float32).reshape(1, -1))[None], "sample_rate": 16000}
     return {"model": handle, "audio": audio}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.comfy_stub import REPO, micro_config, run_node
+from helpers.comfy_stub import REPO, random_model_node, run_node
 from helpers.media_factory import tone, write_video
 from stabledub_core.face.indices import LIPS_INNER
 
@@ -41,18 +41,7 @@ def two_faces() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def setup(comfy, two_faces):
-    from stabledub_core.models.checkpoint import save_checkpoint
-    from stabledub_core.models.stabledub import StableDub
-
-    torch.manual_seed(0)
-    model = StableDub.from_config(micro_config())
-    with torch.no_grad():  # zero-initialised layers made random: the dubbed mouth changes
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    save_checkpoint(model, comfy.root / "models" / "stabledub" / CHECKPOINT)
-    (handle,) = run_node(comfy, "StableDubLoadModel", ckpt_name=CHECKPOINT, dtype="float32",
-                         vae_name="(in checkpoint)", wav2vec2="(not needed)")
+    handle = random_model_node(comfy, CHECKPOINT)
     audio = {"waveform": torch.from_numpy(tone(FRAMES / FPS, 16000, freq=200.0))[None], "sample_rate": 16000}
     images = torch.from_numpy(np.stack([two_faces] * FRAMES)).float() / 255
     return {"model": handle, "audio": audio, "images": images}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.comfy_stub import micro_config, run_node
+from helpers.comfy_stub import micro_config, random_model_node, run_node
 
 CHECKPOINT = "habit.safetensors"
 SAMPLING = dict(steps=1, scheduler="ddim", audio_scale=2.0, habit_scale=1.5, seed=0)
@@ -15,19 +15,7 @@ SAMPLING = dict(steps=1, scheduler="ddim", audio_scale=2.0, habit_scale=1.5, see
 
 @pytest.fixture(scope="module")
 def model(comfy):
-    from stabledub_core.models.checkpoint import save_checkpoint
-    from stabledub_core.models.stabledub import StableDub
-
-    torch.manual_seed(0)
-    net = StableDub.from_config(micro_config())
-    with torch.no_grad():  # zero-initialised layers made random: the habit changes the output
-        for parameter in net.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    save_checkpoint(net, comfy.root / "models" / "stabledub" / CHECKPOINT)
-    (handle,) = run_node(comfy, "StableDubLoadModel", ckpt_name=CHECKPOINT, dtype="float32",
-                         vae_name="(in checkpoint)", wav2vec2="(not needed)")
-    return handle
+    return random_model_node(comfy, CHECKPOINT)
 
 
 def images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from stabledub_core.errors import OptionError
 
 
 MIXERS = ("mamba", "attention")  # UNetConfig.mixer
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # StableDubConfig.prediction_type (pipeline/prediction.py)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class StableDubConfig:
     preset: str = "sd15"
     resolution: int = 512  # crop size in pixels
     num_frames: int = 16  # frames per window
+    prediction_type: str = "epsilon"  # what the U-Net outputs: "epsilon" (SD 1.5) or "v_prediction" (velocity)
     unet: UNetConfig = field(default_factory=UNetConfig)
     habit: HabitConfig = field(default_factory=HabitConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -119,6 +121,7 @@ def tiny() -> StableDubConfig:
     return StableDubConfig(
         preset="tiny",
         resolution=128,
+        prediction_type="v_prediction",  # trained from scratch: v weighs the content error at high noise in full
         unet=UNetConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, attention_head_dim=4,
                         cross_attention_dim=64, norm_num_groups=16, mamba_d_state=8),
         habit=HabitConfig(lip_size=32, vit_hidden_size=32, vit_layers=2, vit_heads=2, vit_patch_size=8,

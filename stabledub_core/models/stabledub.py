@@ -6,7 +6,7 @@ from torch import nn
 
 from stabledub_core.errors import ModelConfigError
 from stabledub_core.models.audio_encoders import build_audio_encoder
-from stabledub_core.models.config import StableDubConfig
+from stabledub_core.models.config import PREDICTION_TYPES, StableDubConfig
 from stabledub_core.models.habit import LipHabitModulation
 from stabledub_core.models.unet import StableDubUNet
 from stabledub_core.models.vae import build_vae
@@ -33,6 +33,9 @@ class StableDub(nn.Module):
         if config.habit.out_size != config.unet.cross_attention_dim:
             raise ModelConfigError(f"HabitConfig.out_size ({config.habit.out_size}) must equal "
                                    f"UNetConfig.cross_attention_dim ({config.unet.cross_attention_dim})")
+        if config.prediction_type not in PREDICTION_TYPES:
+            raise ModelConfigError(f"unknown prediction_type {config.prediction_type!r}; choose one of "
+                                   f"{', '.join(PREDICTION_TYPES)}")
         self.config = config
         self.unet = unet if unet is not None else StableDubUNet(config.unet)
         self.audio_encoder = audio_encoder if audio_encoder is not None else build_audio_encoder(config.audio)

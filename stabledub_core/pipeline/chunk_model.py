@@ -32,6 +32,7 @@ from stabledub_core.pipeline.conditions import branch_tokens, clip_conditions, h
 from stabledub_core.pipeline.guidance import Branch
 from stabledub_core.pipeline.inversion import invert_clip
 from stabledub_core.pipeline.options import RuntimeOptions, SamplingOptions
+from stabledub_core.pipeline.prediction import noise_predictor
 from stabledub_core.pipeline.sampler import ClipConditions, SamplerConfig, denoise_chunk
 from stabledub_core.runtime import StageTimer, StopCheck
 
@@ -235,6 +236,7 @@ class StableDubChunkModel:
         self.device = torch.device(runtime.device)
         self.dtype = torch_dtype(runtime.dtype, self.device)
         self.sampler = SamplerConfig.from_options(sampling, self.window)
+        self._denoiser = noise_predictor(self.model)  # the U-Net as a noise prediction
         self._noise = None
         self._v = None
 
@@ -320,14 +322,14 @@ class StableDubChunkModel:
                     source_tokens = branch_tokens(self.model.habit, source_audio, self._v, (Branch.FULL,),
                                                   self.device, self.dtype)
                     start_latents = {"init_latents": invert_clip(
-                        self.model.unet, ClipConditions(masked, mask, app, source_tokens), clean, self.sampler,
+                        self._denoiser, ClipConditions(masked, mask, app, source_tokens), clean, self.sampler,
                         self.device, self.dtype, should_stop=should_stop)}
             with clock.stage("audio"):  # branch -> (n, T', C_cross) tokens, checked against the latents
                 conditions = clip_conditions(self.model.habit, audio, self._v, masked, mask, app,
                                              self.sampler.guidance.branches, self.device, self.dtype,
                                              known=clean if self.sampler.keep_known else None)
             with clock.stage("sample"):
-                latents = denoise_chunk(self.model.unet, conditions, self.sampler, **start_latents,
+                latents = denoise_chunk(self._denoiser, conditions, self.sampler, **start_latents,
                                         device=self.device, dtype=self.dtype, on_step=on_step,
                                         should_stop=should_stop)
                 check_finite(latents, "latents", start, self.dtype)

@@ -1,6 +1,7 @@
 """Training losses: the denoising loss with the latent coarse facial loss (StableDub eq. 5, 6) and the VAE's.
 
-L_DM is the mean squared error between the noise and its prediction over every latent element. L_LCF (eq. 5) is the
+L_DM is the mean squared error between the U-Net's target (the noise, or the velocity for v-prediction models) and its
+prediction over every latent element. L_LCF (eq. 5) is the
 same squared error weighted (Hadamard product) by the coarse mouth mask Mc at latent size, so the lower face counts
 twice; the total (eq. 6) is ``L_DM + lcf_weight * L_LCF`` with ``lcf_weight = 1`` in the paper. Both are means over
 all elements (batch, frames, channels, latent pixels), so they do not depend on how a global batch is split over
@@ -20,20 +21,20 @@ class DiffusionLosses(NamedTuple):
     lcf: torch.Tensor
 
 
-def diffusion_losses(noise_pred: torch.Tensor, noise: torch.Tensor, mc_latent: torch.Tensor,
+def diffusion_losses(prediction: torch.Tensor, target: torch.Tensor, mc_latent: torch.Tensor,
                      lcf_weight: float = 1.0) -> DiffusionLosses:
     """L_total = L_DM + lcf_weight * L_LCF (eq. 6).
 
     Args:
-        noise_pred: (B, F, C, h, w) predicted noise.
-        noise: (B, F, C, h, w) the noise that was added.
+        prediction: (B, F, C, h, w) the U-Net's output.
+        target: (B, F, C, h, w) what it should be: the noise that was added (epsilon) or the velocity.
         mc_latent: (B, F, 1, h, w) coarse mouth mask Mc at latent size (``masks.exposure.to_latent``), 0/1.
         lcf_weight: weight of L_LCF.
 
     Returns:
         (total, L_DM, L_LCF), scalars in float32.
     """
-    error = (noise_pred.float() - noise.float()).pow(2)  # (B, F, C, h, w)
+    error = (prediction.float() - target.float()).pow(2)  # (B, F, C, h, w)
     dm = error.mean()
     lcf = (error * mc_latent.to(error.dtype)).mean()  # Mc broadcast over the channels
     return DiffusionLosses(dm + lcf_weight * lcf, dm, lcf)

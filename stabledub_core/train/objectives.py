@@ -41,6 +41,7 @@ from stabledub_core.train.losses import DiffusionLosses, diffusion_losses, vae_l
 # Inside a U-Net transformer block, norm1/mamba are the spatial Mamba and norm2/attn2 the audio cross-attention
 AUDIO_ATTENTION = (".attn2.", ".norm2.")
 TEMPORAL = (".temporal.",)
+HABIT_ENCODER = ("habit.lip_encoder.", "habit.habit_conv.")  # lip crops -> the habit vector v
 
 
 def _is_spatial_mamba(name: str) -> bool:
@@ -62,6 +63,7 @@ def trainable_names(model, stage: str) -> list[str]:
         return [name for name, _ in model.named_parameters() if not name.startswith("mel.")]
     external = tuple(f"audio_encoder.{p}" for p in getattr(model.audio_encoder, "external_prefixes", ()))
     from_sd = model.config.preset != "tiny"  # sd15-shaped models start from SD 1.5's U-Net (models.weights)
+    habit_on = model.config.habit.enabled  # without habit modulation the lip encoder is not part of the model
     names = []
     for name, _ in model.named_parameters():
         if stage == "vae":
@@ -74,7 +76,7 @@ def trainable_names(model, stage: str) -> list[str]:
                 keep = in_unet and not _is_temporal(name) and not _is_audio_attention(name)
         elif stage == "stage2":
             keep = (name.startswith("unet.") and (_is_temporal(name) or _is_audio_attention(name))) \
-                or name.startswith("habit.") \
+                or (name.startswith("habit.") and not (name.startswith(HABIT_ENCODER) and not habit_on)) \
                 or (name.startswith("audio_encoder.") and not name.startswith(external))
         else:
             raise OptionError(f"unknown training stage {stage!r}; choose vae, stage1 or stage2")
@@ -97,7 +99,8 @@ def freeze_for(model, stage: str) -> list[nn.Parameter]:
 
 
 def noise_scheduler():
-    """The training noise schedule: SD 1.5's (every sampler at inference uses the same betas)."""
+    """The training noise schedule: SD 1.5's (every sampler at inference uses the same betas). The U-Net's target is
+    the noise or the velocity, as ``config.prediction_type`` says (``pipeline.prediction``)."""
     from diffusers import DDPMScheduler  # local: diffusers' schedulers import in seconds; needed when training
 
     config = {k: v for k, v in SD15_NOISE_SCHEDULE.items() if k != "steps_offset"}
@@ -193,7 +196,7 @@ class DiffusionObjective(nn.Module):
 
         if clip:
             audio = self._audio_context(batch)  # (B, F, T, C_a)
-            v = model.habit.encode_habit(batch["lips"])  # (B, C)
+            v = model.habit.encode_habit(batch["lips"]) if model.config.habit.enabled else None  # (B, C)
             tokens = model.habit(audio, v, drop_audio=drop_audio.to(device), drop_habit=drop_habit.to(device))
         else:  # stage 1 learns the image prior: audio and habit are the zero embedding (eq. 7's empty condition)
             cfg = model.config
@@ -201,7 +204,9 @@ class DiffusionObjective(nn.Module):
             tokens = model.habit(silent, None, drop_audio=torch.ones(b, dtype=torch.bool, device=device))
         sample = build_unet_input(noisy, masked, mask, appearance)  # (B, F, 13, h, w)
         prediction = model.unet(sample, timesteps, tokens)
-        return diffusion_losses(prediction, noise, mc, self.lcf_weight)
+        target = noise if model.config.prediction_type == "epsilon" else \
+            self.scheduler.get_velocity(latents, noise, timesteps)  # v = sqrt(a) eps - sqrt(1 - a) x0
+        return diffusion_losses(prediction, target, mc, self.lcf_weight)
 
 
 class VAEObjective(nn.Module):

@@ -9,6 +9,7 @@ from torch.utils.data import default_collate
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.unet import StableDubUNet
+from stabledub_core.pipeline.prediction import alpha_bar_at, training_alphas_cumprod
 from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Dataset
 from stabledub_core.train.objectives import DiffusionObjective, freeze_for, sample_draws, trainable_names
 
@@ -27,6 +28,24 @@ def test_stage_two_trains_temporal_mamba_audio_attention_habit_and_audio_layers_
     assert not [n for n in names if ".transformer_blocks." in n and (".mamba." in n or ".norm1." in n)]
     assert not [n for n in names if n.startswith("vae.") or ".resnets." in n or n.startswith("unet.conv_in")]
 
+
+
+def test_without_habit_modulation_stage_two_leaves_the_lip_encoder_out(tiny, prepared):
+    """Every trained parameter must receive a gradient (data-parallel runs need it): the w/o-habit model has no
+    habit vector, so its lip encoder is not trained."""
+    config = get_preset("tiny")
+    config.habit.enabled = False
+    torch.manual_seed(0)
+    model = StableDub.from_config(config).eval()
+    names = trainable_names(model, "stage2")
+    assert not [n for n in names if n.startswith(("habit.lip_encoder.", "habit.habit_conv."))]
+    assert set(trainable_names(tiny, "stage2")) - set(names) == {
+        n for n, _ in tiny.named_parameters() if n.startswith(("habit.lip_encoder.", "habit.habit_conv."))}
+    torch.nn.init.normal_(model.habit.out_conv.weight, std=0.02)
+    params = dict(zip(names, freeze_for(model, "stage2")))
+    batch = default_collate([Stage2Dataset(prepared[1])[SampleKey(1, 0, 0.0)]])
+    DiffusionObjective(model, "stage2", drop_prob=0.0)(batch).total.backward()
+    assert [n for n, p in params.items() if p.grad is None] == []
 
 def test_stage_one_of_the_tiny_preset_trains_the_unet_but_temporal_and_audio_layers(tiny):
     names = set(trainable_names(tiny, "stage1"))
@@ -99,3 +118,26 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared, stage):
     assert objective(batch).total.item() < losses[0] * (0.9 if stage == "stage1" else 0.98)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_training_target_follows_the_prediction_type(prepared, prediction_type, monkeypatch):
+    """A U-Net that outputs exactly the target of its prediction type has zero loss."""
+    config = get_preset("tiny")
+    config.prediction_type = prediction_type
+    model = StableDub.from_config(config).eval()
+    batch = default_collate([Stage1Dataset(prepared[1])[SampleKey(i, 0, 0.0)] for i in (0, 5)])
+    objective = DiffusionObjective(model, "stage1")
+    seen = {}
+
+    def oracle(sample, timesteps, tokens):
+        x_t = sample[:, :, :4]
+        a = alpha_bar_at(timesteps, training_alphas_cumprod()).float().view(-1, 1, 1, 1, 1)
+        x0 = seen["x0"]
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    with torch.no_grad():
+        seen["x0"] = objective._encode(batch["crop"])[:, None]
+        monkeypatch.setattr(model.unet, "forward", oracle)
+        assert objective(batch).total.item() < 1e-6

@@ -10,7 +10,10 @@ speaking one utterance, 30 % of them behind an occluder; it is preprocessed by `
 
 Parts:
 
-* ``shipped``: ``train vae`` -> ``train stage1`` -> ``train cache-latents`` -> ``train stage2`` -> ``train export``;
+* ``shipped``: ``train vae`` -> ``init --set prediction_type=v_prediction`` (the stage-1 init: the VAE under a
+  v-prediction U-Net) -> ``train stage1`` -> ``train cache-latents`` -> ``train stage2`` -> ``train export``; stages 1
+  and 2 run as 2 processes (``torchrun``, gloo, one thread each), so the global batches are twice the per-process
+  ``--batch-size``;
   the export is copied to ``assets/stabledub_tiny_demo.safetensors`` and the recipe (commands, options, seeds, times)
   to ``assets/stabledub_tiny_demo.json``. The budget is at most 60 minutes of training on 2 CPU cores.
 * ``sync``: the AV-sync scorer (``train sync`` on the same data) -> ``assets/sync_scorer_world.safetensors``.
@@ -18,8 +21,11 @@ Parts:
   change: ``no_exposure`` (stage 1 without mask exposure, then stage 2), ``attention`` (every Mamba replaced by
   self-attention, made with ``init --set unet.mixer=attention`` from the shipped VAE; stages 1 and 2),
   ``no_habit`` (``habit.enabled=false``) and ``no_temporal`` (``unet.temporal=false``), both stage 2 from the
-  shipped stage-1 model. ``--variants`` picks some (two processes can train different ones at once; each records
-  into ``bench/results/train_world_ablations.json``). Their exports go to ``bench/models/``.
+  shipped stage-1 model (rebuilt from the shipped export when the work folder lacks it: :func:`rebuild_stage1`). ``--variants`` picks some (two processes can train different ones at once; each records
+  into ``bench/results/train_world_ablations.json``). Their exports go to ``bench/models/``. The committed ones
+  were trained under the previous recipe (epsilon prediction, one process, stage-1 batch 4, 900 + 1,300 steps);
+  that recipe's full model is ``bench/models/full_epsilon.safetensors``, the baseline ``bench/quality.py`` compares
+  them with.
 
 Usage:
     python bench/train_world_models.py --speech ../shared/media/speech_corpus [--work runs/world]
@@ -46,6 +52,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from stabledub_core.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from stabledub_core.models.config import get_preset  # noqa: E402
+from stabledub_core.models.stabledub import StableDub  # noqa: E402
+from stabledub_core.train.objectives import trainable_names  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train_world_models.json"
 ABLATION_RESULTS = REPO / "bench" / "results" / "train_world_ablations.json"
@@ -59,10 +68,12 @@ WORLD = {"clips": 72, "seed": 7, "occluder_share": 0.3}
 SEED = 0
 VAE = ["--preset", "tiny", "--max-steps", "250", "--batch-size", "8", "--learning-rate", "1e-3",
        "--lr-warmup-steps", "20"]
-STAGE1_STEPS, STAGE2_STEPS = 900, 1300
-STAGE1 = ["--batch-size", "4", "--learning-rate", "5e-4", "--lr-warmup-steps", "50"]
+PREDICTION = ["prediction_type=v_prediction"]  # the U-Net's parameterisation (pipeline/prediction.py)
+PROCESSES = 2  # training processes of stages 1 and 2 (one per core)
+STAGE1_STEPS, STAGE2_STEPS = 900, 2000
+STAGE1 = ["--batch-size", "2", "--learning-rate", "5e-4", "--lr-warmup-steps", "50"]  # global batch 4
 STAGE2 = ["--batch-size", "1", "--learning-rate", "5e-4", "--lr-warmup-steps", "50", "--latent-cache",
-          "--ema-decay", "0.995"]
+          "--ema-decay", "0.995"]  # global batch 2
 SYNC = ["--max-steps", "600", "--batch-size", "32", "--learning-rate", "1e-3", "--lr-warmup-steps", "20"]
 # variant -> (init --set of its stage-1 init or None: the shipped stage-1 model, stage-1 options, init --set of its
 # stage-2 init)
@@ -85,10 +96,14 @@ class Recipe:
                                             "torch_threads": os.environ.get("OMP_NUM_THREADS", "default")})
         self.results.setdefault("steps", {})
 
-    def run(self, name: str, args: list[str], output: Path) -> None:
-        """Run ``python -m stabledub_core ARGS`` unless ``output`` exists; record it under ``name``."""
-        command = [sys.executable, "-m", "stabledub_core", *map(str, args)]
-        shown = "python -m stabledub_core " + " ".join(shlex.quote(str(a)) for a in args)
+    def run(self, name: str, args: list[str], output: Path, processes: int = 1) -> None:
+        """Run ``python -m stabledub_core ARGS`` (with ``processes`` > 1: under ``torchrun``) unless ``output``
+        exists; record it under ``name``."""
+        launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] \
+            if processes > 1 else []
+        command = [sys.executable, *launch, "-m", "stabledub_core", *map(str, args)]
+        shown = ("python" if processes == 1 else f"torchrun --standalone --nproc-per-node {processes}") + \
+            " -m stabledub_core " + " ".join(shlex.quote(str(a)) for a in args)
         if output.exists():
             print(f"[skip] {name}: {output} exists")
             self.results["steps"].setdefault(name, {"command": shown, "seconds": None,
@@ -96,7 +111,8 @@ class Recipe:
             return
         print(f"[run] {name}: {shown}", flush=True)
         started = time.monotonic()
-        child = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        child = subprocess.Popen(command, cwd=REPO, env=env)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own resource use (its peak memory)
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode != 0:
@@ -151,7 +167,7 @@ def prepare(recipe: Recipe, corpus: Path) -> Path:
 
 
 def train_stage(recipe: Recipe, name: str, stage: str, data: Path, init: Path | None, options: list[str],
-                steps: int | None = None) -> Path:
+                steps: int | None = None, processes: int = 1) -> Path:
     """``train STAGE`` into ``work/NAME`` then ``train export`` to ``work/NAME.safetensors``."""
     run, out = recipe.work / name, recipe.work / f"{name}.safetensors"
     args = ["train", stage, data, "--output", run, "--seed", SEED, "--checkpoint-every", 200, *options]
@@ -159,18 +175,19 @@ def train_stage(recipe: Recipe, name: str, stage: str, data: Path, init: Path | 
         args += ["--init", init]
     if steps is not None:
         args += ["--max-steps", steps]
-    recipe.run(f"{name}_train", args, run / "checkpoints")
+    recipe.run(f"{name}_train", args, run / "checkpoints", processes)
     recipe.run(f"{name}_export", ["train", "export", run, "--out", out], out)
     return out
 
 
 def shipped(recipe: Recipe, data: Path) -> None:
     vae = train_stage(recipe, "vae", "vae", data, None, VAE)
-    stage1 = train_stage(recipe, "stage1", "stage1", data, vae, STAGE1, STAGE1_STEPS)
+    init1 = stage1_init(recipe, vae, [])
+    stage1 = train_stage(recipe, "stage1", "stage1", data, init1, STAGE1, STAGE1_STEPS, PROCESSES)
     recipe.run("cache_latents", ["train", "cache-latents", data, "--init", stage1],
                recipe.work / "cache_latents.done")
     (recipe.work / "cache_latents.done").touch()
-    stage2 = train_stage(recipe, "stage2", "stage2", data, stage1, STAGE2, STAGE2_STEPS)
+    stage2 = train_stage(recipe, "stage2", "stage2", data, stage1, STAGE2, STAGE2_STEPS, PROCESSES)
     DEMO_MODEL.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stage2, DEMO_MODEL)
     names = ("vae_train", "stage1_train", "cache_latents", "stage2_train")
@@ -184,11 +201,19 @@ def shipped(recipe: Recipe, data: Path) -> None:
         "--speech ../shared/media/speech_corpus --part shipped", "seed": SEED, "world": WORLD,
         "speech": f"the first {TRAIN_UTTERANCES} files of the sorted speech corpus",
         "commands": [recipe.results["steps"][n]["command"] for n in ("world", "preprocess", "vae_train",
-                     "vae_export", "stage1_train", "stage1_export", "cache_latents", "stage2_train",
+                     "vae_export", "stage1_init", "stage1_train", "stage1_export", "cache_latents", "stage2_train",
                      "stage2_export")],
         "minutes": {n: round(recipe.results["steps"][n]["seconds"] / 60, 1) for n in names},
         "training_minutes": recipe.results["shipped_training_minutes"],
-        "machine": recipe.results["machine"]}, indent=1) + "\n")
+        "machine": recipe.results["machine"], **({"notes": recipe.results["notes"]} if "notes" in recipe.results
+                                                 else {})}, indent=1) + "\n")
+
+
+def stage1_init(recipe: Recipe, vae: Path, settings: list[str], name: str = "stage1") -> Path:
+    """The trained VAE under a fresh U-Net of the recipe's prediction type (and ``settings``)."""
+    out = recipe.work / f"{name}_init.safetensors"
+    recipe.run(f"{name}_init", ["init", vae, "--out", out, *_settings(PREDICTION + settings)], out)
+    return out
 
 
 def sync_scorer(recipe: Recipe, data: Path) -> None:
@@ -196,8 +221,24 @@ def sync_scorer(recipe: Recipe, data: Path) -> None:
     shutil.copyfile(out, SCORER)
 
 
+def rebuild_stage1(out: Path) -> None:
+    """The shipped model's stage-1 export, rebuilt from the shipped export (for ablations in a folder without it).
+
+    ``train vae --seed 0`` starts from ``torch.manual_seed(0); StableDub.from_config(tiny)``; stage 1 trains only the
+    spatial U-Net (VAE frozen), stage 2 only the temporal layers, audio cross-attention, habit and audio encoder. So
+    stage 1's export is the shipped export's VAE and stage-1 tensors with every other tensor at that seeded init."""
+    shipped = load_checkpoint(DEMO_MODEL, dtype=torch.float32)
+    torch.manual_seed(SEED)
+    init = StableDub.from_config(get_preset("tiny")).float().state_dict()
+    kept = set(trainable_names(shipped, "vae")) | set(trainable_names(shipped, "stage1"))
+    shipped.load_state_dict({k: v if k in kept else init[k] for k, v in shipped.state_dict().items()})
+    save_checkpoint(shipped, out, metadata={"rebuilt_from": DEMO_MODEL.name})
+
+
 def ablations(recipe: Recipe, data: Path, variants: list[str]) -> None:
     vae = recipe.work / "vae.safetensors"
+    if not (recipe.work / "stage1.safetensors").exists() and DEMO_MODEL.is_file():
+        rebuild_stage1(recipe.work / "stage1.safetensors")
     ABLATION_MODELS.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         set1, options1, set2 = ABLATIONS[variant]
@@ -205,16 +246,14 @@ def ablations(recipe: Recipe, data: Path, variants: list[str]) -> None:
         if set1 is None:
             stage1 = recipe.work / "stage1.safetensors"  # the shipped model's stage 1
         else:
-            init1 = vae
-            if set1:
-                init1 = recipe.work / f"{name}_init1.safetensors"
-                recipe.run(f"{name}_init1", ["init", vae, "--out", init1, *_settings(set1)], init1)
-            stage1 = train_stage(recipe, f"{name}_stage1", "stage1", data, init1, STAGE1 + options1, STAGE1_STEPS)
+            init1 = stage1_init(recipe, vae, set1, f"{name}_stage1")
+            stage1 = train_stage(recipe, f"{name}_stage1", "stage1", data, init1, STAGE1 + options1, STAGE1_STEPS,
+                                 PROCESSES)
         init2 = stage1
         if set2:
             init2 = recipe.work / f"{name}_init2.safetensors"
             recipe.run(f"{name}_init2", ["init", stage1, "--out", init2, *_settings(set2)], init2)
-        stage2 = train_stage(recipe, f"{name}_stage2", "stage2", data, init2, STAGE2, STAGE2_STEPS)
+        stage2 = train_stage(recipe, f"{name}_stage2", "stage2", data, init2, STAGE2, STAGE2_STEPS, PROCESSES)
         store_half(stage2, ABLATION_MODELS / f"{name}.safetensors")
         summarize(recipe)
 

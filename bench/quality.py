@@ -4,23 +4,31 @@ Held-out avatars (world seed 1000, never trained on) speaking held-out speech (t
 corpus; ``bench/train_world_models.py`` trains on the first 140) are dubbed with other held-out speech by the real
 pipeline, and measured against what the world renders for that speech (``stabledub_core.evaluate``):
 
-| row | model | at inference |
-| --- | --- | --- |
-| ours | ``assets/stabledub_tiny_demo.safetensors`` | the occluder's mask given (its patches exposed) |
-| ours, occluder not exposed | the same | no occluder mask |
-| w/o mask exposure | ``bench/models/ablation_no_exposure`` | no occluder mask (the model never learnt to keep one) |
-| w/o habit modulation | ``bench/models/ablation_no_habit`` | as ours |
-| Mamba -> attention | ``bench/models/ablation_attention`` | as ours |
-| w/o temporal Mamba | ``bench/models/ablation_no_temporal`` | as ours |
+| row | model | at inference | compared with |
+| --- | --- | --- | --- |
+| ours | ``assets/stabledub_tiny_demo.safetensors`` (v-prediction) | the occluder's mask given (patches exposed) | |
+| ours, occluder not exposed | the same | no occluder mask | |
+| w/o mask exposure | ``bench/models/ablation_no_exposure`` | no occluder mask | ours |
+| w/o mask exposure, occluder exposed | the same | the occluder's mask given | ours |
+| w/o habit modulation, Mamba -> attention, w/o temporal Mamba | ``bench/models/ablation_*`` | as ours | ours |
+| ours, epsilon recipe | ``bench/models/epsilon/full`` | as ours | |
+| ... , epsilon recipe | ``bench/models/epsilon/ablation_*`` | as ours | ours, epsilon recipe |
+
+Without mask exposure the model never learnt to keep an occluder; given the occluder's mask anyway, what it keeps
+is what the mechanism alone keeps. The ablations in ``bench/models/`` were trained with the shipped model's recipe
+(a missing one is skipped), those in ``bench/models/epsilon/`` with the previous recipe (epsilon prediction, one
+process, 900 + 1,300 steps), and each is compared with its own recipe's full model. A headline uses the shipped recipe's ablation where it exists (:data:`HEADLINE_ROWS`).
 
 plus **habit transfer**: each clip dubbed by ours with the habit vector of the next clip's avatar (the Habit Encode
 node's computation), measured against the clip's avatar rendered with the donor's habit (``transfer_gain``: how
 much closer to the donor's habit than the own-habit dub; > 0 means it moved toward the donor).
 
-Headline keys (``bench/results/quality.json``): ``sync_correlation`` (ours), ``habit_error_reduction`` (1 - ours
-/ w/o habit, habit error = mean |estimated - true| of opening, width, rounding), ``occluder_psnr_gain_db`` (ours
-minus w/o mask exposure, PSNR of the occluder's pixels), ``flicker_ratio_without_temporal`` (w/o temporal over
-ours), ``outside_mask_identical``; with the targets they are checked against and each row's full metrics.
+Headline keys (``bench/results/quality.json``): ``sync_correlation`` (ours), ``habit_error_reduction`` (1 - full
+/ w/o habit, habit error = mean |estimated - true| of opening, width, rounding), ``occluder_psnr_gain_db`` (full
+minus w/o mask exposure, PSNR of the occluder's pixels; ``occluder_psnr_gain_from_training_db`` is the part left when
+both are given the mask), ``flicker_ratio_without_temporal`` (w/o temporal over full), ``outside_mask_identical``
+(ours), where "full" is the ablation's own full model; ``headline_rows`` names the two rows behind each. With the
+targets they are checked against and each row's full metrics.
 
 Usage:
     python bench/quality.py [--evaluate-only] [--speech DIR --out FILE] [--corpus ../shared/media/speech_corpus]
@@ -67,18 +75,37 @@ RESULTS = REPO / "bench" / "results" / "quality.json"
 DEMO_MODEL = REPO / "assets" / "stabledub_tiny_demo.safetensors"
 SCORER = REPO / "assets" / "sync_scorer_world.safetensors"
 ABLATIONS = REPO / "bench" / "models"
-TRAINING = REPO / "bench" / "results" / "train_world_ablations.json"
+# the ablations' training records: the shipped recipe's and the epsilon recipe's
+TRAINING = {"ablations": REPO / "bench" / "results" / "train_world_ablations.json",
+            "ablations, epsilon recipe": REPO / "bench" / "results" / "train_world_ablations_epsilon.json"}
 HELD_OUT_SEED, HELD_OUT_FIRST = 1000, 140  # world seed; first held-out file of the sorted corpus
 TARGETS = {"sync_correlation": (">=", 0.8), "habit_error_reduction": (">=", 0.3), "occluder_psnr_gain_db": (">=", 3.0),
            "flicker_ratio_without_temporal": (">", 1.0), "outside_mask_identical": ("==", True)}
-# row -> (model file, exposure at inference)
+EPSILON = ABLATIONS / "epsilon"  # the previous recipe's full model and ablations
+FULL_EPSILON = "ours, epsilon recipe"
+# row -> (model file, exposure at inference, the full model row an ablation differs from by one change)
 ROWS = {
-    "ours": (DEMO_MODEL, True),
-    "ours, occluder not exposed": (DEMO_MODEL, False),
-    "w/o mask exposure": (ABLATIONS / "ablation_no_exposure.safetensors", False),
-    "w/o habit modulation": (ABLATIONS / "ablation_no_habit.safetensors", True),
-    "Mamba -> attention": (ABLATIONS / "ablation_attention.safetensors", True),
-    "w/o temporal Mamba": (ABLATIONS / "ablation_no_temporal.safetensors", True),
+    "ours": (DEMO_MODEL, True, None),
+    "ours, occluder not exposed": (DEMO_MODEL, False, None),
+    "w/o mask exposure": (ABLATIONS / "ablation_no_exposure.safetensors", False, "ours"),
+    "w/o mask exposure, occluder exposed": (ABLATIONS / "ablation_no_exposure.safetensors", True, "ours"),
+    "w/o habit modulation": (ABLATIONS / "ablation_no_habit.safetensors", True, "ours"),
+    "Mamba -> attention": (ABLATIONS / "ablation_attention.safetensors", True, "ours"),
+    "w/o temporal Mamba": (ABLATIONS / "ablation_no_temporal.safetensors", True, "ours"),
+    FULL_EPSILON: (EPSILON / "full.safetensors", True, None),
+    "w/o mask exposure, epsilon recipe": (EPSILON / "ablation_no_exposure.safetensors", False, FULL_EPSILON),
+    "w/o mask exposure, occluder exposed, epsilon recipe": (EPSILON / "ablation_no_exposure.safetensors", True,
+                                                             FULL_EPSILON),
+    "w/o habit modulation, epsilon recipe": (EPSILON / "ablation_no_habit.safetensors", True, FULL_EPSILON),
+    "Mamba -> attention, epsilon recipe": (EPSILON / "ablation_attention.safetensors", True, FULL_EPSILON),
+    "w/o temporal Mamba, epsilon recipe": (EPSILON / "ablation_no_temporal.safetensors", True, FULL_EPSILON),
+}
+# headline ablation -> its rows, the shipped recipe's first: the first one evaluated is used
+HEADLINE_ROWS = {
+    "habit": ("w/o habit modulation", "w/o habit modulation, epsilon recipe"),
+    "exposure": ("w/o mask exposure", "w/o mask exposure, epsilon recipe"),
+    "exposure_training": ("w/o mask exposure, occluder exposed", "w/o mask exposure, occluder exposed, epsilon recipe"),
+    "temporal": ("w/o temporal Mamba", "w/o temporal Mamba, epsilon recipe"),
 }
 COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error", "occluder_psnr", "flicker", "psnr",
            "ssim", "outside_mask_identical")
@@ -220,15 +247,26 @@ def headline(rows: dict, transfer: dict | None) -> dict:
     get = lambda row, key: rows[row]["mean"].get(key, math.nan) if row in rows else math.nan  # noqa: E731
     out = {"sync_correlation": ours["sync_correlation"], "opening_error": ours["opening_error"],
            "lse_c": ours.get("lse_c", math.nan), "lse_d": ours.get("lse_d", math.nan),
-           "habit_error": ours["habit_error"], "habit_error_without_habit": get("w/o habit modulation", "habit_error"),
-           "occluder_psnr_db": ours.get("occluder_psnr", math.nan),
-           "occluder_psnr_without_exposure_db": get("w/o mask exposure", "occluder_psnr"),
+           "habit_error": ours["habit_error"], "occluder_psnr_db": ours.get("occluder_psnr", math.nan),
            "occluder_psnr_not_exposed_db": get("ours, occluder not exposed", "occluder_psnr"),
-           "flicker": ours["flicker"], "flicker_without_temporal": get("w/o temporal Mamba", "flicker"),
-           "outside_mask_identical": ours["outside_mask_identical"], "psnr": ours["psnr"], "ssim": ours["ssim"]}
-    out["habit_error_reduction"] = 1 - out["habit_error"] / out["habit_error_without_habit"]
-    out["occluder_psnr_gain_db"] = out["occluder_psnr_db"] - out["occluder_psnr_without_exposure_db"]
-    out["flicker_ratio_without_temporal"] = out["flicker_without_temporal"] / out["flicker"]
+           "flicker": ours["flicker"], "outside_mask_identical": ours["outside_mask_identical"],
+           "psnr": ours["psnr"], "ssim": ours["ssim"]}
+    pairs = {}  # ablation -> (its row, its full model's row)
+    for kind, names in HEADLINE_ROWS.items():
+        row = next((n for n in names if n in rows), names[-1])
+        pairs[kind] = (row, ROWS[row][2])
+    out["headline_rows"] = {kind: list(pair) for kind, pair in pairs.items()}
+    pair = lambda kind, key: (get(pairs[kind][1], key), get(pairs[kind][0], key))  # noqa: E731  (full, ablation)
+    full, ablated = pair("habit", "habit_error")
+    out.update(habit_error_full=full, habit_error_without_habit=ablated, habit_error_reduction=1 - full / ablated)
+    full, ablated = pair("exposure", "occluder_psnr")
+    out.update(occluder_psnr_full_db=full, occluder_psnr_without_exposure_db=ablated,
+               occluder_psnr_gain_db=full - ablated)
+    # the part of the gain the training learnt: both models given the occluder's mask at inference
+    full, ablated = pair("exposure_training", "occluder_psnr")
+    out.update(occluder_psnr_without_exposure_training_db=ablated, occluder_psnr_gain_from_training_db=full - ablated)
+    full, ablated = pair("temporal", "flicker")
+    out.update(flicker_full=full, flicker_without_temporal=ablated, flicker_ratio_without_temporal=ablated / full)
     if transfer is not None:
         out["habit_transfer_gain"] = transfer["mean"]["transfer_gain"]
     return out
@@ -267,6 +305,8 @@ def markdown(results: dict) -> str:
     lines += ["", "| headline | value | target | met |", "| --- | --- | --- | --- |"]
     for key, check in results["targets"].items():
         lines.append(f"| {key} | {_fmt(check['value'])} | {check['target']} | {'yes' if check['met'] else 'NO'} |")
+    pairs = "; ".join(f"{kind}: {row} against {full}" for kind, (row, full) in results["headline_rows"].items())
+    lines += ["", f"Each ablation against its own recipe's full model: {pairs}."]
     if "habit_transfer" in results:
         m = results["habit_transfer"]["mean"]
         lines += ["", "Habit transfer (ours with the next clip's habit): error to the donor-habit truth "
@@ -309,7 +349,7 @@ def main() -> int:
     world = held_out_world(work, args.corpus.resolve(), args.clips)
     speech = args.speech.resolve() if args.speech is not None else held_out_speech(work, args.corpus.resolve())
     jobs = [Job("ground truth", DEMO_MODEL, True, world, speech, args.steps)]
-    for name, (path, exposure) in ROWS.items():
+    for name, (path, exposure, _) in ROWS.items():
         if path.is_file():
             jobs.append(Job(name, path, exposure, world, speech, args.steps))
         else:
@@ -326,8 +366,8 @@ def main() -> int:
                             "speech": "held-out corpus files" if args.speech is None else str(args.speech),
                             "scorer": SCORER.name if SCORER.is_file() else None},
                **values, "targets": check_targets(values), "rows": rows, "habit_transfer": transfer}
-    if TRAINING.is_file():
-        results["training"] = json.loads(TRAINING.read_text()).get("training_minutes", {})
+    results["training_minutes"] = {name: json.loads(path.read_text()).get("training_minutes", {})
+                                   for name, path in TRAINING.items() if path.is_file()}
     cases = make_cases(world, speech)
     for row in rows.values():  # wall times differ from run to run: the committed figures are only the measures
         row.pop("seconds", None)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stabledub_core.errors import ModelConfigError
-from stabledub_core.models.config import PREDICTION_TYPES
 from stabledub_core.pipeline.schedulers import SD15_NOISE_SCHEDULE
 
 
@@ -81,7 +79,5 @@ class VelocityToNoise(nn.Module):
 
 def noise_predictor(model) -> nn.Module:
     """The noise predictor of a ``StableDub`` model: its U-Net itself (epsilon) or :class:`VelocityToNoise`."""
-    kind = model.config.prediction_type
-    if kind not in PREDICTION_TYPES:
-        raise ModelConfigError(f"unknown prediction_type {kind!r}; choose one of {', '.join(PREDICTION_TYPES)}")
-    return model.unet if kind == "epsilon" else VelocityToNoise(model.unet)
+    # StableDub checks prediction_type when it is built
+    return model.unet if model.config.prediction_type == "epsilon" else VelocityToNoise(model.unet)

@@ -68,6 +68,8 @@ class TrainOptions(StageOptions):
     exposure_grid: int = option(DEFAULT_GRID, "patches per crop side of the exposure grid", min=1, max=64)
     habit_frames: int = option(8, "stage 2: lip crops (K) of the lip-habit segment", min=1, max=64)
     kl_weight: float = option(1e-6, "vae: weight of the KL term (SD's autoencoder uses 1e-6)", min=0.0, max=1.0)
+    vae_mouth_weight: float = option(0.0, "vae: extra weight of the L1 error inside the coarse mouth mask Mc (the "
+                                          "emphasis of L_LCF, on pixels)", min=0.0, max=100.0)
     latent_cache: bool = option(False, "read VAE latents cached by `train cache-latents` instead of encoding crops "
                                        "in the loop (stage 1 and 2)")
     seed: int = option(0, "seed of the data order, the per-sample draws and the init", min=0, max=0xFFFFFFFF)

@@ -6,6 +6,11 @@ same squared error weighted (Hadamard product) by the coarse mouth mask Mc at la
 twice; the total (eq. 6) is ``L_DM + lcf_weight * L_LCF`` with ``lcf_weight = 1`` in the paper. Both are means over
 all elements (batch, frames, channels, latent pixels), so they do not depend on how a global batch is split over
 processes or micro-steps.
+
+The VAE's loss is the L1 reconstruction error plus a weighted KL term, as SD's autoencoder (without its perceptual
+and adversarial terms). ``mouth_weight`` adds the same emphasis L_LCF puts on the lower face, on pixels: the L1 error
+weighted by Mc. A small autoencoder trained briefly on whole crops spends its capacity on the large smooth regions
+(skin, background) and blurs the mouth, the one region the dub regenerates.
 """
 
 from __future__ import annotations
@@ -44,17 +49,24 @@ class VAELosses(NamedTuple):
     total: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
+    mouth: torch.Tensor  # the L1 error weighted by Mc
 
 
-def vae_losses(reconstruction: torch.Tensor, target: torch.Tensor, posterior, kl_weight: float) -> VAELosses:
-    """The autoencoder's loss: L1 reconstruction (in [-1, 1] pixels) + ``kl_weight`` * KL to N(0, I).
+def vae_losses(reconstruction: torch.Tensor, target: torch.Tensor, posterior, kl_weight: float,
+               mc: torch.Tensor | None = None, mouth_weight: float = 0.0) -> VAELosses:
+    """The autoencoder's loss: L1 reconstruction (in [-1, 1] pixels) + ``mouth_weight`` * Mc-weighted L1 +
+    ``kl_weight`` * KL to N(0, I).
 
     Args:
         reconstruction: (N, 3, H, W) decoded images in [-1, 1].
         target: (N, 3, H, W) input images in [-1, 1].
         posterior: the encoder's ``DiagonalGaussianDistribution`` (diffusers).
         kl_weight: weight of the KL term (per latent element, as the reconstruction is per pixel).
+        mc: (N, 1, H, W) coarse mouth mask Mc (0/1), or None (no mouth term).
+        mouth_weight: weight of the Mc-weighted L1 term.
     """
-    rec = (reconstruction.float() - target.float()).abs().mean()
+    error = (reconstruction.float() - target.float()).abs()  # (N, 3, H, W)
+    rec = error.mean()
+    mouth = (error * mc.to(error.dtype)).mean() if mc is not None else torch.zeros((), device=error.device)
     kl = posterior.kl().mean() / posterior.mean[0].numel()  # diffusers sums the KL over a sample's elements
-    return VAELosses(rec + kl_weight * kl, rec, kl)
+    return VAELosses(rec + mouth_weight * mouth + kl_weight * kl, rec, kl, mouth)

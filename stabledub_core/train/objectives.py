@@ -215,11 +215,12 @@ class VAEObjective(nn.Module):
     Args:
         model: the ``StableDub`` whose ``vae`` is trained.
         kl_weight: weight of the KL term.
+        mouth_weight: weight of the reconstruction error inside the coarse mouth mask Mc.
     """
 
-    def __init__(self, model, kl_weight: float = 1e-6):
+    def __init__(self, model, kl_weight: float = 1e-6, mouth_weight: float = 0.0):
         super().__init__()
-        self.model, self.kl_weight = model, float(kl_weight)
+        self.model, self.kl_weight, self.mouth_weight = model, float(kl_weight), float(mouth_weight)
 
     def forward(self, batch: dict):
         vae = self.model.vae
@@ -229,7 +230,7 @@ class VAEObjective(nn.Module):
                            for s in batch["sample_seed"].tolist()]).to(x.device)
         z = posterior.mean + posterior.std * eps  # a posterior sample drawn from each sample's seed
         reconstruction = vae.decode(z).sample
-        return vae_losses(reconstruction, x, posterior, self.kl_weight)
+        return vae_losses(reconstruction, x, posterior, self.kl_weight, batch["mc"], self.mouth_weight)
 
 
 class SyncLosses(NamedTuple):
@@ -263,9 +264,10 @@ class SyncObjective(nn.Module):
         return SyncLosses(total, aligned.detach(), shuffled.detach())
 
 
-def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float) -> nn.Module:
+def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float,
+                   vae_mouth_weight: float = 0.0) -> nn.Module:
     if stage == "vae":
-        return VAEObjective(model, kl_weight)
+        return VAEObjective(model, kl_weight, vae_mouth_weight)
     if stage == "sync":
         return SyncObjective(model)
     return DiffusionObjective(model, stage, lcf_weight, drop_prob)

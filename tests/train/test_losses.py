@@ -47,3 +47,24 @@ def test_the_vae_loss_is_l1_plus_weighted_kl():
     losses = vae_losses(target, target, DiagonalGaussianDistribution(moments), kl_weight=2.0)
     assert losses.kl.item() == pytest.approx(0.5)
     assert losses.total.item() == pytest.approx(1.0)
+
+
+def test_the_vae_mouth_term_weighs_only_the_error_inside_mc():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posterior = DiagonalGaussianDistribution(torch.zeros(1, 8, 4, 4))  # KL 0
+    target = torch.zeros(1, 3, 16, 16)
+    mc = torch.zeros(1, 1, 16, 16)
+    mc[..., 8:, 4:12] = 1  # the lower middle quarter of the crop
+    outside = target.clone()
+    outside[..., :8, :] = 1.0  # error 1 on the upper half only
+    losses = vae_losses(outside, target, posterior, 0.0, mc, mouth_weight=4.0)
+    assert losses.mouth.item() == 0.0
+    assert losses.total.item() == pytest.approx(losses.reconstruction.item()) == pytest.approx(0.5)
+    inside = target.clone()
+    inside[..., 8:, 4:12] = 1.0  # error 1 exactly on Mc (a quarter of the pixels)
+    losses = vae_losses(inside, target, posterior, 0.0, mc, mouth_weight=4.0)
+    assert losses.reconstruction.item() == pytest.approx(0.25)
+    assert losses.mouth.item() == pytest.approx(0.25)
+    assert losses.total.item() == pytest.approx(0.25 + 4.0 * 0.25)
+    assert vae_losses(inside, target, posterior, 0.0).total.item() == pytest.approx(0.25)  # no Mc: plain L1

@@ -11,7 +11,8 @@ from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.unet import StableDubUNet
 from stabledub_core.pipeline.prediction import alpha_bar_at, training_alphas_cumprod
 from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Dataset
-from stabledub_core.train.objectives import DiffusionObjective, freeze_for, sample_draws, trainable_names
+from stabledub_core.train.objectives import (DiffusionObjective, VAEObjective, freeze_for, sample_draws,
+                                             trainable_names)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,14 @@ def test_the_training_target_follows_the_prediction_type(prepared, prediction_ty
         seen["x0"] = objective._encode(batch["crop"])[:, None]
         monkeypatch.setattr(model.unet, "forward", oracle)
         assert objective(batch).total.item() < 1e-6
+
+
+def test_the_vae_objective_weighs_the_reconstruction_inside_the_samples_mc(tiny, prepared):
+    batch = default_collate([Stage1Dataset(prepared[1])[SampleKey(i, 0, 0.0)] for i in (0, 5)])
+    assert 0 < batch["mc"].mean() < 1
+    with torch.no_grad():
+        plain = VAEObjective(tiny)(batch)
+        weighted = VAEObjective(tiny, mouth_weight=4.0)(batch)
+    assert weighted.reconstruction.item() == pytest.approx(plain.reconstruction.item(), rel=1e-6)  # same draws
+    assert 0 < weighted.mouth.item() < weighted.reconstruction.item()
+    assert weighted.total.item() == pytest.approx(plain.total.item() + 4.0 * weighted.mouth.item(), rel=1e-5)

@@ -16,8 +16,13 @@ pipeline, and measured against what the world renders for that speech (``stabled
 
 Without mask exposure the model never learnt to keep an occluder; given the occluder's mask anyway, what it keeps
 is what the mechanism alone keeps. The ablations in ``bench/models/`` were trained with the shipped model's recipe
-(a missing one is skipped), those in ``bench/models/epsilon/`` with the previous recipe (epsilon prediction, one
-process, 900 + 1,300 steps), and each is compared with its own recipe's full model. A headline uses the shipped recipe's ablation where it exists (:data:`HEADLINE_ROWS`).
+(a missing one is skipped), those in ``bench/models/epsilon/`` with the first recipe (epsilon prediction, one
+process, the 250-step VAE, 900 + 1,300 steps), and each is compared with its own recipe's full model. A headline uses the shipped recipe's ablation where it exists (:data:`HEADLINE_ROWS`).
+
+Two reference rows: **ground truth** (the world's truth through the same measures: what a perfect dub scores) and
+**ground truth through the VAE** (the truth's crops encoded and decoded by the shipped model's VAE and pasted back
+as a dub is: what a U-Net that predicted the true latents exactly would score, so the bound the autoencoder sets on
+every row's sync, habit and image measures).
 
 plus **habit transfer**: each clip dubbed by ours with the habit vector of the next clip's avatar (the Habit Encode
 node's computation), measured against the clip's avatar rendered with the donor's habit (``transfer_gain``: how
@@ -27,8 +32,9 @@ Headline keys (``bench/results/quality.json``): ``sync_correlation`` (ours), ``h
 / w/o habit, habit error = mean |estimated - true| of opening, width, rounding), ``occluder_psnr_gain_db`` (full
 minus w/o mask exposure, PSNR of the occluder's pixels; ``occluder_psnr_gain_from_training_db`` is the part left when
 both are given the mask), ``flicker_ratio_without_temporal`` (w/o temporal over full), ``outside_mask_identical``
-(ours), where "full" is the ablation's own full model; ``headline_rows`` names the two rows behind each. With the
-targets they are checked against and each row's full metrics.
+(ours), where "full" is the ablation's own full model; ``headline_rows`` names the two rows behind each;
+``sync_correlation_autoencoder_bound`` the sync correlation of the truth through the VAE. With the targets they are
+checked against and each row's full metrics.
 
 Usage:
     python bench/quality.py [--evaluate-only] [--speech DIR --out FILE] [--corpus ../shared/media/speech_corpus]
@@ -62,7 +68,7 @@ sys.path.insert(0, str(REPO))
 from stabledub_core.cli.common import find_face_model  # noqa: E402
 from stabledub_core.evaluate.figures import labelled_grid, write_png  # noqa: E402
 from stabledub_core.evaluate.world_benchmark import (  # noqa: E402
-    evaluate_clip, habit_from, make_cases, mean_metrics, mouth_patches, state_errors, transfer_truth)
+    autoencoder_ceiling, evaluate_clip, habit_from, make_cases, mean_metrics, mouth_patches, state_errors, transfer_truth)
 from stabledub_core.masks.lips import lip_crops  # noqa: E402
 from stabledub_core.media.audio import to_encoder_input  # noqa: E402
 from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
@@ -107,6 +113,7 @@ HEADLINE_ROWS = {
     "exposure_training": ("w/o mask exposure, occluder exposed", "w/o mask exposure, occluder exposed, epsilon recipe"),
     "temporal": ("w/o temporal Mamba", "w/o temporal Mamba, epsilon recipe"),
 }
+TRUTH, CEILING = "ground truth", "ground truth through the VAE"  # the reference rows
 COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error", "occluder_psnr", "flicker", "psnr",
            "ssim", "outside_mask_identical")
 
@@ -193,6 +200,20 @@ def run_reference(job: Job) -> dict:
             "seconds": 0.0, "_frames": {}}
 
 
+def run_ceiling(job: Job) -> dict:
+    """The ground truth through the VAE of the row's model (``world_benchmark.autoencoder_ceiling``)."""
+    cases, options, face_model = _setting(job)
+    scorer = load_scorer(SCORER) if SCORER.is_file() else None
+    model = load_checkpoint(job.model, dtype=torch.float32)
+    rows, frames = [], {}
+    for i, case in enumerate(cases):
+        metrics, decoded = autoencoder_ceiling(case, model, options, face_model, scorer)
+        rows.append({"clip": case.name, **metrics})
+        frames.update({(i, k): decoded[k] for j, k in example_picks(cases) if j == i})
+    return {"model": f"the world's ground truth through the VAE of {_shown(job.model)}", "exposure": True,
+            "mean": mean_metrics(rows), "clips": rows, "seconds": 0.0, "_frames": frames}
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
@@ -234,7 +255,7 @@ def run_job(job: Job) -> dict:
         frames = np.load(cache.with_suffix(".npz"))
         result["_frames"] = {tuple(map(int, k.split("_"))): frames[k] for k in frames.files}
         return result
-    run = {"habit transfer": run_transfer, "ground truth": run_reference}.get(job.name, run_row)
+    run = {"habit transfer": run_transfer, TRUTH: run_reference, CEILING: run_ceiling}.get(job.name, run_row)
     result = run(job)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache.with_suffix(".npz"), **{f"{i}_{k}": v for (i, k), v in result.get("_frames", {}).items()})
@@ -267,6 +288,7 @@ def headline(rows: dict, transfer: dict | None) -> dict:
     out.update(occluder_psnr_without_exposure_training_db=ablated, occluder_psnr_gain_from_training_db=full - ablated)
     full, ablated = pair("temporal", "flicker")
     out.update(flicker_full=full, flicker_without_temporal=ablated, flicker_ratio_without_temporal=ablated / full)
+    out["sync_correlation_autoencoder_bound"] = get(CEILING, "sync_correlation")
     if transfer is not None:
         out["habit_transfer_gain"] = transfer["mean"]["transfer_gain"]
     return out
@@ -348,7 +370,8 @@ def main() -> int:
     work = args.work.resolve()
     world = held_out_world(work, args.corpus.resolve(), args.clips)
     speech = args.speech.resolve() if args.speech is not None else held_out_speech(work, args.corpus.resolve())
-    jobs = [Job("ground truth", DEMO_MODEL, True, world, speech, args.steps)]
+    jobs = [Job(TRUTH, DEMO_MODEL, True, world, speech, args.steps), Job(CEILING, DEMO_MODEL, True, world, speech,
+                                                                          args.steps)]
     for name, (path, exposure, _) in ROWS.items():
         if path.is_file():
             jobs.append(Job(name, path, exposure, world, speech, args.steps))
@@ -359,7 +382,7 @@ def main() -> int:
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         done = dict(zip([j.name for j in order], pool.map(run_job, order, chunksize=1)))
     transfer = done.pop("habit transfer")
-    rows = {name: done[name] for name in [*ROWS, "ground truth"] if name in done}
+    rows = {name: done[name] for name in [*ROWS, TRUTH, CEILING] if name in done}
     values = headline(rows, transfer)
     results = {"settings": {"clips": args.clips, "steps": args.steps, "seed": 0,
                             "held_out_world_seed": HELD_OUT_SEED, "torch_threads": 1,

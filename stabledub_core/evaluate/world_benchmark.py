@@ -39,6 +39,7 @@ from stabledub_core.media.audio import load_audio, to_encoder_input
 from stabledub_core.media.clip import read_clip
 from stabledub_core.media.frames import FrameSource
 from stabledub_core.models.sync_scorer import SyncScorer, sync_offsets
+from stabledub_core.models.vae import decode_latents, encode_frames
 from stabledub_core.pipeline.chunk_model import StableDubChunkModel
 from stabledub_core.pipeline.dub import dub_clip
 from stabledub_core.pipeline.options import DubOptions
@@ -158,6 +159,43 @@ def paste_region(case: EvalCase, chunk_model: StableDubChunkModel, options: DubO
     return case._region
 
 
+class AutoencodedCrops(ConstantCrops):
+    """A probe chunk model that returns its crops through the model's VAE and back, unchanged otherwise.
+
+    Args:
+        like: The ``StableDubChunkModel`` whose VAE, crop size, lip size and window it uses.
+    """
+
+    def __init__(self, like: StableDubChunkModel):
+        super().__init__(like, 0)
+        self.vae = like.model.vae
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None) -> np.ndarray:
+        with torch.no_grad():
+            images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255  # (n, 3, S, S)
+            decoded = decode_latents(self.vae, encode_frames(self.vae, images))
+        return (decoded.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model,
+                        scorer: SyncScorer | None = None) -> tuple[dict, np.ndarray]:
+    """The ground truth through the model's VAE: what a U-Net that predicted the true latents exactly would score.
+
+    The truth's frames are dubbed by :class:`AutoencodedCrops` (tracked, cropped, encoded, decoded and pasted back
+    through the paste region as a dub is) and measured against the truth, so the sync, habit and image measures of
+    this row bound those of any dub the model's autoencoder decodes.
+
+    Returns:
+        (metrics, the frames ``(F, H, W, 3)`` uint8).
+    """
+    options = _with_face_model(options, face_model)
+    truth = case.truth
+    source = FrameSource(truth.rendered.frames, case.metadata["fps"], name=case.name)
+    probe = AutoencodedCrops(StableDubChunkModel(model, options.sampling, options.runtime))
+    frames = dub_clip(source, truth.waveform, truth.sample_rate, probe, options, occluder=case.occluder).frames
+    return measure_dub(case, frames, truth, face_model, scorer), frames
+
+
 def habit_from(case: EvalCase, chunk_model: StableDubChunkModel, options: DubOptions, face_model) -> torch.Tensor:
     """The lip-habit vector of a clip (``case``'s own video as the donor), as the Habit Encode node computes it."""
     lips = habit_lip_crops(case.source, case.track(face_model), chunk_model.lip_size, options.conditions.habit_frames,
@@ -183,6 +221,41 @@ def state_errors(frames: np.ndarray, truth: WorldClip, poses: np.ndarray) -> dic
     return out
 
 
+def _with_face_model(options: DubOptions, face_model) -> DubOptions:
+    return dataclasses.replace(options, tracking=dataclasses.replace(options.tracking, face_model=str(face_model)))
+
+
+def measure_dub(case: EvalCase, dubbed: np.ndarray, truth: WorldClip, face_model,
+                scorer: SyncScorer | None = None) -> dict:
+    """The per-clip measures (module docstring) of ``dubbed`` frames of ``case`` against ``truth``, except
+    ``outside_mask_identical``.
+
+    Args:
+        case: The case.
+        dubbed: ``(F, H, W, 3)`` uint8 frames, the shape of the case's.
+        truth: What they are measured against.
+        face_model: MediaPipe ``face_landmarker.task`` (the lip crops of the LSE measures).
+        scorer: The AV-sync scorer, or None (no LSE).
+    """
+    if dubbed.shape != case.frames.shape:
+        raise RuntimeError(f"the dub of {case.name} has shape {dubbed.shape}, its source {case.frames.shape}")
+    poses = case.metadata["mouth_poses"]
+    metrics = state_errors(dubbed, truth, poses)
+    metrics.pop("estimated")
+    out_patch, true_patch = mouth_patches(dubbed, poses), mouth_patches(truth.rendered.frames, poses)
+    metrics.update(psnr=psnr(out_patch, true_patch), ssim=float(np.mean([ssim(a, b) for a, b in
+                                                                         zip(out_patch, true_patch)])),
+                   flicker=flicker(out_patch, true_patch))
+    if truth.occluder is not None:
+        occluder = mouth_patches(truth.rendered.occluder_masks.astype(np.uint8), poses, cv2.INTER_NEAREST) > 0
+        metrics["occluder_psnr"] = psnr(out_patch, true_patch, occluder)
+    if scorer is not None:
+        lips = lip_crops(dubbed, case.track(face_model).landmarks, scorer.config.lip_size)
+        score = sync_offsets(scorer, lips, to_encoder_input(truth.waveform, truth.sample_rate))
+        metrics.update(lse_d=score.lse_d, lse_c=score.lse_c, sync_offset=score.offset)
+    return metrics
+
+
 def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer: SyncScorer | None = None,
                   exposure: bool = True, habit: torch.Tensor | None = None, truth: WorldClip | None = None,
                   check_outside: bool = True) -> tuple[dict, np.ndarray]:
@@ -203,26 +276,11 @@ def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer
         (metrics, the dubbed frames ``(F, H, W, 3)`` uint8).
     """
     truth = truth or case.truth
-    options = dataclasses.replace(options, tracking=dataclasses.replace(options.tracking, face_model=str(face_model)))
+    options = _with_face_model(options, face_model)
     chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
     dubbed = dub_clip(case.source, case.truth.waveform, case.truth.sample_rate, chunk_model, options,
                       occluder=case.occluder if exposure else None, habit=habit).frames
-    if dubbed.shape != case.frames.shape:
-        raise RuntimeError(f"the dub of {case.name} has shape {dubbed.shape}, its source {case.frames.shape}")
-    poses = case.metadata["mouth_poses"]
-    metrics = state_errors(dubbed, truth, poses)
-    metrics.pop("estimated")
-    out_patch, true_patch = mouth_patches(dubbed, poses), mouth_patches(truth.rendered.frames, poses)
-    metrics.update(psnr=psnr(out_patch, true_patch), ssim=float(np.mean([ssim(a, b) for a, b in
-                                                                         zip(out_patch, true_patch)])),
-                   flicker=flicker(out_patch, true_patch))
-    if truth.occluder is not None:
-        occluder = mouth_patches(truth.rendered.occluder_masks.astype(np.uint8), poses, cv2.INTER_NEAREST) > 0
-        metrics["occluder_psnr"] = psnr(out_patch, true_patch, occluder)
-    if scorer is not None:
-        lips = lip_crops(dubbed, case.track(face_model).landmarks, scorer.config.lip_size)
-        score = sync_offsets(scorer, lips, to_encoder_input(case.truth.waveform, case.truth.sample_rate))
-        metrics.update(lse_d=score.lse_d, lse_c=score.lse_c, sync_offset=score.offset)
+    metrics = measure_dub(case, dubbed, truth, face_model, scorer)
     if check_outside:
         region = paste_region(case, chunk_model, options)
         metrics["outside_mask_identical"] = bool(np.array_equal(dubbed[~region], case.frames[~region]))

@@ -10,10 +10,11 @@ speaking one utterance, 30 % of them behind an occluder; it is preprocessed by `
 
 Parts:
 
-* ``shipped``: ``train vae`` -> ``init --set prediction_type=v_prediction`` (the stage-1 init: the VAE under a
-  v-prediction U-Net) -> ``train stage1`` -> ``train cache-latents`` -> ``train stage2`` -> ``train export``; stages 1
-  and 2 run as 2 processes (``torchrun``, gloo, one thread each), so the global batches are twice the per-process
-  ``--batch-size``;
+* ``shipped``: ``train vae`` (700 steps, cosine schedule, the L1 error inside the coarse mouth mask Mc weighted 5x:
+  ``--vae-mouth-weight 4``) -> ``init --set prediction_type=v_prediction`` (the stage-1 init: the VAE under a
+  v-prediction U-Net) -> ``train stage1`` -> ``train cache-latents`` (one process, two threads) -> ``train stage2``
+  -> ``train export``; the VAE and stages 1 and 2 run as 2 processes (``torchrun``, gloo, one thread each), so the
+  global batches are twice the per-process ``--batch-size``;
   the export is copied to ``assets/stabledub_tiny_demo.safetensors`` and the recipe (commands, options, seeds, times)
   to ``assets/stabledub_tiny_demo.json``. The budget is at most 60 minutes of training on 2 CPU cores.
 * ``sync``: the AV-sync scorer (``train sync`` on the same data) -> ``assets/sync_scorer_world.safetensors``.
@@ -21,11 +22,11 @@ Parts:
   change: ``no_exposure`` (stage 1 without mask exposure, then stage 2), ``attention`` (every Mamba replaced by
   self-attention, made with ``init --set unet.mixer=attention`` from the shipped VAE; stages 1 and 2),
   ``no_habit`` (``habit.enabled=false``) and ``no_temporal`` (``unet.temporal=false``), both stage 2 from the
-  shipped stage-1 model (rebuilt from the shipped export when the work folder lacks it: :func:`rebuild_stage1`). ``--variants`` picks some (two processes can train different ones at once; each records
-  into ``bench/results/train_world_ablations.json``). Their exports go to ``bench/models/``. The committed ones
-  were trained under the previous recipe (epsilon prediction, one process, stage-1 batch 4, 900 + 1,300 steps);
-  that recipe's full model is ``bench/models/full_epsilon.safetensors``, the baseline ``bench/quality.py`` compares
-  them with.
+  shipped stage-1 model (rebuilt from the shipped export when the work folder lacks it: :func:`rebuild_stage1`).
+  ``--variants`` picks some (each records into ``bench/results/train_world_ablations.json``); their exports go to
+  ``bench/models/`` as float16. ``bench/models/epsilon/`` keeps the first recipe's full model and its four ablations
+  (epsilon prediction, one process, the 250-step VAE, 900 + 1,300 steps), which ``bench/quality.py`` compares with
+  each other only.
 
 Usage:
     python bench/train_world_models.py --speech ../shared/media/speech_corpus [--work runs/world]
@@ -66,8 +67,8 @@ ABLATION_MODELS = REPO / "bench" / "models"
 TRAIN_UTTERANCES = 140  # the first 140 of the sorted corpus; the rest are held out
 WORLD = {"clips": 72, "seed": 7, "occluder_share": 0.3}
 SEED = 0
-VAE = ["--preset", "tiny", "--max-steps", "250", "--batch-size", "8", "--learning-rate", "1e-3",
-       "--lr-warmup-steps", "20"]
+VAE = ["--preset", "tiny", "--max-steps", "700", "--batch-size", "4", "--learning-rate", "1e-3",
+       "--lr-warmup-steps", "20", "--lr-scheduler", "cosine", "--vae-mouth-weight", "4"]  # global batch 8
 PREDICTION = ["prediction_type=v_prediction"]  # the U-Net's parameterisation (pipeline/prediction.py)
 PROCESSES = 2  # training processes of stages 1 and 2 (one per core)
 STAGE1_STEPS, STAGE2_STEPS = 900, 2000
@@ -96,9 +97,9 @@ class Recipe:
                                             "torch_threads": os.environ.get("OMP_NUM_THREADS", "default")})
         self.results.setdefault("steps", {})
 
-    def run(self, name: str, args: list[str], output: Path, processes: int = 1) -> None:
-        """Run ``python -m stabledub_core ARGS`` (with ``processes`` > 1: under ``torchrun``) unless ``output``
-        exists; record it under ``name``."""
+    def run(self, name: str, args: list[str], output: Path, processes: int = 1, threads: int = 1) -> None:
+        """Run ``python -m stabledub_core ARGS`` (with ``processes`` > 1: under ``torchrun``; ``threads`` torch
+        threads per process) unless ``output`` exists; record it under ``name``."""
         launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] \
             if processes > 1 else []
         command = [sys.executable, *launch, "-m", "stabledub_core", *map(str, args)]
@@ -111,7 +112,7 @@ class Recipe:
             return
         print(f"[run] {name}: {shown}", flush=True)
         started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
         child = subprocess.Popen(command, cwd=REPO, env=env)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own resource use (its peak memory)
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -119,6 +120,7 @@ class Recipe:
             raise subprocess.CalledProcessError(child.returncode, command)
         seconds = time.monotonic() - started
         self.results["steps"][name] = {"command": shown, "seconds": round(seconds, 1),
+                                       "processes": processes, "threads": threads,
                                        "peak_memory_mb": round(usage.ru_maxrss / 1024, 1),
                                        "load_average": [round(x, 2) for x in os.getloadavg()]}
         self.save()
@@ -181,11 +183,11 @@ def train_stage(recipe: Recipe, name: str, stage: str, data: Path, init: Path | 
 
 
 def shipped(recipe: Recipe, data: Path) -> None:
-    vae = train_stage(recipe, "vae", "vae", data, None, VAE)
+    vae = train_stage(recipe, "vae", "vae", data, None, VAE, processes=PROCESSES)
     init1 = stage1_init(recipe, vae, [])
     stage1 = train_stage(recipe, "stage1", "stage1", data, init1, STAGE1, STAGE1_STEPS, PROCESSES)
     recipe.run("cache_latents", ["train", "cache-latents", data, "--init", stage1],
-               recipe.work / "cache_latents.done")
+               recipe.work / "cache_latents.done", threads=PROCESSES)  # one process, both cores
     (recipe.work / "cache_latents.done").touch()
     stage2 = train_stage(recipe, "stage2", "stage2", data, stage1, STAGE2, STAGE2_STEPS, PROCESSES)
     DEMO_MODEL.parent.mkdir(parents=True, exist_ok=True)

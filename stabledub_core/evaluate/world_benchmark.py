@@ -182,8 +182,9 @@ def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model,
     """The ground truth through the model's VAE: what a U-Net that predicted the true latents exactly would score.
 
     The truth's frames are dubbed by :class:`AutoencodedCrops` (tracked, cropped, encoded, decoded and pasted back
-    through the paste region as a dub is) and measured against the truth, so the sync, habit and image measures of
-    this row bound those of any dub the model's autoencoder decodes.
+    through the paste region as a dub is) and measured against the truth: what the autoencoder alone loses of the
+    sync, habit and image measures. It is not a strict bound on a dub's measures (the estimator reads a blurred
+    mouth unevenly, so a dub can score above it on a clip).
 
     Returns:
         (metrics, the frames ``(F, H, W, 3)`` uint8).

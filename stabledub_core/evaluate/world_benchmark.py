@@ -40,7 +40,7 @@ from stabledub_core.media.clip import read_clip
 from stabledub_core.media.frames import FrameSource
 from stabledub_core.models.sync_scorer import SyncScorer, sync_offsets
 from stabledub_core.models.vae import decode_latents, encode_frames
-from stabledub_core.pipeline.chunk_model import StableDubChunkModel
+from stabledub_core.pipeline.chunk_model import StableDubChunkModel, crops_to_tensor, tensor_to_crops
 from stabledub_core.pipeline.dub import dub_clip
 from stabledub_core.pipeline.options import DubOptions
 from stabledub_core.pipeline.stages import habit_lip_crops, track_faces
@@ -172,9 +172,7 @@ class AutoencodedCrops(ConstantCrops):
 
     def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None) -> np.ndarray:
         with torch.no_grad():
-            images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255  # (n, 3, S, S)
-            decoded = decode_latents(self.vae, encode_frames(self.vae, images))
-        return (decoded.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            return tensor_to_crops(decode_latents(self.vae, encode_frames(self.vae, crops_to_tensor(crops))))
 
 
 def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model,

@@ -213,9 +213,14 @@ class PrecomputedAudioContext:
         return self.context[start:stop]
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(n, S, S, 3)`` uint8 -> ``(n, 3, S, S)`` float in [0, 1]."""
+def crops_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(n, S, S, 3)`` uint8 -> ``(n, 3, S, S)`` float in [0, 1] (what the VAE encodes)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+
+
+def tensor_to_crops(images: torch.Tensor) -> np.ndarray:
+    """``(n, 3, S, S)`` float in [0, 1] (what the VAE decodes) -> ``(n, S, S, 3)`` uint8."""
+    return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
 
 
 class StableDubChunkModel:
@@ -306,15 +311,15 @@ class StableDubChunkModel:
                 audio = self._audio.frames(start, start + n)  # (n, T, C_a)
             with clock.stage("vae_encode"):
                 hide = (masks > 0)[..., None]  # (n, S, S, 1)
-                masked = encode_frames(vae, _to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
+                masked = encode_frames(vae, crops_to_tensor(np.where(hide, 0, crops))).float().cpu()  # (n, 4, h, w)
                 # The reference crop is the same for all frames of a crop span: encode each distinct one once
                 unique, inverse = np.unique(appearance.reshape(n, -1), axis=0, return_inverse=True)
-                app = encode_frames(vae, _to_tensor(unique.reshape(-1, *appearance.shape[1:]))).float().cpu()
+                app = encode_frames(vae, crops_to_tensor(unique.reshape(-1, *appearance.shape[1:]))).float().cpu()
                 app = app[torch.from_numpy(inverse.reshape(-1))]  # (n, 4, h, w)
                 mask = torch.from_numpy(to_latent(masks, factor))[:, None]  # (n, 1, h, w)
                 clean = None
                 if self.sampler.keep_known or self.source is not None:
-                    clean = encode_frames(vae, _to_tensor(crops)).float().cpu()  # (n, 4, h, w) source latents
+                    clean = encode_frames(vae, crops_to_tensor(crops)).float().cpu()  # (n, 4, h, w) source latents
             start_latents = {"noise": self._noise.frames(start, start + n)}
             if self.source is not None:
                 with clock.stage("invert"):  # EdiDub: the source crops' latents walked back to the first step
@@ -336,7 +341,7 @@ class StableDubChunkModel:
             with clock.stage("vae_decode"):
                 images = decode_latents(vae, latents)  # (n, 3, S, S) in [0, 1]
                 check_finite(images, "decoded frames", start, self.dtype)
-        return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        return tensor_to_crops(images)
 
 
 def as_chunk_model(model, sampling: SamplingOptions, runtime: RuntimeOptions) -> ChunkModel:

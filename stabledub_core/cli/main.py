@@ -176,5 +176,24 @@ def _main(args) -> int:
         STOP.remove_partials()
         print(f"stabledub: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:
+        # a signal that arrived inside a library which wraps every error (diffusers' lazy imports raise
+        # RuntimeError from it) is still an interruption
+        if not _caused_by_interrupt(exc):
+            raise
+        STOP.remove_partials()
+        print("stabledub: interrupted; no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling, or from, an :class:`Interrupted` (its cause/context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -52,3 +52,16 @@ def test_the_sigterm_handler_is_restored_after_a_bug(run_failing):
     with pytest.raises(ValueError):
         run_failing(ValueError("a bug"))
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_wrapped_by_a_library_is_still_an_interruption(run_failing, capsys):
+    """diffusers' lazy imports turn any error, a signal's Interrupted too, into RuntimeError(...) from it."""
+    try:
+        try:
+            raise cli.Interrupted("stopped by signal 1")
+        except cli.Interrupted as signal_error:
+            raise RuntimeError("Failed to import diffusers.models.autoencoders") from signal_error
+    except RuntimeError as wrapped:
+        error = wrapped
+    assert run_failing(error) == cli.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err.strip() == "stabledub: interrupted; no output written"

@@ -54,6 +54,10 @@ class ModelHandle:
         return int(self.model.config.resolution)
 
     @property
+    def crop_box_scale(self) -> float:
+        return float(self.model.config.crop_box_scale)
+
+    @property
     def lip_size(self) -> int:
         return int(self.model.config.habit.lip_size)
 

@@ -44,7 +44,7 @@ class StableDubPlanMasks:
         from stabledub_core.pipeline.options import MaskOptions
 
         options = MaskOptions(mask_margin=mask_margin)
-        crop_plan = plan_masks(track, model.crop_size, model.window, options)
+        crop_plan = plan_masks(track, model.crop_size, model.window, options, model.crop_box_scale)
         return crop_plan, convert.mask_out(mask_clip(crop_plan, options))
 
 

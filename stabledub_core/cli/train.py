@@ -20,7 +20,7 @@ from pathlib import Path
 from stabledub_core.cli.common import FACE_MODEL_HELP, find_face_model
 from stabledub_core.cli.options import flag
 from stabledub_core.models.config import PRESETS
-from stabledub_core.pipeline.options import option_fields
+from stabledub_core.pipeline.options import MaskOptions, option_fields
 from stabledub_core.train.config import TrainOptions, load_run_options, merge_options, read_config_file
 from stabledub_core.train.preprocess import DEFAULT_SHARD_FRAMES, FilterOptions, format_report, preprocess
 
@@ -58,6 +58,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     pre.add_argument("--preset", default="sd15", choices=sorted(PRESETS),
                      help="model preset: its resolution is the crop size, its window the span length "
                      "(default: %(default)s)")
+    pre.add_argument("--crop-box-scale", type=float, default=None,
+                     help="the crops' framing: crop box side / longer side of the feathered union mask Mu (default: "
+                     "the preset's crop_box_scale); models trained on the data take it into their config")
     pre.add_argument("--workers", type=int, default=1, help="parallel processes over clips (default: %(default)s)")
     pre.add_argument("--shard-frames", type=int, default=DEFAULT_SHARD_FRAMES,
                      help="frames per shard (default: %(default)s)")
@@ -102,8 +105,9 @@ class _Progress:
 def run_preprocess(args: argparse.Namespace) -> int:
     """Run ``train preprocess``; prints the report table; returns the exit status (0)."""
     options = FilterOptions(**{f.name: getattr(args, f.name) for f in option_fields(FilterOptions)})
+    framing = None if args.crop_box_scale is None else MaskOptions().mask_config(args.crop_box_scale)
     result = preprocess(args.in_dir, args.out_dir, find_face_model(args.face_model), preset=args.preset,
-                        options=options, workers=args.workers, shard_frames=args.shard_frames,
+                        options=options, workers=args.workers, shard_frames=args.shard_frames, mask_config=framing,
                         on_progress=_Progress())
     if result.processed == 0:
         print("every clip was finished by an earlier run", file=sys.stderr)

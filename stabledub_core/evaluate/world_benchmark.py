@@ -134,6 +134,7 @@ class ConstantCrops:
 
     def __init__(self, like: StableDubChunkModel, value: int):
         self.crop_size, self.lip_size, self.window, self.value = like.crop_size, like.lip_size, like.window, value
+        self.crop_box_scale = like.crop_box_scale
         self.habit_size = like.model.config.habit.hidden_size
 
     def encode_habit(self, lip_crops: np.ndarray) -> torch.Tensor:

@@ -89,6 +89,7 @@ class VAEConfig:
 class StableDubConfig:
     preset: str = "sd15"
     resolution: int = 512  # crop size in pixels
+    crop_box_scale: float = 1.8  # the crops' framing: box side / longer side of the feathered Mu (MaskConfig)
     num_frames: int = 16  # frames per window
     prediction_type: str = "epsilon"  # what the U-Net outputs: "epsilon" (SD 1.5) or "v_prediction" (velocity)
     unet: UNetConfig = field(default_factory=UNetConfig)

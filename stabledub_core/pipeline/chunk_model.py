@@ -130,6 +130,7 @@ class ChunkModel(Protocol):
     """What the orchestration needs from a model (see :class:`StableDubChunkModel`)."""
 
     crop_size: int  # side S of the model's crops
+    crop_box_scale: float  # their framing (``MaskConfig.box_scale``): the one the model was trained on
     lip_size: int  # side of the lip crops of the habit vector
     window: int  # frames per sampler window (the model's training length)
 
@@ -236,6 +237,7 @@ class StableDubChunkModel:
         self.model = model.eval()
         self.config = model.config
         self.crop_size = int(self.config.resolution)
+        self.crop_box_scale = float(self.config.crop_box_scale)
         self.lip_size = int(self.config.habit.lip_size)
         self.window = int(self.config.num_frames)
         self.device = torch.device(runtime.device)

@@ -170,7 +170,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
         chunk_model.begin(wave16, times, habit, source=speech)
         appearance_of = AppearanceCrops(reference_frame(source, track, conditions.reference, options.sampling.seed),
                                         chunk_model.crop_size)
-    crop_plan = CropPlan(track, chunk_model.crop_size, chunk_model.window, options.masks.mask_config(), index,
+    crop_plan = CropPlan(track, chunk_model.crop_size, chunk_model.window, options.masks.mask_config(chunk_model.crop_box_scale), index,
                          keep_all=False)
     frames = source.frames_at(plan.runs)
     buffer: dict[int, np.ndarray] = {}  # output index -> source image, for the current chunk and its overlap

@@ -21,6 +21,7 @@ import torch
 
 from stabledub_core.errors import EmptyMediaError, OptionError
 from stabledub_core.face.track import FaceTrack
+from stabledub_core.masks.config import MaskConfig
 from stabledub_core.masks.crop_spans import CropPlan
 from stabledub_core.masks.exposure import ExposedPatches
 from stabledub_core.media.audio import check_waveform, encoder_length, fit_samples, to_encoder_input
@@ -44,7 +45,8 @@ from stabledub_core.pipeline.stages import (
 from stabledub_core.runtime import ProgressCallback, StageTimer, StopCheck, check_interrupt
 
 
-def plan_masks(track: FaceTrack, crop_size: int, window: int, options: MaskOptions) -> CropPlan:
+def plan_masks(track: FaceTrack, crop_size: int, window: int, options: MaskOptions,
+               box_scale: float = MaskConfig.box_scale) -> CropPlan:
     """The crop spans of every frame of a clip (kept in memory for the other nodes).
 
     Args:
@@ -52,8 +54,9 @@ def plan_masks(track: FaceTrack, crop_size: int, window: int, options: MaskOptio
         crop_size: The model's crop size (``config.resolution``).
         window: The model's window (``config.num_frames``).
         options: Mask geometry.
+        box_scale: The model's crop framing (``config.crop_box_scale``).
     """
-    return CropPlan(track, crop_size, window, options.mask_config(), keep_all=True)
+    return CropPlan(track, crop_size, window, options.mask_config(box_scale), keep_all=True)
 
 
 def crop_clip(source: FrameSource, plan: CropPlan, image: np.ndarray | None = None,

@@ -118,9 +118,10 @@ class MaskOptions(StageOptions):
                                     "of one frame's mask; a face moving faster makes the masks follow the face "
                                     "instead of covering its whole path (100: practically never)", min=1.0, max=100.0, step=0.1)
 
-    def mask_config(self) -> MaskConfig:
-        """The mask geometry with this margin and growth bound."""
-        return MaskConfig(coarse_dilation=self.mask_margin, max_growth=self.max_mask_growth)
+    def mask_config(self, box_scale: float = MaskConfig.box_scale) -> MaskConfig:
+        """The mask geometry with this margin and growth bound, framed as the model's crops are (``box_scale``:
+        its config's ``crop_box_scale``)."""
+        return MaskConfig(coarse_dilation=self.mask_margin, max_growth=self.max_mask_growth, box_scale=box_scale)
 
 
 @dataclass

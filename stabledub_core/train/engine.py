@@ -86,14 +86,27 @@ def data_preset(data_dir) -> str:
 
 
 def model_config(options: TrainOptions, data_dir) -> StableDubConfig:
-    """The config of the model a run trains: the ``--init`` checkpoint's, else the preset's."""
-    if options.init:
-        config = read_checkpoint_config(options.init)
-        if options.preset and config.preset != options.preset:
-            raise OptionError(f"--init {options.init} is a {config.preset!r} checkpoint but --preset is "
-                              f"{options.preset!r}: drop --preset or pick a matching checkpoint")
-        return config
-    return get_preset(options.preset or data_preset(data_dir))
+    """The config of the model a run trains: the ``--init`` checkpoint's, else the preset's framed as the data
+    (``crop_box_scale`` = the box scale the data was preprocessed with).
+
+    Raises:
+        OptionError: the ``--init`` checkpoint was trained on crops framed otherwise than the data's (inference
+            frames its crops by the model's config, so the two must agree).
+    """
+    framing = PreprocessedData(data_dir).settings.get("mask", {}).get("box_scale")
+    if not options.init:
+        config = get_preset(options.preset or data_preset(data_dir))
+        return config if framing is None else dataclasses.replace(config, crop_box_scale=float(framing))
+    config = read_checkpoint_config(options.init)
+    if options.preset and config.preset != options.preset:
+        raise OptionError(f"--init {options.init} is a {config.preset!r} checkpoint but --preset is "
+                          f"{options.preset!r}: drop --preset or pick a matching checkpoint")
+    if framing is not None and abs(config.crop_box_scale - float(framing)) > 1e-6:
+        raise OptionError(f"--init {options.init} frames its crops with crop_box_scale {config.crop_box_scale:g} but "
+                          f"{str(data_dir)!r} was preprocessed with {float(framing):g}: preprocess again with "
+                          f"--crop-box-scale {config.crop_box_scale:g}, or init the model with --set "
+                          f"crop_box_scale={float(framing):g}")
+    return config
 
 
 def load_training_model(options: TrainOptions, config: StableDubConfig) -> StableDub:

@@ -716,7 +716,8 @@ def preprocess(in_dir, out_dir, face_model, preset: str = "sd15", options: Filte
         options: The filters (default :class:`FilterOptions`).
         workers: Parallel processes over clips.
         shard_frames: Frames per shard (the last shard may hold fewer).
-        mask_config: Mask geometry (default: inference's, ``MaskOptions().mask_config()``).
+        mask_config: Mask geometry (default: inference's for the preset, ``MaskOptions().mask_config(
+            config.crop_box_scale)``).
         on_progress: Called as ``on_progress(done, total, entry)`` after each clip of this run.
 
     Returns:
@@ -728,10 +729,10 @@ def preprocess(in_dir, out_dir, face_model, preset: str = "sd15", options: Filte
         OptionError: ``workers`` or ``shard_frames`` below 1.
     """
     options = options or FilterOptions()
-    mask_config = mask_config or MaskOptions().mask_config()
     if workers < 1 or shard_frames < 1:
         raise OptionError(f"--workers and --shard-frames must be at least 1, got {workers} and {shard_frames}")
     config = get_preset(preset)
+    mask_config = mask_config or MaskOptions().mask_config(config.crop_box_scale)
     keys = find_videos(in_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ class InvertCrops:
     """A ChunkModel whose 'generation' is the inverted source crop (records what it was asked)."""
 
     crop_size = 64
+    crop_box_scale = 1.8
     lip_size = 32
     window = 16
     steps = 2  # sampler steps reported per chunk
@@ -185,3 +186,29 @@ def test_source_speech_is_padded_with_silence_to_the_last_frame():
     short = SourceSpeech.covering(np.ones(100, np.float32), np.arange(10) / 25, 25)
     assert len(short.wave16) == 6400 and short.wave16[:100].min() == 1 and short.wave16[100:].max() == 0
     assert len(SourceSpeech.covering(np.ones(20000, np.float32), np.arange(10) / 25, 25).wave16) == 20000
+
+
+class RecordMasks(InvertCrops):
+    """InvertCrops that keeps the inpainting masks it was given, framed as its ``crop_box_scale`` asks."""
+
+    def __init__(self, crop_box_scale):
+        super().__init__()
+        self.crop_box_scale, self.masks = crop_box_scale, []
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
+        self.masks.append(masks)
+        return super().generate(start, crops, masks, appearance, clock, should_stop, on_step)
+
+
+def test_the_crops_are_framed_as_the_model_was_trained(face_frames, face_model_path):
+    """The chunk model's ``crop_box_scale`` (its config's) frames the crops: a tighter box shows the mouth mask
+    larger, by about the square of the two scales, and the dub still changes the same frame pixels."""
+    frames, speech = np.stack(face_frames[:16]), tone(16 / 25, 16000)
+    shares, dubs = {}, {}
+    for scale in (1.8, 1.3):
+        model = RecordMasks(scale)
+        dubs[scale] = dub_clip(FrameSource(frames, 25), speech, 16000, model, options(face_model_path)).frames
+        shares[scale] = float(np.mean([(m > 0).mean() for m in model.masks]))
+    assert 1.5 < shares[1.3] / shares[1.8] < 2.4, shares
+    changed = [(d != frames).any(axis=-1) for d in (dubs[1.8], dubs[1.3])]
+    assert (changed[0] ^ changed[1]).mean() < 0.01 * changed[0].mean() + 1e-3

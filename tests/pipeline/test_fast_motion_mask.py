@@ -25,6 +25,7 @@ class InvertCrops:
     """A ChunkModel whose 'generation' is the inverted source crop."""
 
     crop_size = 64
+    crop_box_scale = 1.8
     lip_size = 32
     window = 8  # a window's travel (7 * 34 px) fits in its crop box, which the frame's height bounds
 

@@ -62,7 +62,7 @@ def test_stage1_sample_equals_the_shards_and_the_pipeline(prepared, face_model_p
     with VideoReader(root / "one.mp4") as reader:
         track = stages.track_faces(reader, face_model_path)
         plan = CropPlan(track, crop_size=config.resolution, span_length=config.num_frames,
-                        config=MaskOptions().mask_config())
+                        config=MaskOptions().mask_config(config.crop_box_scale))
         images = list(reader.frames_at([Run(0, reader.num_frames, 1)]))
     for k in (0, 21, 47):
         sample = data[k]

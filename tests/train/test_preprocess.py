@@ -136,7 +136,7 @@ def test_kept_crops_masks_landmarks_and_audio_equal_what_inference_computes(run1
     with VideoReader(dataset / "one.mp4") as reader:  # a 25 fps source: every frame once
         track = stages.track_faces(reader, face_model_path)
         plan = CropPlan(track, crop_size=config.resolution, span_length=config.num_frames,
-                        config=MaskOptions().mask_config())
+                        config=MaskOptions().mask_config(config.crop_box_scale))
         images = list(reader.frames_at([Run(0, reader.num_frames, 1)]))
     assert len(images) == clip["frames"]
     for k, image in enumerate(images):

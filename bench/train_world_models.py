@@ -186,9 +186,7 @@ def shipped(recipe: Recipe, data: Path) -> None:
     vae = train_stage(recipe, "vae", "vae", data, None, VAE, processes=PROCESSES)
     init1 = stage1_init(recipe, vae, [])
     stage1 = train_stage(recipe, "stage1", "stage1", data, init1, STAGE1, STAGE1_STEPS, PROCESSES)
-    recipe.run("cache_latents", ["train", "cache-latents", data, "--init", stage1],
-               recipe.work / "cache_latents.done", threads=PROCESSES)  # one process, both cores
-    (recipe.work / "cache_latents.done").touch()
+    cache_latents(recipe, data, stage1)
     stage2 = train_stage(recipe, "stage2", "stage2", data, stage1, STAGE2, STAGE2_STEPS, PROCESSES)
     DEMO_MODEL.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stage2, DEMO_MODEL)
@@ -209,6 +207,13 @@ def shipped(recipe: Recipe, data: Path) -> None:
         "training_minutes": recipe.results["shipped_training_minutes"],
         "machine": recipe.results["machine"], **({"notes": recipe.results["notes"]} if "notes" in recipe.results
                                                  else {})}, indent=1) + "\n")
+
+
+def cache_latents(recipe: Recipe, data: Path, model: Path) -> None:
+    """``train cache-latents`` with ``model``'s VAE (once per work folder; one process on both cores' threads)."""
+    done = recipe.work / "cache_latents.done"
+    recipe.run("cache_latents", ["train", "cache-latents", data, "--init", model], done, threads=PROCESSES)
+    done.touch()
 
 
 def stage1_init(recipe: Recipe, vae: Path, settings: list[str], name: str = "stage1") -> Path:
@@ -241,6 +246,7 @@ def ablations(recipe: Recipe, data: Path, variants: list[str]) -> None:
     vae = recipe.work / "vae.safetensors"
     if not (recipe.work / "stage1.safetensors").exists() and DEMO_MODEL.is_file():
         rebuild_stage1(recipe.work / "stage1.safetensors")
+    cache_latents(recipe, data, recipe.work / "stage1.safetensors")  # every variant keeps the shipped VAE
     ABLATION_MODELS.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         set1, options1, set2 = ABLATIONS[variant]

@@ -22,7 +22,8 @@ Parts:
   change: ``no_exposure`` (stage 1 without mask exposure, then stage 2), ``attention`` (every Mamba replaced by
   self-attention, made with ``init --set unet.mixer=attention`` from the shipped VAE; stages 1 and 2),
   ``no_habit`` (``habit.enabled=false``) and ``no_temporal`` (``unet.temporal=false``), both stage 2 from the
-  shipped stage-1 model (rebuilt from the shipped export when the work folder lacks it: :func:`rebuild_stage1`).
+  shipped stage-1 model (a work folder without the shipped VAE and stage-1 exports rebuilds them from the shipped
+  export: :func:`rebuild`).
   ``--variants`` picks some (each records into ``bench/results/train_world_ablations.json``); their exports go to
   ``bench/models/`` as float16. ``bench/models/epsilon/`` keeps the first recipe's full model and its four ablations
   (epsilon prediction, one process, the 250-step VAE, 900 + 1,300 steps), which ``bench/quality.py`` compares with
@@ -228,24 +229,27 @@ def sync_scorer(recipe: Recipe, data: Path) -> None:
     shutil.copyfile(out, SCORER)
 
 
-def rebuild_stage1(out: Path) -> None:
-    """The shipped model's stage-1 export, rebuilt from the shipped export (for ablations in a folder without it).
+def rebuild(out: Path, stages: tuple[str, ...]) -> None:
+    """An intermediate export of the shipped recipe, rebuilt from the shipped export (for ablations in a folder
+    without it): ``("vae",)`` for the VAE export, ``("vae", "stage1")`` for stage 1's.
 
-    ``train vae --seed 0`` starts from ``torch.manual_seed(0); StableDub.from_config(tiny)``; stage 1 trains only the
-    spatial U-Net (VAE frozen), stage 2 only the temporal layers, audio cross-attention, habit and audio encoder. So
-    stage 1's export is the shipped export's VAE and stage-1 tensors with every other tensor at that seeded init."""
+    ``train vae --seed 0`` starts from ``torch.manual_seed(0); StableDub.from_config(tiny)``; the VAE stage trains
+    only the VAE, stage 1 only the spatial U-Net (VAE frozen), stage 2 only the temporal layers, audio
+    cross-attention, habit and audio encoder. So the export after ``stages`` is the shipped export's tensors of those
+    stages with every other tensor at that seeded init."""
     shipped = load_checkpoint(DEMO_MODEL, dtype=torch.float32)
     torch.manual_seed(SEED)
     init = StableDub.from_config(get_preset("tiny")).float().state_dict()
-    kept = set(trainable_names(shipped, "vae")) | set(trainable_names(shipped, "stage1"))
+    kept = {name for stage in stages for name in trainable_names(shipped, stage)}
     shipped.load_state_dict({k: v if k in kept else init[k] for k, v in shipped.state_dict().items()})
-    save_checkpoint(shipped, out, metadata={"rebuilt_from": DEMO_MODEL.name})
+    save_checkpoint(shipped, out, metadata={"rebuilt_from": DEMO_MODEL.name, "stages": ",".join(stages)})
 
 
 def ablations(recipe: Recipe, data: Path, variants: list[str]) -> None:
     vae = recipe.work / "vae.safetensors"
-    if not (recipe.work / "stage1.safetensors").exists() and DEMO_MODEL.is_file():
-        rebuild_stage1(recipe.work / "stage1.safetensors")
+    for name, stages in (("vae", ("vae",)), ("stage1", ("vae", "stage1"))):
+        if not (recipe.work / f"{name}.safetensors").exists() and DEMO_MODEL.is_file():
+            rebuild(recipe.work / f"{name}.safetensors", stages)
     cache_latents(recipe, data, recipe.work / "stage1.safetensors")  # every variant keeps the shipped VAE
     ABLATION_MODELS.mkdir(parents=True, exist_ok=True)
     for variant in variants:

@@ -156,14 +156,19 @@ def split_speech(corpus: Path, work: Path) -> tuple[Path, Path]:
     return folders
 
 
-def prepare(recipe: Recipe, corpus: Path) -> Path:
-    """The training world and its preprocessed data."""
-    work = recipe.work
-    speech_train, _ = split_speech(corpus, work)
-    world, data = work / "world_train", work / "data"
+def training_world(recipe: Recipe, corpus: Path) -> Path:
+    """The training world (``work/world_train``), rendered from the corpus's training utterances."""
+    speech_train, _ = split_speech(corpus, recipe.work)
+    world = recipe.work / "world_train"
     recipe.run("world", ["world", world, "--clips", WORLD["clips"], "--speech", speech_train, "--seed",
                          WORLD["seed"], "--occluder-share", WORLD["occluder_share"], "--workers", 2],
                world / "world.json")
+    return world
+
+
+def prepare(recipe: Recipe, corpus: Path) -> Path:
+    """The training world and its preprocessed data."""
+    world, data = training_world(recipe, corpus), recipe.work / "data"
     recipe.run("preprocess", ["train", "preprocess", world, data, "--preset", "tiny", "--workers", 2],
                data / "manifest.json")
     return data
@@ -312,6 +317,15 @@ def _settings(settings: list[str]) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
 
 
+def parse_variants(parser: argparse.ArgumentParser, text: str, choices) -> list[str]:
+    """The comma-separated variant names of ``text``; an unknown one is a usage error listing ``choices``."""
+    variants = [v for v in text.split(",") if v]
+    unknown = sorted(set(variants) - set(choices))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return variants
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, required=True, help="the speech corpus folder")
@@ -319,10 +333,7 @@ def main() -> int:
     parser.add_argument("--part", default="all", choices=("shipped", "sync", "ablations", "summary", "all"))
     parser.add_argument("--variants", default=",".join(ABLATIONS), help="ablations to train (comma-separated)")
     args = parser.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(ABLATIONS))
-    if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    variants = parse_variants(parser, args.variants, ABLATIONS)
     work = args.work.resolve()
     recipe = Recipe(work)
     data = prepare(recipe, args.speech.resolve())

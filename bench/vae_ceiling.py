@@ -141,17 +141,10 @@ def main() -> int:
     slugs = {_slug(name): name for name in VARIANTS}
     parser.add_argument("--variants", default=",".join(slugs), help="variants, comma-separated (default: %(default)s)")
     args = parser.parse_args()
-    wanted = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(wanted) - set(slugs))
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(slugs)}")
+    wanted = recipe_of.parse_variants(parser, args.variants, slugs)
     work = args.work.resolve()
     recipe = recipe_of.Recipe(work, work / "commands.json")
-    recipe_of.split_speech(args.speech.resolve(), work)
-    world = work / "world_train"
-    w = recipe_of.WORLD
-    recipe.run("world", ["world", world, "--clips", w["clips"], "--speech", work / "speech_train", "--seed", w["seed"],
-                         "--occluder-share", w["occluder_share"], "--workers", 2], world / "world.json")
+    world = recipe_of.training_world(recipe, args.speech.resolve())
     cases = make_cases(quality.held_out_world(work, args.speech.resolve(), 4),
                        quality.held_out_speech(work, args.speech.resolve()))
     face_model = find_face_model()

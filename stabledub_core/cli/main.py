@@ -92,6 +92,28 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(f"stopped by signal {signum}")
 
 
+@contextlib.contextmanager
+def _interrupts_in_finalizers_quiet():
+    """While a run lasts, an :class:`Interrupted` that the signal handler raised inside a finalizer (a ``__del__`` or
+    weakref callback the garbage collector ran) is not printed as "Exception ignored in ...".
+
+    Python cannot propagate an exception out of a finalizer; the stop is not lost, since the handler set
+    :data:`STOP` first and the run stops at its next interruption check. Every other unraisable exception is
+    reported as before.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (STOP.signum is not None and issubclass(unraisable.exc_type, (Interrupted, KeyboardInterrupt))):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def _watchdog(grace: float) -> None:
     """End the process with status 130 if an interrupted run has not finished cleaning up after ``grace`` s."""
     def watch():
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None, hard_exit: bool = False) -> int:
     try:
         try:
             args = build_parser().parse_args(argv)
-            with _native_logs_hidden(not args.debug):
+            with _native_logs_hidden(not args.debug), _interrupts_in_finalizers_quiet():
                 status = _main(args)
         except (Interrupted, KeyboardInterrupt):  # during the imports or the parsing
             STOP.remove_partials()

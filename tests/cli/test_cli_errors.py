@@ -65,3 +65,34 @@ def test_a_signal_wrapped_by_a_library_is_still_an_interruption(run_failing, cap
         error = wrapped
     assert run_failing(error) == cli.EXIT_INTERRUPTED == 130
     assert capsys.readouterr().err.strip() == "stabledub: interrupted; no output written"
+
+
+class _Finalized:
+    """An object whose finalizer runs ``action`` (as the garbage collector runs a library's ``__del__``)."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def __del__(self):
+        self.action()
+
+
+def test_a_signal_landing_in_a_finalizer_is_not_reported_and_still_stops(monkeypatch):
+    """The handler raises Interrupted; inside a ``__del__`` Python can only report it ("Exception ignored in ..."),
+    which would print a second line beside the interrupted one. The stop flag keeps the request."""
+    reported = []
+    monkeypatch.setattr(cli.sys, "unraisablehook", reported.append)
+    cli.STOP.reset()
+    try:
+        with cli._interrupts_in_finalizers_quiet():
+            _Finalized(lambda: cli._raise_interrupted(signal.SIGINT, None))
+            assert cli.STOP() and cli.STOP.signum == signal.SIGINT
+            assert reported == []
+            _Finalized(lambda: 1 / 0)  # any other error of a finalizer is still reported
+            assert [r.exc_type for r in reported] == [ZeroDivisionError]
+        assert cli.sys.unraisablehook == reported.append
+        cli.STOP.reset()
+        _Finalized(lambda: cli._raise_interrupted(signal.SIGINT, None))  # outside a run: reported as before
+        assert [r.exc_type for r in reported] == [ZeroDivisionError, cli.Interrupted]
+    finally:
+        cli.STOP.reset()

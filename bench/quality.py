@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stabledub_core.cli.common import find_face_model  # noqa: E402
+from stabledub_core.errors import DatasetNotFoundError  # noqa: E402
 from stabledub_core.evaluate.figures import labelled_grid, write_png  # noqa: E402
 from stabledub_core.evaluate.world_benchmark import (  # noqa: E402
     autoencoder_ceiling, evaluate_clip, habit_from, make_cases, mean_metrics, mouth_patches, state_errors, transfer_truth)
@@ -75,7 +76,7 @@ from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
 from stabledub_core.models.sync_scorer import load_scorer, sync_offsets  # noqa: E402
 from stabledub_core.pipeline.chunk_model import StableDubChunkModel  # noqa: E402
 from stabledub_core.pipeline.options import DubOptions  # noqa: E402
-from stabledub_core.synthetic.world import write_world  # noqa: E402
+from stabledub_core.synthetic.world import list_speech, write_world  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "quality.json"
 DEMO_MODEL = REPO / "assets" / "stabledub_tiny_demo.safetensors"
@@ -118,19 +119,35 @@ COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error",
            "ssim", "outside_mask_identical")
 
 
+def corpus_held_out(corpus: Path) -> list[Path]:
+    """The held-out files of the speech corpus: its sorted ``.wav`` files from :data:`HELD_OUT_FIRST` on.
+
+    Raises:
+        DatasetNotFoundError: The folder is missing or holds no more than ``HELD_OUT_FIRST`` wav files.
+    """
+    if not corpus.is_dir():
+        raise DatasetNotFoundError(f"speech corpus {str(corpus)!r} does not exist: give --corpus the folder of "
+                                   "../shared/media/speech_corpus (160 utterances)")
+    held = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]
+    if not held:
+        raise DatasetNotFoundError(f"speech corpus {str(corpus)!r} holds no more than {HELD_OUT_FIRST} wav files, so "
+                                   "none is held out: give --corpus the 160-utterance speech corpus the models were "
+                                   "trained on")
+    return held
+
+
 def held_out_world(work: Path, corpus: Path, clips: int) -> Path:
     """The held-out avatars, each speaking one held-out corpus file (written once)."""
     folder = work / f"world_held_{clips}"
     if not (folder / "world.json").is_file():
-        speech = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]
-        write_world(folder, clips, HELD_OUT_SEED, speech, occluder_share=0.5, max_seconds=4.0)
+        write_world(folder, clips, HELD_OUT_SEED, corpus_held_out(corpus), occluder_share=0.5, max_seconds=4.0)
     return folder
 
 
 def held_out_speech(work: Path, corpus: Path) -> Path:
     folder = work / "speech_held"
     folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]:
+    for path in corpus_held_out(corpus):
         if not (folder / path.name).exists():
             (folder / path.name).symlink_to(path.resolve())
     return folder
@@ -349,7 +366,7 @@ def example_png(path: Path, cases, rows: dict) -> None:
     write_png(path, labelled_grid(grid, ["source", "ground truth", *names], tile=(256, 192)))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--evaluate-only", action="store_true", help="do not train; evaluate the committed models")
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "media" / "speech_corpus",
@@ -363,7 +380,13 @@ def main() -> int:
                         "each uses one thread, so the figures do not depend on it)")
     parser.add_argument("--reverse", action="store_true", help="run the jobs in reverse order (a second process "
                         "started so shares the work: each job's results are cached in WORK/rows)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:  # bad folders are usage errors, found before any training or dubbing
+        corpus_held_out(args.corpus.resolve())
+        if args.speech is not None:
+            list_speech(args.speech.resolve())
+    except DatasetNotFoundError as error:
+        parser.error(str(error))
     if not args.evaluate_only:
         subprocess.run([sys.executable, str(REPO / "bench" / "train_world_models.py"), "--speech", str(args.corpus),
                         "--part", "all"], check=True)

@@ -38,7 +38,6 @@ from stabledub_core.evaluate.world_benchmark import evaluate_clip, make_cases, m
 from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
 from stabledub_core.models.sync_scorer import load_scorer  # noqa: E402
 from stabledub_core.pipeline.options import DubOptions  # noqa: E402
-from stabledub_core.synthetic.world import write_world  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "guidance_sweep.json"
 VALIDATION_SEED, SPEECH_FILES = 3000, 20
@@ -56,12 +55,8 @@ class Job:
 
 def validation_speech(work: Path, corpus: Path) -> Path:
     """A folder linking the first :data:`SPEECH_FILES` training files of the corpus."""
-    folder = work / "speech"
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[:SPEECH_FILES]:
-        if not (folder / path.name).exists():
-            (folder / path.name).symlink_to(path.resolve())
-    return folder
+    files = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[:SPEECH_FILES]
+    return quality.link_speech(work / "speech", files)
 
 
 def parse_pairs(text: str) -> list[tuple[float, float]]:
@@ -112,10 +107,7 @@ def main() -> int:
         parser.error(f"speech corpus {str(args.corpus)!r} does not exist: give --corpus the speech corpus folder")
     work = args.work.resolve()
     speech = validation_speech(work, args.corpus.resolve())
-    world = work / f"world_{args.clips}"
-    if not (world / "world.json").is_file():
-        write_world(world, args.clips, VALIDATION_SEED, sorted(speech.iterdir()), occluder_share=0.5,
-                    max_seconds=4.0)
+    world = quality.benchmark_world(work / f"world_{args.clips}", args.clips, VALIDATION_SEED, sorted(speech.iterdir()))
     jobs = [Job(la, lh, world, speech, args.steps) for la, lh in parse_pairs(args.scales)]
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run_job, jobs, chunksize=1)

@@ -136,21 +136,33 @@ def corpus_held_out(corpus: Path) -> list[Path]:
     return held
 
 
+def benchmark_world(folder: Path, clips: int, seed: int, speech: list[Path]) -> Path:
+    """A world of ``clips`` avatars from ``seed``, each speaking one of ``speech``, half of them occluded (written
+    once; the layout every world benchmark measures)."""
+    if not (folder / "world.json").is_file():
+        write_world(folder, clips, seed, speech, occluder_share=0.5, max_seconds=4.0)
+    return folder
+
+
 def held_out_world(work: Path, corpus: Path, clips: int) -> Path:
     """The held-out avatars, each speaking one held-out corpus file (written once)."""
     folder = work / f"world_held_{clips}"
-    if not (folder / "world.json").is_file():
-        write_world(folder, clips, HELD_OUT_SEED, corpus_held_out(corpus), occluder_share=0.5, max_seconds=4.0)
+    if (folder / "world.json").is_file():
+        return folder
+    return benchmark_world(folder, clips, HELD_OUT_SEED, corpus_held_out(corpus))
+
+
+def link_speech(folder: Path, files: list[Path]) -> Path:
+    """``folder`` holding a link to each of ``files`` (the speech a benchmark dubs with)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path.resolve())
     return folder
 
 
 def held_out_speech(work: Path, corpus: Path) -> Path:
-    folder = work / "speech_held"
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in corpus_held_out(corpus):
-        if not (folder / path.name).exists():
-            (folder / path.name).symlink_to(path.resolve())
-    return folder
+    return link_speech(work / "speech_held", corpus_held_out(corpus))
 
 
 @dataclass

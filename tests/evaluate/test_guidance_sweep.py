@@ -1,28 +1,17 @@
 """``bench/guidance_sweep.py``'s own logic: the ``la:lh`` pairs it sweeps and its usage error."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-from stabledub_core.pipeline.options import DubOptions
+from helpers.bench import bench_module
 
-REPO = Path(__file__).resolve().parents[2]
+from stabledub_core.pipeline.options import DubOptions
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("bench_guidance_sweep", REPO / "bench" / "guidance_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    saved_path = list(sys.path)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-        sys.path[:] = saved_path
+    yield from bench_module("guidance_sweep")
 
 
 def test_a_bare_audio_scale_keeps_the_default_habit_scale(sweep):

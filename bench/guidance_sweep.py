@@ -55,8 +55,7 @@ class Job:
 
 def validation_speech(work: Path, corpus: Path) -> Path:
     """A folder linking the first :data:`SPEECH_FILES` training files of the corpus."""
-    files = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[:SPEECH_FILES]
-    return quality.link_speech(work / "speech", files)
+    return quality.link_speech(work / "speech", quality.corpus_head(corpus, SPEECH_FILES))
 
 
 def parse_pairs(text: str) -> list[tuple[float, float]]:

@@ -136,6 +136,11 @@ def corpus_held_out(corpus: Path) -> list[Path]:
     return held
 
 
+def corpus_head(corpus: Path, count: int) -> list[Path]:
+    """The first ``count`` of the corpus's sorted ``.wav`` files (training speech: the held-out files come after)."""
+    return sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[:min(count, HELD_OUT_FIRST)]
+
+
 def benchmark_world(folder: Path, clips: int, seed: int, speech: list[Path]) -> Path:
     """A world of ``clips`` avatars from ``seed``, each speaking one of ``speech``, half of them occluded (written
     once; the layout every world benchmark measures)."""

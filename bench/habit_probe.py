@@ -7,11 +7,12 @@ occluders; training-corpus speech, so no held-out utterance is used):
 
 1. **Does the habit vector tell habits apart?** For every clip the habit vector ``v`` of its own lip-habit segment
    (as the pipeline computes it), probed per avatar left out (``evaluate.probes``): ridge R^2 of the world's habit
-   fields (:data:`FIELDS`), nearest-centroid accuracy of the archetype, and the within-avatar / between-avatar
-   distance ratio; for contrast, the ridge R^2 of the avatar's appearance (skin colour, face size). The same
-   probes run on two controls: the same habit encoder untrained (the architecture's own random initialisation,
-   seed 0) and the segment's raw pixels (8 x 8 thumbnails of the lip crops, their mean and spread over the
-   segment), which show what a linear read-out of the crops themselves finds.
+   fields (:data:`FIELDS`), nearest-centroid accuracy of the archetype, the within-avatar / between-avatar
+   distance ratio and the vectors' relative spread over the clips (unstandardised: what the modulation sees); for
+   contrast, the ridge R^2 of the avatar's appearance (skin colour, face size). The same probes run on two
+   controls: the same habit encoder untrained (the architecture's own random initialisation, seed 0) and the
+   segment's raw pixels (8 x 8 thumbnails of the lip crops, their mean and spread over the segment), which show
+   what a linear read-out of the crops themselves finds.
 2. **Do the tokens carry it?** The audio cross-attention tokens of each clip's speech with its own ``v``, against
    the same speech with the next avatar's ``v`` (``habit_swap``), with the habit dropped (``habit_drop``, the zero
    embedding of classifier-free guidance) and against the next clip's speech with its own ``v`` (``audio_swap``):
@@ -97,7 +98,14 @@ def probe_scores(features: np.ndarray, habits: list, appearance: np.ndarray, gro
     return {"r2": dict(zip(FIELDS, (round(float(v), 4) for v in r2))), "r2_mean": round(float(np.nanmean(r2)), 4),
             "appearance_r2_mean": round(float(np.nanmean(looks)), 4),
             "archetype_accuracy": round(centroid_accuracy(features, [h.archetype for h in habits], groups), 4),
-            "within_between_ratio": round(within_between_ratio(features, groups), 4)}
+            "within_between_ratio": round(within_between_ratio(features, groups), 4),
+            "relative_spread": round(relative_spread(features), 5)}
+
+
+def relative_spread(features: np.ndarray) -> float:
+    """How much the (unstandardised) features vary over the clips: the norm of their per-dimension standard
+    deviation over the norm of their mean (near 0: every clip gets nearly the same vector)."""
+    return float(np.linalg.norm(features.std(0)) / max(np.linalg.norm(features.mean(0)), 1e-12))
 
 
 def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -159,11 +167,11 @@ def measure(model_path: Path, world: Path, face_model) -> dict:
 
 def table(results: dict) -> str:
     rows = ["| features | R^2 mean | " + " | ".join(f"R^2 {f}" for f in FIELDS) + " | archetype acc. | within/between "
-            "| R^2 appearance |", "|---" * (len(FIELDS) + 5) + "|"]
+            "| R^2 appearance | spread |", "|---" * (len(FIELDS) + 6) + "|"]
     for name, p in results["probes"].items():
         rows.append(f"| {name} | {p['r2_mean']:.3f} | " + " | ".join(f"{p['r2'][f]:.3f}" for f in FIELDS)
                     + f" | {p['archetype_accuracy']:.3f} | {p['within_between_ratio']:.3f}"
-                    f" | {p['appearance_r2_mean']:.3f} |")
+                    f" | {p['appearance_r2_mean']:.3f} | {p['relative_spread']:.4f} |")
     t = results["token_change"]
     rows.append("")
     rows.append(f"token change (relative L2): habit swap {t['habit_swap']:.5f}, habit dropped {t['habit_drop']:.5f}, "

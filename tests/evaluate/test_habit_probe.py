@@ -3,6 +3,7 @@ three-avatar world with a random tiny model."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -44,6 +45,12 @@ def test_token_changes_see_the_habit_only_where_the_modulation_uses_it(probe):
     assert changes["habit_swap"] == 0 and changes["habit_drop"] == 0 and changes["audio_swap"] > 0.01
 
 
+def test_the_relative_spread_is_the_spread_over_the_size_of_the_mean(probe):
+    assert probe.relative_spread(np.ones((3, 4))) == 0
+    # two clips at (1, 1) +- (0.1, 0): std (0.1, 0), mean (1, 1)
+    assert probe.relative_spread(np.array([[1.1, 1.0], [0.9, 1.0]])) == pytest.approx(0.1 / np.sqrt(2))
+
+
 def test_a_probe_run_measures_every_feature_set_per_avatar(probe, tmp_path):
     wave, rate = load_audio(ASSETS / "speech_es.wav")
     speech = tmp_path / "speech"
@@ -62,6 +69,7 @@ def test_a_probe_run_measures_every_feature_set_per_avatar(probe, tmp_path):
     for scores in results["probes"].values():
         assert set(scores["r2"]) == set(probe.FIELDS)
         assert 0 <= scores["archetype_accuracy"] <= 1 and scores["within_between_ratio"] > 0
+        assert scores["relative_spread"] > 0
     # a fresh model's output convolution is zero: every token is the same, whatever the speech or habit
     assert results["token_change"] == {"habit_swap": 0.0, "habit_drop": 0.0, "audio_swap": 0.0}
     assert "| pixels |" in probe.table(results)

@@ -181,11 +181,12 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "media" / "speech_corpus")
-    parser.add_argument("--avatars", type=int, default=24)
-    parser.add_argument("--model", type=Path, default=quality.DEMO_MODEL)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "habit_probe")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "media" / "speech_corpus",
+                        help="the speech corpus the models were trained on (its first files drive the probe world)")
+    parser.add_argument("--avatars", type=int, default=24, help="avatars of the probe world (default: 24)")
+    parser.add_argument("--model", type=Path, default=quality.DEMO_MODEL, help="the model (default: the shipped one)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "habit_probe", help="working folder")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     if not args.corpus.is_dir():
         parser.error(f"speech corpus {str(args.corpus)!r} does not exist: give --corpus the speech corpus folder")

@@ -131,7 +131,6 @@ def token_changes(habit_module, contexts: list[torch.Tensor], vectors: list[torc
 
 def measure(model_path: Path, world: Path, face_model) -> dict:
     """Every probe of the habit pathway of the model at ``model_path`` on the clips of ``world``."""
-    torch.set_num_threads(1)
     cases = load_cases(world)
     model = load_checkpoint(model_path, dtype=torch.float32)
     options = DubOptions.from_values(seed=0)
@@ -193,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.avatars < 3:
         parser.error(f"--avatars must be at least 3 (a probe leaves one avatar out and fits on the others), got "
                      f"{args.avatars}")
+    torch.set_num_threads(1)  # the same reductions on every machine, as bench/quality.py
     start = time.perf_counter()
     world = probe_world(args.work, args.corpus.resolve(), args.avatars)
     results = measure(args.model, world, find_face_model())

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.repo_media import FACE_MODEL, build_media
 
@@ -17,3 +18,15 @@ def media_dir(tmp_path_factory) -> Path:
 def face_model_path() -> Path:
     """The bundled MediaPipe Face Landmarker model, assets/face_landmarker.task."""
     return FACE_MODEL
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    """A test that changes torch's thread count leaks it into every later test (and the training tests compare
+    in-process runs bit for bit with subprocess runs): fail the test that does, and restore the count."""
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test changed torch's thread count from {before} to {after} and did not restore it")

@@ -18,10 +18,12 @@ occluders; training-corpus speech, so no held-out utterance is used):
    embedding of classifier-free guidance) and against the next clip's speech with its own ``v`` (``audio_swap``):
    relative L2 change of the tokens over the frames both clips have.
 
-Results: ``bench/results/habit_probe.json`` and a table on stdout.
+Results: ``bench/results/habit_probe.json`` (the shipped model) and a table on stdout;
+``bench/results/habit_probe_epsilon.json`` is ``--model bench/models/epsilon/full.safetensors --out`` that file.
 
 Usage:
-    python bench/habit_probe.py --corpus ../shared/media/speech_corpus [--avatars 24] [--work runs/habit_probe]
+    python bench/habit_probe.py --corpus ../shared/media/speech_corpus [--avatars 24] [--model M] [--out F]
+        [--work runs/habit_probe]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Results: ``bench/results/guidance_sweep.json`` and a table on stdout.
 
 Usage:
     python bench/guidance_sweep.py --corpus ../shared/media/speech_corpus [--scales 1:1.5,2:1.5] [--clips 4]
-        [--steps 8] [--workers 2] [--work runs/guidance_sweep]
+        [--steps 8] [--workers 2] [--work runs/guidance_sweep] [--out FILE]
 
 Each pair's result is cached in WORK/pairs (keyed by the pair, the world, the steps and the model file), so a
 longer list re-runs only the new pairs.
@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "guidance_sweep")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
     args = parser.parse_args()
     if not args.corpus.is_dir():
         parser.error(f"speech corpus {str(args.corpus)!r} does not exist: give --corpus the speech corpus folder")
@@ -115,7 +116,8 @@ def main() -> int:
                         "torch_threads": 1},
            "default_audio_scale": DubOptions().sampling.audio_scale,
            "default_habit_scale": DubOptions().sampling.habit_scale, "sweep": results}
-    RESULTS.write_text(json.dumps(quality._clean(out), indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(quality._clean(out), indent=1) + "\n")
     print("| la | lh | " + " | ".join(COLUMNS) + " |\n| --- | --- |" + " --- |" * len(COLUMNS))
     for r in results:
         values = " | ".join(f"{r['mean'].get(k, float('nan')):.3f}" for k in COLUMNS)

@@ -18,8 +18,10 @@ and measures, per clip:
 - **temporal**: ``flicker`` (``metrics.flicker``) of the mouth patch against the truth;
 - **image quality**: ``psnr`` / ``ssim`` of the mouth patch against the truth.
 
-Frames whose mouth the occluder hides are left out of the mouth-state measures (the estimator marks them). The mouth
-patch is the estimator's: an upright box of 4 x 3 neutral mouth half-widths around the mouth pose.
+Frames whose mouth the occluder hides are left out of the mouth-state measures (the estimator marks them); a clip
+with fewer than :data:`MIN_VALID_FRAMES` readable frames has no mouth-state measures (NaN), since a correlation
+over a handful of frames is noise (over 3 frames it is often +-1). The mouth patch is the estimator's: an upright
+box of 4 x 3 neutral mouth half-widths around the mouth pose.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from stabledub_core.synthetic.estimator import PATCH_SIZE, estimate_clip, patch_
 from stabledub_core.synthetic.world import WorldClip, dub_ground_truth, list_speech, load_metadata, render_speech
 
 STATE_NAMES = ("opening", "width", "rounding")
+MIN_VALID_FRAMES = 10  # readable frames a clip needs for its mouth-state measures (0.4 s at 25 fps)
 
 
 @dataclass
@@ -205,12 +208,12 @@ def habit_from(case: EvalCase, chunk_model: StableDubChunkModel, options: DubOpt
 
 def state_errors(frames: np.ndarray, truth: WorldClip, poses: np.ndarray) -> dict:
     """The estimator on ``frames`` against ``truth``'s mouth states: correlation of the opening, mean absolute
-    errors; NaN when no frame is readable."""
+    errors; NaN with fewer than :data:`MIN_VALID_FRAMES` readable frames."""
     occluders = truth.rendered.occluder_masks if truth.occluder is not None else None
     est = estimate_clip(frames, poses, truth.palette, occluders)
     valid = est.valid
     out = {"valid_frames": int(valid.sum())}
-    if valid.sum() < 3:
+    if valid.sum() < MIN_VALID_FRAMES:
         return {**out, "sync_correlation": math.nan, "opening_error": math.nan, "habit_error": math.nan,
                 "estimated": est}
     estimated = np.stack([getattr(est, n)[valid] for n in STATE_NAMES], 1)  # (V, 3)

@@ -8,7 +8,7 @@ import torch
 
 from helpers.repo_media import ASSETS
 from stabledub_core.evaluate.world_benchmark import (
-    autoencoder_ceiling, evaluate_clip, make_cases, mean_metrics, state_errors, transfer_truth)
+    MIN_VALID_FRAMES, autoencoder_ceiling, evaluate_clip, make_cases, mean_metrics, state_errors, transfer_truth)
 from stabledub_core.models.checkpoint import load_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
@@ -34,6 +34,24 @@ def test_the_truth_itself_scores_as_perfectly_synced(eval_world):
     # the source speaks other words: its mouth does not follow the new speech
     source = state_errors(case.frames, case.truth, case.metadata["mouth_poses"])
     assert source["sync_correlation"] < 0.8 and source["opening_error"] > 2 * errors["opening_error"]
+
+
+def test_a_clip_with_too_few_readable_frames_has_no_mouth_state_measures(eval_world):
+    plain, occluded = make_cases(*eval_world)
+    truth = plain.truth
+    covered = np.ones(truth.rendered.frames.shape[:3], bool)  # an occluder over every mouth...
+
+    def readable(n):  # ...but the first n frames
+        masks = covered.copy()
+        masks[:n] = False
+        hidden = dataclasses.replace(truth, occluder=occluded.truth.occluder,
+                                     rendered=dataclasses.replace(truth.rendered, occluder_masks=masks))
+        return state_errors(truth.rendered.frames, hidden, plain.metadata["mouth_poses"])
+
+    few, enough = readable(MIN_VALID_FRAMES - 1), readable(MIN_VALID_FRAMES)
+    assert few["valid_frames"] == MIN_VALID_FRAMES - 1 and enough["valid_frames"] == MIN_VALID_FRAMES
+    assert all(np.isnan(few[k]) for k in ("sync_correlation", "opening_error", "habit_error"))
+    assert all(np.isfinite(enough[k]) for k in ("sync_correlation", "opening_error", "habit_error"))
 
 
 def test_habit_transfer_truth_uses_the_donors_habit(eval_world):

@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 import quality  # noqa: E402
 from stabledub_core.cli.common import find_face_model  # noqa: E402
-from stabledub_core.evaluate.probes import centroid_accuracy, ridge_r2, within_between_ratio  # noqa: E402
+from stabledub_core.evaluate.probes import (  # noqa: E402
+    centroid_accuracy, relative_spread, ridge_r2, within_between_ratio)
 from stabledub_core.evaluate.world_benchmark import EvalCase  # noqa: E402
 from stabledub_core.media.audio import load_audio, to_encoder_input  # noqa: E402
 from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
@@ -102,12 +103,6 @@ def probe_scores(features: np.ndarray, habits: list, appearance: np.ndarray, gro
             "archetype_accuracy": round(centroid_accuracy(features, [h.archetype for h in habits], groups), 4),
             "within_between_ratio": round(within_between_ratio(features, groups), 4),
             "relative_spread": round(relative_spread(features), 5)}
-
-
-def relative_spread(features: np.ndarray) -> float:
-    """How much the (unstandardised) features vary over the clips: the norm of their per-dimension standard
-    deviation over the norm of their mean (near 0: every clip gets nearly the same vector)."""
-    return float(np.linalg.norm(features.std(0)) / max(np.linalg.norm(features.mean(0)), 1e-12))
 
 
 def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -119,6 +119,11 @@ COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error",
            "ssim", "outside_mask_identical")
 
 
+def _corpus_wavs(corpus: Path) -> list[Path]:
+    """The corpus's ``.wav`` files, sorted (the order the training and held-out split is made in)."""
+    return sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")
+
+
 def corpus_held_out(corpus: Path) -> list[Path]:
     """The held-out files of the speech corpus: its sorted ``.wav`` files from :data:`HELD_OUT_FIRST` on.
 
@@ -128,7 +133,7 @@ def corpus_held_out(corpus: Path) -> list[Path]:
     if not corpus.is_dir():
         raise DatasetNotFoundError(f"speech corpus {str(corpus)!r} does not exist: give --corpus the folder of "
                                    "../shared/media/speech_corpus (160 utterances)")
-    held = sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[HELD_OUT_FIRST:]
+    held = _corpus_wavs(corpus)[HELD_OUT_FIRST:]
     if not held:
         raise DatasetNotFoundError(f"speech corpus {str(corpus)!r} holds no more than {HELD_OUT_FIRST} wav files, so "
                                    "none is held out: give --corpus the 160-utterance speech corpus the models were "
@@ -138,7 +143,7 @@ def corpus_held_out(corpus: Path) -> list[Path]:
 
 def corpus_head(corpus: Path, count: int) -> list[Path]:
     """The first ``count`` of the corpus's sorted ``.wav`` files (training speech: the held-out files come after)."""
-    return sorted(p for p in corpus.iterdir() if p.suffix.lower() == ".wav")[:min(count, HELD_OUT_FIRST)]
+    return _corpus_wavs(corpus)[:min(count, HELD_OUT_FIRST)]
 
 
 def benchmark_world(folder: Path, clips: int, seed: int, speech: list[Path]) -> Path:

@@ -9,8 +9,10 @@ at a time, so a probe never scores a sample whose avatar it was fitted on.
 - :func:`centroid_accuracy`: leave-one-group-out nearest-centroid classification (e.g. the habit archetype).
 - :func:`within_between_ratio`: mean distance between samples of the same group over the mean distance between
   samples of different groups (below 1: a group's samples lie closer to each other than to the others).
+- :func:`relative_spread`: how much the raw (unstandardised) features vary at all, relative to their mean; no
+  groups, no fitting.
 
-Features are standardised with the fitted fold's own mean and spread.
+The fitted probes standardise the features with the fitted fold's own mean and spread.
 """
 
 from __future__ import annotations
@@ -92,3 +94,12 @@ def within_between_ratio(features: np.ndarray, groups: np.ndarray) -> float:
     if not (same & off_diagonal).any():
         raise InvalidInputError("every group holds one sample: within-group distances need two or more per group")
     return float(distance[same & off_diagonal].mean() / distance[~same].mean())
+
+
+def relative_spread(features: np.ndarray) -> float:
+    """How much the (unstandardised) features vary over the samples: the norm of their per-dimension standard
+    deviation over the norm of their mean (near 0: every sample gets nearly the same vector)."""
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2:
+        raise InvalidInputError(f"features must be (N, D), got {x.shape}")
+    return float(np.linalg.norm(x.std(0)) / max(np.linalg.norm(x.mean(0)), 1e-12))

@@ -3,7 +3,6 @@ three-avatar world with a random tiny model."""
 
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -43,12 +42,6 @@ def test_token_changes_see_the_habit_only_where_the_modulation_uses_it(probe):
     nn.init.zeros_(module.scale.weight), nn.init.zeros_(module.shift.weight)
     changes = probe.token_changes(module, contexts, vectors)
     assert changes["habit_swap"] == 0 and changes["habit_drop"] == 0 and changes["audio_swap"] > 0.01
-
-
-def test_the_relative_spread_is_the_spread_over_the_size_of_the_mean(probe):
-    assert probe.relative_spread(np.ones((3, 4))) == 0
-    # two clips at (1, 1) +- (0.1, 0): std (0.1, 0), mean (1, 1)
-    assert probe.relative_spread(np.array([[1.1, 1.0], [0.9, 1.0]])) == pytest.approx(0.1 / np.sqrt(2))
 
 
 def test_a_probe_run_measures_every_feature_set_per_avatar(probe, tmp_path):

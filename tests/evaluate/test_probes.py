@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stabledub_core.errors import InvalidInputError
-from stabledub_core.evaluate.probes import centroid_accuracy, ridge_r2, within_between_ratio
+from stabledub_core.evaluate.probes import centroid_accuracy, relative_spread, ridge_r2, within_between_ratio
 
 
 @pytest.fixture
@@ -51,6 +51,12 @@ def test_the_distance_ratio_is_small_for_tight_groups_and_about_one_without_grou
     features, _, groups, rng = grouped
     assert within_between_ratio(features, groups) < 0.2
     assert 0.8 < within_between_ratio(rng.normal(size=(24, 6)), groups) < 1.2
+
+
+def test_the_relative_spread_is_the_spread_over_the_size_of_the_mean():
+    assert relative_spread(np.ones((3, 4))) == 0
+    # two samples at (1, 1) +- (0.1, 0): std (0.1, 0), mean (1, 1)
+    assert relative_spread(np.array([[1.1, 1.0], [0.9, 1.0]])) == pytest.approx(0.1 / np.sqrt(2))
 
 
 def test_bad_probe_inputs_are_clear_errors():

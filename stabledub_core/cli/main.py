@@ -5,9 +5,11 @@ Every user error (missing file, not a video, no face, bad checkpoint, a bad flag
 SIGTERM, SIGHUP: the terminal closed) prints one line and exits with 130. Anything else is a bug and keeps its
 traceback. No partial output file is ever left.
 
-Signals: the first one raises :class:`~stabledub_core.runtime.Interrupted` where the program is and also sets
-:data:`~stabledub_core.cli.common.STOP`, which the stages poll, so an interruption swallowed where Python cannot
-raise (a finaliser) still stops the run at the next frame or step. Later signals never raise, so they cannot break
+Signals: the first one raises ``KeyboardInterrupt`` where the program is (Python's own SIGINT exception: the
+``except Exception`` of a library it lands in lets it through, where an ``Exception`` would be caught there and
+turned into a warning or another error) and also sets :data:`~stabledub_core.cli.common.STOP`, which the stages
+poll, so an interruption swallowed where Python cannot raise (a finaliser) still stops the run at the next frame or
+step; the stages' own stop checks raise :class:`~stabledub_core.runtime.Interrupted`. Later signals never raise, so they cannot break
 the cleanup of the first. Run as ``python -m stabledub_core`` (``hard_exit``), an interrupted run then ends with
 ``os._exit(130)`` without waiting for native libraries' finalisers (MediaPipe's could hang at interpreter exit), and
 a watchdog ends it the same way if the cleanup itself takes more than :data:`INTERRUPT_GRACE` seconds.
@@ -89,12 +91,14 @@ def _raise_interrupted(signum, frame):
     if STOP.signum is not None:
         return  # a later signal: the first one is being handled; never break its cleanup
     STOP.request(signum)
-    raise Interrupted(f"stopped by signal {signum}")
+    # not Interrupted (an Exception): matplotlib's import, for one, catches Exception around an optional import
+    # and prints a warning instead, so the signal would come out as a stray warning beside the interrupted line
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 @contextlib.contextmanager
 def _interrupts_in_finalizers_quiet():
-    """While a run lasts, an :class:`Interrupted` that the signal handler raised inside a finalizer (a ``__del__`` or
+    """While a run lasts, a ``KeyboardInterrupt`` that the signal handler raised inside a finalizer (a ``__del__`` or
     weakref callback the garbage collector ran) is not printed as "Exception ignored in ...".
 
     Python cannot propagate an exception out of a finalizer; the stop is not lost, since the handler set
@@ -211,7 +215,7 @@ def _main(args) -> int:
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised while handling, or from, an :class:`Interrupted` (its cause/context chain)."""
+    """Whether ``exc`` was raised while handling, or from, an interruption (its cause/context chain)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, (Interrupted, KeyboardInterrupt)):

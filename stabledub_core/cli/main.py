@@ -9,10 +9,11 @@ Signals: the first one raises ``KeyboardInterrupt`` where the program is (Python
 ``except Exception`` of a library it lands in lets it through, where an ``Exception`` would be caught there and
 turned into a warning or another error) and also sets :data:`~stabledub_core.cli.common.STOP`, which the stages
 poll, so an interruption swallowed where Python cannot raise (a finaliser) still stops the run at the next frame or
-step; the stages' own stop checks raise :class:`~stabledub_core.runtime.Interrupted`. Later signals never raise, so they cannot break
-the cleanup of the first. Run as ``python -m stabledub_core`` (``hard_exit``), an interrupted run then ends with
-``os._exit(130)`` without waiting for native libraries' finalisers (MediaPipe's could hang at interpreter exit), and
-a watchdog ends it the same way if the cleanup itself takes more than :data:`INTERRUPT_GRACE` seconds.
+step; the stages' own stop checks raise :class:`~stabledub_core.runtime.Interrupted`. Later signals never raise, so
+they cannot break the cleanup of the first. Run as ``python -m stabledub_core`` (``hard_exit``), an interrupted run
+then ends with ``os._exit(130)`` without waiting for native libraries' finalisers (MediaPipe's could hang at
+interpreter exit), and a watchdog ends it the same way if the cleanup itself takes more than :data:`INTERRUPT_GRACE`
+seconds.
 """
 
 from __future__ import annotations

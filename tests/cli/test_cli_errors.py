@@ -56,7 +56,7 @@ def test_the_sigterm_handler_is_restored_after_a_bug(run_failing):
 
 
 def test_a_signal_wrapped_by_a_library_is_still_an_interruption(run_failing, capsys):
-    """diffusers' lazy imports turn any error, a signal's Interrupted too, into RuntimeError(...) from it."""
+    """diffusers' lazy imports turn any Exception, a stage's Interrupted too, into RuntimeError(...) from it."""
     try:
         try:
             raise cli.Interrupted("stopped by signal 1")
@@ -79,8 +79,8 @@ class _Finalized:
 
 
 def test_a_signal_landing_in_a_finalizer_is_not_reported_and_still_stops(monkeypatch):
-    """The handler raises KeyboardInterrupt; inside a ``__del__`` Python can only report it ("Exception ignored in ..."),
-    which would print a second line beside the interrupted one. The stop flag keeps the request."""
+    """The handler raises KeyboardInterrupt; inside a ``__del__`` Python can only report it ("Exception ignored in
+    ..."), which would print a second line beside the interrupted one. The stop flag keeps the request."""
     reported = []
     monkeypatch.setattr(cli.sys, "unraisablehook", reported.append)
     cli.STOP.reset()

@@ -17,6 +17,11 @@ occluders; training-corpus speech, so no held-out utterance is used):
    the same speech with the next avatar's ``v`` (``habit_swap``), with the habit dropped (``habit_drop``, the zero
    embedding of classifier-free guidance) and against the next clip's speech with its own ``v`` (``audio_swap``):
    relative L2 change of the tokens over the frames both clips have.
+3. **How much of the target is the habit?** Each clip's truth rendered again with the next avatar's habit (same
+   speech) and with the next clip's speech (same habit): the mean squared change of the truth's upright mouth
+   patches (pixels in 0..1) and the mean absolute change of its mouth states, against the clip's own render. Their
+   ratio (``habit_share``) is what learning the habit could take off a diffusion loss whose target is these pixels,
+   relative to what following the speech could (the VAE's latents only roughly preserve the patches' distances).
 
 Results: ``bench/results/habit_probe.json`` (the shipped model) and a table on stdout;
 ``bench/results/habit_probe_epsilon.json`` is ``--model bench/models/epsilon/full.safetensors --out`` that file.
@@ -29,6 +34,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,7 +51,7 @@ import quality  # noqa: E402
 from stabledub_core.cli.common import find_face_model  # noqa: E402
 from stabledub_core.evaluate.probes import (  # noqa: E402
     centroid_accuracy, relative_spread, ridge_r2, within_between_ratio)
-from stabledub_core.evaluate.world_benchmark import EvalCase  # noqa: E402
+from stabledub_core.evaluate.world_benchmark import STATE_NAMES, EvalCase, mouth_patches  # noqa: E402
 from stabledub_core.media.audio import load_audio, to_encoder_input  # noqa: E402
 from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
 from stabledub_core.models.habit import LipHabitModulation  # noqa: E402
@@ -53,7 +59,7 @@ from stabledub_core.pipeline.chunk_model import StableDubChunkModel  # noqa: E40
 from stabledub_core.pipeline.conditions import habit_vector  # noqa: E402
 from stabledub_core.pipeline.options import DubOptions  # noqa: E402
 from stabledub_core.pipeline.stages import habit_lip_crops  # noqa: E402
-from stabledub_core.synthetic.world import load_metadata, write_world  # noqa: E402
+from stabledub_core.synthetic.world import load_metadata, render_speech, write_world  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "habit_probe.json"
 PROBE_SEED, CLIPS_PER_AVATAR, SPEECH_FILES = 4000, 2, 20
@@ -126,6 +132,52 @@ def token_changes(habit_module, contexts: list[torch.Tensor], vectors: list[torc
     return {k: round(float(np.mean(v)), 5) for k, v in changes.items()}
 
 
+def target_change(metadata: dict, speech: tuple[np.ndarray, int], habit, other_speech: tuple[np.ndarray, int]) -> dict:
+    """Point 3 for one clip: how far its truth moves with another ``habit`` (same speech) and with ``other_speech``
+    (same habit), against the clip's own render.
+
+    Args:
+        metadata: The clip's ``load_metadata``.
+        speech: ``(waveform, rate)`` the clip was rendered with.
+        habit: The other lip habit (a ``synthetic.habit.LipHabit``).
+        other_speech: ``(waveform, rate)``: other speech, cut or padded to the clip's frames.
+
+    Returns:
+        ``{"habit_pixels", "speech_pixels"}``: mean squared change of the mouth patches (0..1 pixels), and
+        ``{"habit_states", "speech_states"}``: mean absolute change of the mouth states.
+    """
+    avatar, fps, frames = metadata["avatar"], metadata["fps"], metadata["num_frames"]
+
+    def render(who, wave_rate):
+        clip = render_speech(who, wave_rate[0], wave_rate[1], fps, None, num_frames=frames)
+        patches = mouth_patches(clip.rendered.frames, clip.rendered.mouth_poses).astype(np.float64) / 255.0
+        return patches, np.stack([getattr(clip.states, n) for n in STATE_NAMES], 1)  # (F, h, w, 3), (F, 3)
+
+    own = render(avatar, speech)
+    other_habit = render(dataclasses.replace(avatar, habit=habit), speech)
+    other_speech_ = render(avatar, other_speech)
+    return {"habit_pixels": float(np.mean((other_habit[0] - own[0]) ** 2)),
+            "speech_pixels": float(np.mean((other_speech_[0] - own[0]) ** 2)),
+            "habit_states": float(np.mean(np.abs(other_habit[1] - own[1]))),
+            "speech_states": float(np.mean(np.abs(other_speech_[1] - own[1])))}
+
+
+def target_changes(cases: list[EvalCase], speech: list[tuple[np.ndarray, int]]) -> dict:
+    """Point 3 over the clips: clip ``i``'s habit donor and other speech come from clip ``i + CLIPS_PER_AVATAR`` (the
+    next avatar, as in :func:`token_changes`); ``habit_share_*`` is the sum of the habit changes over the sum of the
+    speech changes, ``clip_habit_share_pixels_median`` the median of the clips' own ratios."""
+    n = len(cases)
+    rows = [target_change(case.metadata, speech[i], cases[(i + CLIPS_PER_AVATAR) % n].metadata["avatar"].habit,
+                          speech[(i + CLIPS_PER_AVATAR) % n]) for i, case in enumerate(cases)]
+    total = {k: float(sum(r[k] for r in rows)) for k in rows[0]}
+    out = {k: round(v / n, 6) for k, v in total.items()}
+    for unit in ("pixels", "states"):
+        out[f"habit_share_{unit}"] = round(total[f"habit_{unit}"] / max(total[f"speech_{unit}"], 1e-12), 4)
+    out["clip_habit_share_pixels_median"] = round(float(np.median(
+        [r["habit_pixels"] / max(r["speech_pixels"], 1e-12) for r in rows])), 4)
+    return out
+
+
 def measure(model_path: Path, world: Path, face_model) -> dict:
     """Every probe of the habit pathway of the model at ``model_path`` on the clips of ``world``."""
     cases = load_cases(world)
@@ -135,7 +187,7 @@ def measure(model_path: Path, world: Path, face_model) -> dict:
     torch.manual_seed(0)
     untrained = LipHabitModulation(model.config.habit, model.habit.audio_feature_size).eval()
     features = {"trained": [], "untrained": [], "pixels": []}
-    contexts, habits, appearance, groups = [], [], [], []
+    contexts, speech, habits, appearance, groups = [], [], [], [], []
     for case in cases:
         lips = habit_lip_crops(case.source, case.track(face_model), chunk_model.lip_size,
                                options.conditions.habit_frames, options.sampling.seed)  # (K, S, S, 3)
@@ -143,6 +195,7 @@ def measure(model_path: Path, world: Path, face_model) -> dict:
         features["untrained"].append(habit_vector(untrained, lips))
         features["pixels"].append(pixel_features(lips))
         wave, rate = load_audio(case.video)  # the clip's own speech
+        speech.append((wave, rate))
         frame_times = np.arange(case.metadata["num_frames"]) / float(case.metadata["fps"])
         contexts.append(chunk_model.audio_context(to_encoder_input(wave, rate), frame_times))
         avatar = case.metadata["avatar"]
@@ -156,6 +209,7 @@ def measure(model_path: Path, world: Path, face_model) -> dict:
               for name, vs in features.items()}
     trained_v = [torch.as_tensor(v, dtype=torch.float32) for v in features["trained"]]
     return {"probes": probes, "token_change": token_changes(model.habit, contexts, trained_v),
+            "target_change": target_changes(cases, speech),
             "clips": len(cases), "avatars": int(len(np.unique(groups))),
             "archetypes": {a: int(sum(h.archetype == a for h in habits) // CLIPS_PER_AVATAR)
                            for a in sorted({h.archetype for h in habits})}}
@@ -172,6 +226,10 @@ def table(results: dict) -> str:
     rows.append("")
     rows.append(f"token change (relative L2): habit swap {t['habit_swap']:.5f}, habit dropped {t['habit_drop']:.5f}, "
                 f"audio swap {t['audio_swap']:.5f}")
+    c = results["target_change"]
+    rows.append(f"target change: habit {c['habit_pixels']:.5f} / speech {c['speech_pixels']:.5f} (mouth-patch MSE, "
+                f"share {c['habit_share_pixels']:.3f}); habit {c['habit_states']:.4f} / speech {c['speech_states']:.4f} "
+                f"(mouth states, share {c['habit_share_states']:.3f})")
     return "\n".join(rows)
 
 

@@ -15,7 +15,8 @@ from stabledub_core.models.checkpoint import save_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.habit import LipHabitModulation
 from stabledub_core.models.stabledub import StableDub
-from stabledub_core.synthetic.world import write_world
+from stabledub_core.synthetic.habit import ARCHETYPES, archetype_habit
+from stabledub_core.synthetic.world import load_metadata, write_world
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,24 @@ def test_a_probe_run_measures_every_feature_set_per_avatar(probe, tmp_path):
     # a fresh model's output convolution is zero: every token is the same, whatever the speech or habit
     assert results["token_change"] == {"habit_swap": 0.0, "habit_drop": 0.0, "audio_swap": 0.0}
     assert "| pixels |" in probe.table(results)
+    change = results["target_change"]
+    assert change["habit_pixels"] > 0 and change["speech_pixels"] > 0 and change["habit_share_pixels"] > 0
+    assert "target change" in probe.table(results)
+
+
+def test_the_target_change_is_zero_for_the_clips_own_habit_and_speech(probe, tmp_path):
+    wave, rate = load_audio(ASSETS / "speech_es.wav")
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    write_wav(speech / "a.wav", wave[:, :rate], rate)
+    write_world(tmp_path / "world", 2, seed=9, speech_dir=speech, occluder_share=0.0, max_seconds=0.8)
+    metas = [load_metadata(p) for p in sorted((tmp_path / "world").glob("clip_*.json"))]
+    own, other = (wave[:, :rate], rate), (wave[:, 2 * rate:3 * rate], rate)
+    same = probe.target_change(metas[0], own, metas[0]["avatar"].habit, own)
+    assert same == {"habit_pixels": 0.0, "speech_pixels": 0.0, "habit_states": 0.0, "speech_states": 0.0}
+    moved = probe.target_change(metas[0], own, archetype_habit(
+        next(a for a in ARCHETYPES if a != metas[0]["avatar"].habit.archetype)), other)
+    assert all(v > 0 for v in moved.values()), moved
 
 
 @pytest.mark.parametrize("argv, option", [(["--corpus", "nowhere"], "--corpus"), (["--avatars", "2"], "--avatars")])

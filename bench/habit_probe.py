@@ -228,8 +228,8 @@ def table(results: dict) -> str:
                 f"audio swap {t['audio_swap']:.5f}")
     c = results["target_change"]
     rows.append(f"target change: habit {c['habit_pixels']:.5f} / speech {c['speech_pixels']:.5f} (mouth-patch MSE, "
-                f"share {c['habit_share_pixels']:.3f}); habit {c['habit_states']:.4f} / speech {c['speech_states']:.4f} "
-                f"(mouth states, share {c['habit_share_states']:.3f})")
+                f"share {c['habit_share_pixels']:.3f}); habit {c['habit_states']:.4f} / speech "
+                f"{c['speech_states']:.4f} (mouth states, share {c['habit_share_states']:.3f})")
     return "\n".join(rows)
 
 

@@ -143,7 +143,11 @@ def test_stage2_clip_shapes_and_equality_with_the_shards(prepared):
     assert np.array_equal(crops, arrays["crops"][16:32])
     assert np.array_equal(sample["mc"][:, 0].numpy(), arrays["mc"][16:32].astype(np.float32))
     assert np.array_equal(sample["mu"][:, 0].numpy(), np.repeat(arrays["mu"][1:2], 16, 0).astype(np.float32) / 255)
-    batch = next(iter(DataLoader(data, batch_size=2, num_workers=1)))  # a worker reopens the memory maps
+    # a worker reopens the memory maps; spawned, so the dataset must pickle, and never forked from this process
+    # (its MediaPipe and torch threads from earlier tests once left a forked worker waiting for good, a CI hang);
+    # the timeout makes any such hang a failure
+    loader = DataLoader(data, batch_size=2, num_workers=1, multiprocessing_context="spawn", timeout=120)
+    batch = next(iter(loader))
     assert torch.equal(batch["crops"][1], sample["crops"]) and torch.equal(batch["lips"][1], sample["lips"])
     assert batch["crops"].shape == (2, 16, 3, S, S) and batch["audio"].shape == (2, data.audio_samples)
 

@@ -59,7 +59,7 @@ from stabledub_core.pipeline.chunk_model import StableDubChunkModel  # noqa: E40
 from stabledub_core.pipeline.conditions import habit_vector  # noqa: E402
 from stabledub_core.pipeline.options import DubOptions  # noqa: E402
 from stabledub_core.pipeline.stages import habit_lip_crops  # noqa: E402
-from stabledub_core.synthetic.world import load_metadata, render_speech, write_world  # noqa: E402
+from stabledub_core.synthetic.world import dub_ground_truth, load_metadata, write_world  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "habit_probe.json"
 PROBE_SEED, CLIPS_PER_AVATAR, SPEECH_FILES = 4000, 2, 20
@@ -146,16 +146,14 @@ def target_change(metadata: dict, speech: tuple[np.ndarray, int], habit, other_s
         ``{"habit_pixels", "speech_pixels"}``: mean squared change of the mouth patches (0..1 pixels), and
         ``{"habit_states", "speech_states"}``: mean absolute change of the mouth states.
     """
-    avatar, fps, frames = metadata["avatar"], metadata["fps"], metadata["num_frames"]
-
-    def render(who, wave_rate):
-        clip = render_speech(who, wave_rate[0], wave_rate[1], fps, None, num_frames=frames)
+    def render(meta, wave_rate):
+        clip = dub_ground_truth(meta, *wave_rate)  # the clip's avatar, motion and occluder speaking wave_rate
         patches = mouth_patches(clip.rendered.frames, clip.rendered.mouth_poses).astype(np.float64) / 255.0
         return patches, np.stack([getattr(clip.states, n) for n in STATE_NAMES], 1)  # (F, h, w, 3), (F, 3)
 
-    own = render(avatar, speech)
-    other_habit = render(dataclasses.replace(avatar, habit=habit), speech)
-    other_speech_ = render(avatar, other_speech)
+    own = render(metadata, speech)
+    other_habit = render({**metadata, "avatar": dataclasses.replace(metadata["avatar"], habit=habit)}, speech)
+    other_speech_ = render(metadata, other_speech)
     return {"habit_pixels": float(np.mean((other_habit[0] - own[0]) ** 2)),
             "speech_pixels": float(np.mean((other_speech_[0] - own[0]) ** 2)),
             "habit_states": float(np.mean(np.abs(other_habit[1] - own[1]))),

@@ -20,7 +20,7 @@ def _raising(error):
 def run_failing(monkeypatch):
     """Run the CLI's dispatcher on a command that raises the given error."""
     def run(error, debug=False, command=None):
-        command = _raising(error) if command is None else (lambda args, body=command: body())
+        command = _raising(error) if command is None else command
         monkeypatch.setattr(cli, "_run_preview", command, raising=False)  # a dispatch dict of _run_* functions
         return cli._main(argparse.Namespace(command="preview", debug=debug, run=command))  # or set_defaults(run=)
     return run
@@ -103,7 +103,7 @@ def test_a_signal_landing_in_a_library_that_catches_every_exception_still_interr
     """matplotlib wraps an optional import in ``try/except Exception: warnings.warn(...)``; a signal arriving in
     that import came out as a stray warning beside the interrupted line (a CI run). The handler's exception must
     pass such a block."""
-    def library_import():
+    def library_import(args):
         try:
             cli._raise_interrupted(signal.SIGTERM, None)
         except Exception:  # noqa: BLE001 - what the library does

@@ -54,6 +54,7 @@ from stabledub_core.pipeline.stages import (
     ChunkArrays,
     Compositor,
     check_occluder,
+    check_reference,
     crop_frame,
     generate_chunks,
     habit_lip_crops,
@@ -115,7 +116,7 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
                open_sink: SinkOpener, occluder: np.ndarray | None = None,
                on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
                clock: StageTimer | None = None, source_wave16: np.ndarray | None = None,
-               habit: torch.Tensor | None = None) -> DubResult:
+               habit: torch.Tensor | None = None, reference: np.ndarray | None = None) -> DubResult:
     """Dub the frames of any source into any sink: tracking, length policy, crop spans, sampling, paste-back.
 
     Args:
@@ -137,11 +138,14 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
         source_wave16: ``(S16,)`` float32 16 kHz mono speech the video was filmed with; needed (and used) when
             ``options.sampling.invert`` is set.
         habit: A saved ``(C,)`` lip-habit vector to use instead of encoding one from the video's own lips.
+        reference: ``(H, W, 3)`` uint8 appearance frame (the source's frame size, the face where the source's is) to
+            use instead of the frame ``options.conditions.reference`` picks from the source.
 
     Returns:
         The :class:`DubResult`.
     """
     clock = clock or StageTimer()
+    reference = check_reference(reference, source.size)
     if options.sampling.invert and source_wave16 is None:
         raise OptionError("inversion needs the speech the video was filmed with: give the source speech, or dub "
                           "without inversion")
@@ -168,8 +172,9 @@ def dub_stream(source, wave16: np.ndarray, num_samples: int, sample_rate: int, m
             habit = chunk_model.encode_habit(habit_lip_crops(source, track, chunk_model.lip_size,
                                                              conditions.habit_frames, options.sampling.seed))
         chunk_model.begin(wave16, times, habit, source=speech)
-        appearance_of = AppearanceCrops(reference_frame(source, track, conditions.reference, options.sampling.seed),
-                                        chunk_model.crop_size)
+        if reference is None:
+            reference = reference_frame(source, track, conditions.reference, options.sampling.seed)
+        appearance_of = AppearanceCrops(reference, chunk_model.crop_size)
     crop_plan = CropPlan(track, chunk_model.crop_size, chunk_model.window, options.masks.mask_config(chunk_model.crop_box_scale), index,
                          keep_all=False)
     frames = source.frames_at(plan.runs)
@@ -338,7 +343,7 @@ class DubbedClip:
 def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model, options: DubOptions | None = None,
              occluder: np.ndarray | None = None, on_progress: ProgressCallback | None = None,
              should_stop: StopCheck | None = None, source_wave16: np.ndarray | None = None,
-             habit: torch.Tensor | None = None) -> DubbedClip:
+             habit: torch.Tensor | None = None, reference: np.ndarray | None = None) -> DubbedClip:
     """Dub an in-memory clip with a speech waveform: :func:`dub_stream` from a ``FrameSource`` into a ``FrameSink``.
 
     Args:
@@ -353,6 +358,7 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
         should_stop: Polled often; True raises ``Interrupted``.
         source_wave16: ``(S16,)`` float32 16 kHz mono speech the clip was filmed with (for inversion).
         habit: A saved ``(C,)`` lip-habit vector.
+        reference: ``(H, W, 3)`` uint8 appearance frame instead of one picked from the clip (see :func:`dub_stream`).
 
     Returns:
         The :class:`DubbedClip`.
@@ -360,7 +366,8 @@ def dub_clip(source: FrameSource, waveform: np.ndarray, sample_rate: int, model,
     waveform = check_waveform(waveform, sample_rate)
     result = dub_stream(source, to_encoder_input(waveform, sample_rate), waveform.shape[1], sample_rate, model,
                         options or DubOptions(), lambda plan, _time_base: FrameSink(plan.num_frames, source.size),
-                        occluder, on_progress, should_stop, source_wave16=source_wave16, habit=habit)
+                        occluder, on_progress, should_stop, source_wave16=source_wave16, habit=habit,
+                        reference=reference)
     plan = result.plan
     return DubbedClip(result.sink.result(), fit_samples(waveform, plan.audio_samples), sample_rate, plan.fps,
                       result.faceless_frames, result.habit, result.face, result.mask_caps)

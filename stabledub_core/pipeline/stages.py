@@ -175,6 +175,26 @@ def check_occluder(occluder, num_frames: int, size: tuple[int, int]) -> np.ndarr
     return np.broadcast_to(occluder, (num_frames, *size))
 
 
+def check_reference(reference, size: tuple[int, int]) -> np.ndarray | None:
+    """A given appearance frame as ``(H, W, 3)`` uint8, or None.
+
+    Args:
+        reference: ``(H, W, 3)`` uint8 or float in [0, 1] image at the clip's frame size, or None. The crops are cut
+            from it with the source's face boxes, so its face must be where the source's is.
+        size: ``(H, W)`` of the clip's frames.
+
+    Raises:
+        OptionError: For any other shape.
+    """
+    if reference is None:
+        return None
+    reference = np.asarray(reference)
+    if reference.shape != (*size, 3):
+        raise OptionError(f"the reference frame has shape {reference.shape} but the clip's frames are "
+                          f"{size[1]}x{size[0]}: give one RGB frame of the clip's size, the face where the clip's is")
+    return to_uint8(reference)
+
+
 def crop_frame(image: np.ndarray, span: CropSpan, crop_size: int) -> np.ndarray:
     """One frame (or the reference frame) cropped with a span's box: ``(S, S, 3)`` uint8."""
     return crop_frames(to_uint8(image)[None], span.box, crop_size)[0]

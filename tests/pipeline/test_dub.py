@@ -212,3 +212,33 @@ def test_the_crops_are_framed_as_the_model_was_trained(face_frames, face_model_p
     assert 1.5 < shares[1.3] / shares[1.8] < 2.4, shares
     changed = [(d != frames).any(axis=-1) for d in (dubs[1.8], dubs[1.3])]
     assert (changed[0] ^ changed[1]).mean() < 0.01 * changed[0].mean() + 1e-3
+
+
+class RecordAppearance(InvertCrops):
+    """InvertCrops that keeps the appearance crops it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.appearance = []
+
+    def generate(self, start, crops, masks, appearance, clock, should_stop, on_step=None):
+        self.appearance.append(appearance.copy())
+        return super().generate(start, crops, masks, appearance, clock, should_stop, on_step)
+
+
+def test_a_given_reference_frame_is_the_appearance_of_every_crop(face_frames, face_model_path):
+    """``reference=`` replaces the frame the reference strategy picks: every appearance crop is cut from it with
+    the frame's own face box; a frame of another size is refused with what to give."""
+    frames, speech = np.stack(face_frames[:16]), tone(16 / 25, 16000)
+    picked, plain, inverted = RecordAppearance(), RecordAppearance(), RecordAppearance()
+    dub_clip(FrameSource(frames, 25), speech, 16000, picked, options(face_model_path))
+    dub_clip(FrameSource(frames, 25), speech, 16000, plain, options(face_model_path), reference=frames[5])
+    dub_clip(FrameSource(frames, 25), speech, 16000, inverted, options(face_model_path), reference=255 - frames[5])
+    picked, plain, inverted = (np.concatenate(m.appearance).astype(int) for m in (picked, plain, inverted))
+    assert picked.shape == plain.shape == inverted.shape
+    assert not np.array_equal(picked, plain)  # the strategy picks another frame than 5 here
+    # cut with the same boxes, so the inverted reference gives the inverted crops (up to the resampling's rounding)
+    assert np.abs(inverted - (255 - plain)).max() <= 1
+    with pytest.raises(ValueError, match="clip's size"):
+        dub_clip(FrameSource(frames, 25), speech, 16000, InvertCrops(), options(face_model_path),
+                 reference=frames[5][:100])

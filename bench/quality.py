@@ -26,7 +26,11 @@ not a strict bound per clip, as the estimator reads blurred mouths unevenly).
 
 plus **habit transfer**: each clip dubbed by ours with the habit vector of the next clip's avatar (the Habit Encode
 node's computation), measured against the clip's avatar rendered with the donor's habit (``transfer_gain``: how
-much closer to the donor's habit than the own-habit dub; > 0 means it moved toward the donor).
+much closer to the donor's habit than the own-habit dub; > 0 means it moved toward the donor), and **reference
+transfer**: each clip dubbed by ours given, as its appearance frame, the frame the pipeline picks from the clip
+rendered again with the next clip's habit (``reference_transfer_gain``, against the frame of the clip rendered again
+with its own habit; ``reference_and_habit_transfer_gain`` with the donor's habit vector as well): whether the mouth
+takes its habit from the reference frame rather than from the habit vector.
 
 Headline keys (``bench/results/quality.json``): ``sync_correlation`` (ours), ``habit_error_reduction`` (1 - full
 / w/o habit, habit error = mean |estimated - true| of opening, width, rounding), ``occluder_psnr_gain_db`` (full
@@ -34,7 +38,11 @@ minus w/o mask exposure, PSNR of the occluder's pixels; ``occluder_psnr_gain_fro
 both are given the mask), ``flicker_ratio_without_temporal`` (w/o temporal over full), ``outside_mask_identical``
 (ours), where "full" is the ablation's own full model; ``headline_rows`` names the two rows behind each;
 ``sync_correlation_truth_through_vae`` the sync correlation of the truth through the VAE. With the targets they are
-checked against and each row's full metrics.
+checked against and each row's full metrics. Two more reference rows, **habit-blind ground truth** (the truth
+rendered with the mean habit, ``world_benchmark.habit_blind_truth``: a dub that follows the speech exactly but knows
+no habit) and the same **through the VAE**, measured against the truth, bound what knowing the habit can be worth:
+``habit_error_reduction_ideal`` (1 - truth / habit-blind truth) and ``habit_error_reduction_ceiling`` (the same
+through the shipped VAE: about the most a perfect U-Net could show with that VAE and the estimator).
 
 Usage:
     python bench/quality.py [--evaluate-only] [--speech DIR --out FILE] [--corpus ../shared/media/speech_corpus]
@@ -69,7 +77,8 @@ from stabledub_core.cli.common import find_face_model  # noqa: E402
 from stabledub_core.errors import DatasetNotFoundError  # noqa: E402
 from stabledub_core.evaluate.figures import labelled_grid, write_png  # noqa: E402
 from stabledub_core.evaluate.world_benchmark import (  # noqa: E402
-    autoencoder_ceiling, evaluate_clip, habit_from, make_cases, mean_metrics, mouth_patches, state_errors, transfer_truth)
+    autoencoder_ceiling, evaluate_clip, habit_blind_truth, habit_from, make_cases, mean_metrics, mouth_patches,
+    reference_with_habit, state_errors, transfer_truth)
 from stabledub_core.masks.lips import lip_crops  # noqa: E402
 from stabledub_core.media.audio import to_encoder_input  # noqa: E402
 from stabledub_core.models.checkpoint import load_checkpoint  # noqa: E402
@@ -115,6 +124,10 @@ HEADLINE_ROWS = {
     "temporal": ("w/o temporal Mamba", "w/o temporal Mamba, epsilon recipe"),
 }
 TRUTH, CEILING = "ground truth", "ground truth through the VAE"  # the reference rows
+BLIND_TRUTH, BLIND_CEILING = "habit-blind ground truth", "habit-blind ground truth through the VAE"
+# reference row -> (the rendering of a case it measures, whether that goes through the shipped model's VAE first)
+REFERENCE_ROWS = {TRUTH: (lambda case: case.truth, False), CEILING: (lambda case: case.truth, True),
+                  BLIND_TRUTH: (habit_blind_truth, False), BLIND_CEILING: (habit_blind_truth, True)}
 COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error", "occluder_psnr", "flicker", "psnr",
            "ssim", "outside_mask_identical")
 
@@ -222,35 +235,34 @@ def run_row(job: Job) -> dict:
 
 
 def run_reference(job: Job) -> dict:
-    """The ground truth itself through the same measures (what a perfect dub scores; LSE of the scorer's best)."""
-    cases, _, face_model = _setting(job)
-    scorer = load_scorer(SCORER) if SCORER.is_file() else None
-    rows = []
-    for case in cases:
-        truth = case.truth
-        metrics = state_errors(truth.rendered.frames, truth, case.metadata["mouth_poses"])
-        metrics.pop("estimated")
-        if scorer is not None:
-            lips = lip_crops(truth.rendered.frames, case.track(face_model).landmarks, scorer.config.lip_size)
-            score = sync_offsets(scorer, lips, to_encoder_input(truth.waveform, truth.sample_rate))
-            metrics.update(lse_d=score.lse_d, lse_c=score.lse_c, sync_offset=score.offset)
-        rows.append({"clip": case.name, **metrics})
-    return {"model": "the world's ground truth", "exposure": True, "mean": mean_metrics(rows), "clips": rows,
-            "seconds": 0.0, "_frames": {}}
-
-
-def run_ceiling(job: Job) -> dict:
-    """The ground truth through the VAE of the row's model (``world_benchmark.autoencoder_ceiling``)."""
+    """A reference row (:data:`REFERENCE_ROWS`): a rendering of each case (the truth, or the habit-blind truth)
+    through the same measures against the truth, straight or through the VAE of the row's model
+    (``world_benchmark.autoencoder_ceiling``); LSE is the scorer's on it."""
     cases, options, face_model = _setting(job)
     scorer = load_scorer(SCORER) if SCORER.is_file() else None
-    model = load_checkpoint(job.model, dtype=torch.float32)
+    render, through_vae = REFERENCE_ROWS[job.name]
+    model = load_checkpoint(job.model, dtype=torch.float32) if through_vae else None
     rows, frames = [], {}
     for i, case in enumerate(cases):
-        metrics, decoded = autoencoder_ceiling(case, model, options, face_model, scorer)
+        truth, rendered = case.truth, render(case)
+        if through_vae:
+            metrics, shown = autoencoder_ceiling(case, model, options, face_model, scorer, rendered=rendered)
+        else:
+            shown = rendered.rendered.frames
+            metrics = state_errors(shown, truth, case.metadata["mouth_poses"])
+            metrics.pop("estimated")
+            if scorer is not None:
+                lips = lip_crops(shown, case.track(face_model).landmarks, scorer.config.lip_size)
+                score = sync_offsets(scorer, lips, to_encoder_input(truth.waveform, truth.sample_rate))
+                metrics.update(lse_d=score.lse_d, lse_c=score.lse_c, sync_offset=score.offset)
         rows.append({"clip": case.name, **metrics})
-        frames.update({(i, k): decoded[k] for j, k in example_picks(cases) if j == i})
-    return {"model": f"the world's ground truth through the VAE of {_shown(job.model)}", "exposure": True,
-            "mean": mean_metrics(rows), "clips": rows, "seconds": 0.0, "_frames": frames}
+        if through_vae and rendered is truth:
+            frames.update({(i, k): shown[k] for j, k in example_picks(cases) if j == i})
+    name = {TRUTH: "the world's ground truth", BLIND_TRUTH: "the world's ground truth with the mean habit"}
+    model_name = name.get(job.name) or f"{name[job.name.replace(' through the VAE', '')]} through the VAE of " \
+        f"{_shown(job.model)}"
+    return {"model": model_name, "exposure": True, "mean": mean_metrics(rows), "clips": rows, "seconds": 0.0,
+            "_frames": frames}
 
 
 def _shown(path: Path) -> str:
@@ -284,6 +296,39 @@ def run_transfer(job: Job) -> dict:
     return {"mean": mean_metrics(rows), "clips": rows}
 
 
+def run_reference_transfer(job: Job) -> dict:
+    """Ours given the appearance frame of the clip re-rendered with the next clip's habit: does the mouth follow the
+    reference's habit? Against the same dub given the frame of the clip re-rendered with its own habit (both lossless
+    renders, picked by the same strategy), measured against the donor-habit truth."""
+    cases, options, face_model = _setting(job)
+    model = load_checkpoint(job.model, dtype=torch.float32)
+    chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
+    rows = []
+    for i, case in enumerate(cases):
+        donor = cases[(i + 1) % len(cases)]
+        truth_b, poses = transfer_truth(case, donor), case.metadata["mouth_poses"]
+        own_habit, donor_habit = case.metadata["avatar"].habit, donor.metadata["avatar"].habit
+        dubs = {"own": dict(reference=reference_with_habit(case, own_habit, options, face_model)),
+                "reference": dict(reference=reference_with_habit(case, donor_habit, options, face_model))}
+        dubs["both"] = dict(dubs["reference"], habit=habit_from(donor, chunk_model, options, face_model))
+        errors = {}
+        for name, given in dubs.items():
+            _, frames = evaluate_clip(case, model, options, face_model, check_outside=False, **given)
+            errors[name] = (state_errors(frames, truth_b, poses)["habit_error"],
+                            state_errors(frames, case.truth, poses)["habit_error"])
+        gain = lambda name: 1 - errors[name][0] / errors["own"][0] if errors["own"][0] > 0 else math.nan  # noqa: E731
+        rows.append({"clip": case.name, "donor": donor.name,
+                     "own_reference_error_to_donor_truth": errors["own"][0],
+                     "own_reference_error_to_own_truth": errors["own"][1],
+                     "donor_reference_error_to_donor_truth": errors["reference"][0],
+                     "donor_reference_error_to_own_truth": errors["reference"][1],
+                     "donor_reference_and_habit_error_to_donor_truth": errors["both"][0],
+                     "reference_transfer_gain": gain("reference"), "reference_and_habit_transfer_gain": gain("both")})
+        print(f"  reference transfer {case.name} <- {donor.name}: to donor truth {errors['own'][0]:.4f} -> "
+              f"{errors['reference'][0]:.4f} (and its habit vector: {errors['both'][0]:.4f})", flush=True)
+    return {"mean": mean_metrics(rows), "clips": rows}
+
+
 def run_job(job: Job) -> dict:
     """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps) ran before."""
     key = hashlib.sha256(json.dumps([job.name, job.exposure, str(job.world), str(job.speech), job.steps,
@@ -294,7 +339,8 @@ def run_job(job: Job) -> dict:
         frames = np.load(cache.with_suffix(".npz"))
         result["_frames"] = {tuple(map(int, k.split("_"))): frames[k] for k in frames.files}
         return result
-    run = {"habit transfer": run_transfer, TRUTH: run_reference, CEILING: run_ceiling}.get(job.name, run_row)
+    run = {"habit transfer": run_transfer, "reference transfer": run_reference_transfer,
+           **{name: run_reference for name in REFERENCE_ROWS}}.get(job.name, run_row)
     result = run(job)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache.with_suffix(".npz"), **{f"{i}_{k}": v for (i, k), v in result.get("_frames", {}).items()})
@@ -302,7 +348,7 @@ def run_job(job: Job) -> dict:
     return result
 
 
-def headline(rows: dict, transfer: dict | None) -> dict:
+def headline(rows: dict, transfer: dict | None, reference: dict | None = None) -> dict:
     ours = rows["ours"]["mean"]
     get = lambda row, key: rows[row]["mean"].get(key, math.nan) if row in rows else math.nan  # noqa: E731
     out = {"sync_correlation": ours["sync_correlation"], "opening_error": ours["opening_error"],
@@ -319,6 +365,10 @@ def headline(rows: dict, transfer: dict | None) -> dict:
     pair = lambda kind, key: (get(pairs[kind][1], key), get(pairs[kind][0], key))  # noqa: E731  (full, ablation)
     full, ablated = pair("habit", "habit_error")
     out.update(habit_error_full=full, habit_error_without_habit=ablated, habit_error_reduction=1 - full / ablated)
+    # what knowing the habit takes off the habit error of a dub that follows the speech exactly (the truth against
+    # the habit-blind truth), and of one that predicts the latents exactly (both through the shipped VAE)
+    out.update(habit_error_reduction_ideal=1 - get(TRUTH, "habit_error") / get(BLIND_TRUTH, "habit_error"),
+               habit_error_reduction_ceiling=1 - get(CEILING, "habit_error") / get(BLIND_CEILING, "habit_error"))
     full, ablated = pair("exposure", "occluder_psnr")
     out.update(occluder_psnr_full_db=full, occluder_psnr_without_exposure_db=ablated,
                occluder_psnr_gain_db=full - ablated)
@@ -330,6 +380,9 @@ def headline(rows: dict, transfer: dict | None) -> dict:
     out["sync_correlation_truth_through_vae"] = get(CEILING, "sync_correlation")
     if transfer is not None:
         out["habit_transfer_gain"] = transfer["mean"]["transfer_gain"]
+    if reference is not None:
+        out["reference_transfer_gain"] = reference["mean"]["reference_transfer_gain"]
+        out["reference_and_habit_transfer_gain"] = reference["mean"]["reference_and_habit_transfer_gain"]
     return out
 
 
@@ -374,6 +427,15 @@ def markdown(results: dict) -> str:
                       f"{_fmt(m['own_habit_error_to_donor_truth'])} with its own habit, "
                       f"{_fmt(m['transfer_error_to_donor_truth'])} with the donor's (transfer_gain "
                       f"{_fmt(m['transfer_gain'])}); the two truths differ by {_fmt(m['truth_habit_gap'])}."]
+    if "reference_transfer" in results:
+        m = results["reference_transfer"]["mean"]
+        lines += ["", "Reference transfer (ours given the appearance frame of the clip rendered with the next clip's "
+                      "habit): error to the donor-habit truth "
+                      f"{_fmt(m['own_reference_error_to_donor_truth'])} with the own-habit frame, "
+                      f"{_fmt(m['donor_reference_error_to_donor_truth'])} with the donor-habit frame "
+                      f"(reference_transfer_gain {_fmt(m['reference_transfer_gain'])}), "
+                      f"{_fmt(m['donor_reference_and_habit_error_to_donor_truth'])} with its habit vector too "
+                      f"(gain {_fmt(m['reference_and_habit_transfer_gain'])})."]
     return "\n".join(lines) + "\n"
 
 
@@ -415,25 +477,26 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     world = held_out_world(work, args.corpus.resolve(), args.clips)
     speech = args.speech.resolve() if args.speech is not None else held_out_speech(work, args.corpus.resolve())
-    jobs = [Job(TRUTH, DEMO_MODEL, True, world, speech, args.steps), Job(CEILING, DEMO_MODEL, True, world, speech,
-                                                                          args.steps)]
+    jobs = [Job(name, DEMO_MODEL, True, world, speech, args.steps) for name in REFERENCE_ROWS]
     for name, (path, exposure, _) in ROWS.items():
         if path.is_file():
             jobs.append(Job(name, path, exposure, world, speech, args.steps))
         else:
             print(f"[missing] {name}: {path} (train it with bench/train_world_models.py)")
     jobs.append(Job("habit transfer", DEMO_MODEL, True, world, speech, args.steps))
+    jobs.append(Job("reference transfer", DEMO_MODEL, True, world, speech, args.steps))
     order = jobs[::-1] if args.reverse else jobs
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         done = dict(zip([j.name for j in order], pool.map(run_job, order, chunksize=1)))
-    transfer = done.pop("habit transfer")
-    rows = {name: done[name] for name in [*ROWS, TRUTH, CEILING] if name in done}
-    values = headline(rows, transfer)
+    transfer, reference = done.pop("habit transfer"), done.pop("reference transfer")
+    rows = {name: done[name] for name in [*ROWS, *REFERENCE_ROWS] if name in done}
+    values = headline(rows, transfer, reference)
     results = {"settings": {"clips": args.clips, "steps": args.steps, "seed": 0,
                             "held_out_world_seed": HELD_OUT_SEED, "torch_threads": 1,
                             "speech": "held-out corpus files" if args.speech is None else str(args.speech),
                             "scorer": SCORER.name if SCORER.is_file() else None},
-               **values, "targets": check_targets(values), "rows": rows, "habit_transfer": transfer}
+               **values, "targets": check_targets(values), "rows": rows, "habit_transfer": transfer,
+               "reference_transfer": reference}
     results["training_minutes"] = {name: json.loads(path.read_text()).get("training_minutes", {})
                                    for name, path in TRAINING.items() if path.is_file()}
     cases = make_cases(world, speech)

@@ -45,8 +45,9 @@ from stabledub_core.models.vae import decode_latents, encode_frames
 from stabledub_core.pipeline.chunk_model import StableDubChunkModel, crops_to_tensor, tensor_to_crops
 from stabledub_core.pipeline.dub import dub_clip
 from stabledub_core.pipeline.options import DubOptions
-from stabledub_core.pipeline.stages import habit_lip_crops, track_faces
+from stabledub_core.pipeline.stages import habit_lip_crops, reference_frame, track_faces
 from stabledub_core.synthetic.estimator import PATCH_SIZE, estimate_clip, patch_matrix
+from stabledub_core.synthetic.habit import mean_habit
 from stabledub_core.synthetic.world import WorldClip, dub_ground_truth, list_speech, load_metadata, render_speech
 
 STATE_NAMES = ("opening", "width", "rounding")
@@ -179,8 +180,8 @@ class AutoencodedCrops(ConstantCrops):
             return tensor_to_crops(decode_latents(self.vae, encode_frames(self.vae, crops_to_tensor(crops))))
 
 
-def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model,
-                        scorer: SyncScorer | None = None) -> tuple[dict, np.ndarray]:
+def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model, scorer: SyncScorer | None = None,
+                        rendered: WorldClip | None = None) -> tuple[dict, np.ndarray]:
     """The ground truth through the model's VAE: what a U-Net that predicted the true latents exactly would score.
 
     The truth's frames are dubbed by :class:`AutoencodedCrops` (tracked, cropped, encoded, decoded and pasted back
@@ -188,12 +189,17 @@ def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model,
     sync, habit and image measures. It is not a strict bound on a dub's measures (the estimator reads a blurred
     mouth unevenly, so a dub can score above it on a clip).
 
+    Args:
+        rendered: The clip whose frames go through the VAE instead of the truth (e.g. :func:`habit_blind_truth`);
+            they are still measured against the truth.
+
     Returns:
         (metrics, the frames ``(F, H, W, 3)`` uint8).
     """
     options = _with_face_model(options, face_model)
     truth = case.truth
-    source = FrameSource(truth.rendered.frames, case.metadata["fps"], name=case.name)
+    rendered = rendered or truth
+    source = FrameSource(rendered.rendered.frames, case.metadata["fps"], name=case.name)
     probe = AutoencodedCrops(StableDubChunkModel(model, options.sampling, options.runtime))
     frames = dub_clip(source, truth.waveform, truth.sample_rate, probe, options, occluder=case.occluder).frames
     return measure_dub(case, frames, truth, face_model, scorer), frames
@@ -261,7 +267,7 @@ def measure_dub(case: EvalCase, dubbed: np.ndarray, truth: WorldClip, face_model
 
 def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer: SyncScorer | None = None,
                   exposure: bool = True, habit: torch.Tensor | None = None, truth: WorldClip | None = None,
-                  check_outside: bool = True) -> tuple[dict, np.ndarray]:
+                  check_outside: bool = True, reference: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """Dub one case and measure it.
 
     Args:
@@ -272,6 +278,7 @@ def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer
         scorer: The AV-sync scorer, or None (no LSE).
         exposure: Give the pipeline the occluder's mask, so that its patches are exposed (kept).
         habit: A lip-habit vector to use instead of the clip's own (habit transfer).
+        reference: An ``(H, W, 3)`` appearance frame to use instead of the one the pipeline picks from the clip.
         truth: What the dub is measured against (default: the case's ground truth).
         check_outside: Measure ``outside_mask_identical`` (costs two probe dubs, once per case).
 
@@ -282,7 +289,7 @@ def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer
     options = _with_face_model(options, face_model)
     chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
     dubbed = dub_clip(case.source, case.truth.waveform, case.truth.sample_rate, chunk_model, options,
-                      occluder=case.occluder if exposure else None, habit=habit).frames
+                      occluder=case.occluder if exposure else None, habit=habit, reference=reference).frames
     metrics = measure_dub(case, dubbed, truth, face_model, scorer)
     if check_outside:
         region = paste_region(case, chunk_model, options)
@@ -291,12 +298,46 @@ def evaluate_clip(case: EvalCase, model, options: DubOptions, face_model, scorer
     return metrics, dubbed
 
 
-def transfer_truth(case: EvalCase, donor: EvalCase) -> WorldClip:
-    """What ``case``'s avatar speaking the case's speech with the donor's lip habit looks like."""
-    avatar = dataclasses.replace(case.metadata["avatar"], habit=donor.metadata["avatar"].habit)
+def truth_with_habit(case: EvalCase, habit) -> WorldClip:
+    """What ``case``'s avatar speaking the case's speech with the lip habit ``habit`` looks like."""
+    avatar = dataclasses.replace(case.metadata["avatar"], habit=habit)
     truth = case.truth
     return render_speech(avatar, truth.waveform, truth.sample_rate, case.metadata["fps"], case.metadata["occluder"],
                          num_frames=case.metadata["num_frames"])
+
+
+def transfer_truth(case: EvalCase, donor: EvalCase) -> WorldClip:
+    """What ``case``'s avatar speaking the case's speech with the donor's lip habit looks like."""
+    return truth_with_habit(case, donor.metadata["avatar"].habit)
+
+
+def habit_blind_truth(case: EvalCase) -> WorldClip:
+    """``case``'s truth with the mean habit (``synthetic.habit.mean_habit``): a dub that follows the speech exactly
+    but knows no habit (the oracle a model without habit modulation can at best approach)."""
+    return truth_with_habit(case, mean_habit())
+
+
+def reference_with_habit(case: EvalCase, habit, options: DubOptions, face_model) -> np.ndarray:
+    """The appearance frame the pipeline would pick from ``case``'s clip had its avatar the lip habit ``habit``.
+
+    The clip is rendered again (its own speech, head motion and occluder) with ``habit``, tracked, and its frame
+    chosen by ``options.conditions.reference``, as a dub of that video would choose it.
+
+    Args:
+        case: The case.
+        habit: A ``synthetic.habit.LipHabit``.
+        options: The dub's options (the reference strategy and seed).
+        face_model: MediaPipe ``face_landmarker.task``.
+
+    Returns:
+        ``(H, W, 3)`` uint8 frame.
+    """
+    wave, rate = load_audio(case.video)  # the speech the clip was rendered with
+    avatar = dataclasses.replace(case.metadata["avatar"], habit=habit)
+    clip = dub_ground_truth({**case.metadata, "avatar": avatar}, wave, rate)
+    source = FrameSource(clip.rendered.frames, case.metadata["fps"], name=f"{case.name} ({habit.archetype} habit)")
+    return reference_frame(source, track_faces(source, face_model), options.conditions.reference,
+                           options.sampling.seed)
 
 
 def mean_metrics(rows: list[dict]) -> dict:

@@ -10,7 +10,7 @@ preprocess`` consumes unchanged, and ``estimator`` reads the mouth state back fr
 
 from stabledub_core.synthetic.avatar import Avatar, AvatarParams, build_avatar, sample_avatar
 from stabledub_core.synthetic.estimator import MouthEstimate, estimate_clip, estimate_frame
-from stabledub_core.synthetic.habit import ARCHETYPES, LipHabit, archetype_habit, sample_habit
+from stabledub_core.synthetic.habit import ARCHETYPES, LipHabit, archetype_habit, mean_habit, sample_habit
 from stabledub_core.synthetic.mouth import MouthPalette, MouthStates
 from stabledub_core.synthetic.occluders import OccluderSpec, sample_occluder
 from stabledub_core.synthetic.render import RenderedClip, render_clip
@@ -27,6 +27,6 @@ from stabledub_core.synthetic.world import (
 
 __all__ = ["ARCHETYPES", "Avatar", "AvatarParams", "LipHabit", "MouthEstimate", "MouthPalette", "MouthStates",
            "OccluderSpec", "RenderedClip", "WorldClip", "archetype_habit", "build_avatar", "dub_ground_truth",
-           "estimate_clip", "estimate_frame", "load_metadata", "load_occluder_masks", "render_clip", "render_speech",
-           "sample_avatar", "sample_habit", "sample_occluder", "speech_features", "speech_mouth_states",
+           "estimate_clip", "estimate_frame", "load_metadata", "load_occluder_masks", "mean_habit", "render_clip",
+           "render_speech", "sample_avatar", "sample_habit", "sample_occluder", "speech_features", "speech_mouth_states",
            "write_world", "write_world_clip"]

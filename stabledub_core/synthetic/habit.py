@@ -84,6 +84,16 @@ def archetype_habit(archetype: str) -> LipHabit:
     return LipHabit(archetype, *ARCHETYPES[archetype])
 
 
+def mean_habit() -> LipHabit:
+    """The mean of the archetype centres (archetype name ``"mean"``): the habit of nobody in particular.
+
+    Avatars draw their archetype uniformly, so this is about the habit a dub that knows none can aim at: the truth
+    rendered with it is a habit-blind oracle (it follows the speech exactly). It is the mean of the habits' fields,
+    not the habit that minimises the expected mouth-state error, so it is a rough oracle.
+    """
+    return LipHabit("mean", *(float(v) for v in np.mean(list(ARCHETYPES.values()), axis=0)))
+
+
 def sample_habit(rng: np.random.Generator, archetype: str | None = None) -> LipHabit:
     """A habit drawn around an archetype.
 

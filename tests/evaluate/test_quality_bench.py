@@ -28,8 +28,10 @@ def test_a_headline_compares_the_shipped_recipes_ablation_with_the_shipped_model
             "w/o habit modulation, epsilon recipe": _row(habit_error=0.1),
             "w/o temporal Mamba, epsilon recipe": _row(flicker=100.0),
             "w/o mask exposure, occluder exposed, epsilon recipe": _row(occluder_psnr=0.5),
-            quality.CEILING: _row(sync_correlation=0.46)}
-    values = quality.headline(rows, {"mean": {"transfer_gain": 0.01}})
+            quality.CEILING: _row(sync_correlation=0.46, habit_error=0.45), quality.TRUTH: _row(habit_error=0.1),
+            quality.BLIND_TRUTH: _row(habit_error=0.4), quality.BLIND_CEILING: _row(habit_error=0.5)}
+    values = quality.headline(rows, {"mean": {"transfer_gain": 0.01}},
+                              {"mean": {"reference_transfer_gain": -0.05, "reference_and_habit_transfer_gain": 0.02}})
     assert values["headline_rows"]["habit"] == ["w/o habit modulation", "ours"]
     assert values["habit_error_reduction"] == pytest.approx(1 - 0.4 / 0.5)
     assert values["occluder_psnr_gain_db"] == pytest.approx(28.0 - 13.0)
@@ -40,6 +42,10 @@ def test_a_headline_compares_the_shipped_recipes_ablation_with_the_shipped_model
     assert values["occluder_psnr_gain_from_training_db"] == pytest.approx(1.0 - 0.5)
     assert values["sync_correlation_truth_through_vae"] == 0.46 and values["habit_transfer_gain"] == 0.01
     assert values["occluder_psnr_not_exposed_db"] == 12.5
+    # what knowing the habit is worth at best: the truth against the habit-blind truth, straight and through the VAE
+    assert values["habit_error_reduction_ideal"] == pytest.approx(1 - 0.1 / 0.4)
+    assert values["habit_error_reduction_ceiling"] == pytest.approx(1 - 0.45 / 0.5)
+    assert values["reference_transfer_gain"] == -0.05 and values["reference_and_habit_transfer_gain"] == 0.02
 
 
 def test_a_missing_ablation_leaves_its_headline_nan_and_unmet(quality):

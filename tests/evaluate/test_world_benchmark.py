@@ -8,7 +8,9 @@ import torch
 
 from helpers.repo_media import ASSETS
 from stabledub_core.evaluate.world_benchmark import (
-    MIN_VALID_FRAMES, autoencoder_ceiling, evaluate_clip, make_cases, mean_metrics, state_errors, transfer_truth)
+    MIN_VALID_FRAMES, autoencoder_ceiling, evaluate_clip, habit_blind_truth, make_cases, mean_metrics,
+    reference_with_habit, state_errors, transfer_truth)
+from stabledub_core.synthetic.habit import mean_habit
 from stabledub_core.models.checkpoint import load_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
@@ -59,6 +61,33 @@ def test_habit_transfer_truth_uses_the_donors_habit(eval_world):
     moved = transfer_truth(a, b)
     assert moved.avatar.habit == b.metadata["avatar"].habit and moved.avatar.seed == a.metadata["avatar"].seed
     assert not np.allclose(moved.states.opening, a.truth.states.opening)
+
+
+def test_the_habit_blind_truth_speaks_the_same_speech_with_the_mean_habit(eval_world):
+    """The habit-blind oracle: the case's avatar and speech with the mean habit, further from the truth's mouth
+    states than the truth itself is."""
+    case = make_cases(*eval_world)[0]
+    blind = habit_blind_truth(case)
+    assert blind.avatar.habit == mean_habit() and blind.avatar.seed == case.metadata["avatar"].seed
+    assert blind.rendered.frames.shape == case.truth.rendered.frames.shape
+    poses = case.metadata["mouth_poses"]
+    own = state_errors(case.truth.rendered.frames, case.truth, poses)["habit_error"]
+    assert state_errors(blind.rendered.frames, case.truth, poses)["habit_error"] > own + 0.02
+
+
+def test_the_reference_of_another_habit_is_the_same_clip_with_another_mouth(eval_world):
+    """``reference_with_habit``: the frame a dub would pick from the clip rendered with a habit; with the clip's own
+    habit it is one of the clip's own frames (a lossless render of it), with the donor's the same face."""
+    a, b = make_cases(*eval_world)
+    options = DubOptions.from_values(seed=0)
+    own = reference_with_habit(a, a.metadata["avatar"].habit, options, FACE_MODEL)
+    other = reference_with_habit(a, b.metadata["avatar"].habit, options, FACE_MODEL)
+    assert own.shape == other.shape == a.frames.shape[1:] and own.dtype == np.uint8
+    # the own-habit render is the clip itself, up to the video codec
+    assert min(np.abs(own.astype(int) - f.astype(int)).mean() for f in a.frames) < 3
+    assert not np.array_equal(own, other)
+    # the same face (at most a neighbouring frame: the strategy reads the mouth), unlike the other clip's avatar
+    assert np.abs(own.astype(int) - other).mean() < 0.05 * np.abs(own.astype(int) - b.frames[0]).mean()
 
 
 def test_a_real_dub_is_measured_and_leaves_every_pixel_outside_the_mask(eval_world):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import burst
 from stabledub_core.errors import EmptyMediaError, InvalidInputError, OptionError
-from stabledub_core.synthetic.habit import ARCHETYPES, archetype_habit, sample_habit
+from stabledub_core.synthetic.habit import ARCHETYPES, archetype_habit, mean_habit, sample_habit
 from stabledub_core.synthetic.speech_drive import (
     drives,
     frame_times,
@@ -85,3 +85,11 @@ def test_bad_inputs_raise_clear_errors():
         archetype_habit("shouter")
     with pytest.raises(OptionError):
         dataclasses.replace(FAST, attack_s=0.0)
+
+
+def test_the_mean_habit_is_the_mean_of_the_archetype_centres():
+    habit = mean_habit()
+    assert habit.archetype == "mean"
+    assert habit.open_gain == pytest.approx((0.95 + 1.3 + 0.75 + 0.5) / 4)  # neutral, wide, pucker, mumbler
+    assert habit.width_bias == pytest.approx((0.0 + 0.22 - 0.22 - 0.05) / 4)
+    assert habit.release_s == pytest.approx((0.09 + 0.07 + 0.12 + 0.16) / 4)

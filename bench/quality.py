@@ -269,14 +269,21 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def run_transfer(job: Job) -> dict:
-    """Ours with the next clip's habit: error to the donor-habit truth, against the own-habit dub's."""
+def _transfer_setting(job: Job):
+    """(pairs, options, face model, model, chunk model) of a transfer job; a pair is a case and its donor, the next
+    case."""
     cases, options, face_model = _setting(job)
     model = load_checkpoint(job.model, dtype=torch.float32)
     chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
+    pairs = [(case, cases[(i + 1) % len(cases)]) for i, case in enumerate(cases)]
+    return pairs, options, face_model, model, chunk_model
+
+
+def run_transfer(job: Job) -> dict:
+    """Ours with the next clip's habit: error to the donor-habit truth, against the own-habit dub's."""
+    pairs, options, face_model, model, chunk_model = _transfer_setting(job)
     rows = []
-    for i, case in enumerate(cases):
-        donor = cases[(i + 1) % len(cases)]
+    for case, donor in pairs:
         truth_b = transfer_truth(case, donor)
         own_metrics, own = evaluate_clip(case, model, options, face_model, check_outside=False)
         habit = habit_from(donor, chunk_model, options, face_model)
@@ -300,12 +307,9 @@ def run_reference_transfer(job: Job) -> dict:
     """Ours given the appearance frame of the clip re-rendered with the next clip's habit: does the mouth follow the
     reference's habit? Against the same dub given the frame of the clip re-rendered with its own habit (both lossless
     renders, picked by the same strategy), measured against the donor-habit truth."""
-    cases, options, face_model = _setting(job)
-    model = load_checkpoint(job.model, dtype=torch.float32)
-    chunk_model = StableDubChunkModel(model, options.sampling, options.runtime)
+    pairs, options, face_model, model, chunk_model = _transfer_setting(job)
     rows = []
-    for i, case in enumerate(cases):
-        donor = cases[(i + 1) % len(cases)]
+    for case, donor in pairs:
         truth_b, poses = transfer_truth(case, donor), case.metadata["mouth_poses"]
         own_habit, donor_habit = case.metadata["avatar"].habit, donor.metadata["avatar"].habit
         dubs = {"own": dict(reference=reference_with_habit(case, own_habit, options, face_model)),

@@ -28,5 +28,5 @@ from stabledub_core.synthetic.world import (
 __all__ = ["ARCHETYPES", "Avatar", "AvatarParams", "LipHabit", "MouthEstimate", "MouthPalette", "MouthStates",
            "OccluderSpec", "RenderedClip", "WorldClip", "archetype_habit", "build_avatar", "dub_ground_truth",
            "estimate_clip", "estimate_frame", "load_metadata", "load_occluder_masks", "mean_habit", "render_clip",
-           "render_speech", "sample_avatar", "sample_habit", "sample_occluder", "speech_features", "speech_mouth_states",
-           "write_world", "write_world_clip"]
+           "render_speech", "sample_avatar", "sample_habit", "sample_occluder", "speech_features",
+           "speech_mouth_states", "write_world", "write_world_clip"]

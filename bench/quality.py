@@ -125,9 +125,12 @@ HEADLINE_ROWS = {
 }
 TRUTH, CEILING = "ground truth", "ground truth through the VAE"  # the reference rows
 BLIND_TRUTH, BLIND_CEILING = "habit-blind ground truth", "habit-blind ground truth through the VAE"
-# reference row -> (the rendering of a case it measures, whether that goes through the shipped model's VAE first)
-REFERENCE_ROWS = {TRUTH: (lambda case: case.truth, False), CEILING: (lambda case: case.truth, True),
-                  BLIND_TRUTH: (habit_blind_truth, False), BLIND_CEILING: (habit_blind_truth, True)}
+# reference row -> (the rendering of a case it measures, what that is, whether it goes through the shipped model's
+# VAE first)
+REFERENCE_ROWS = {TRUTH: (lambda case: case.truth, "the world's ground truth", False),
+                  CEILING: (lambda case: case.truth, "the world's ground truth", True),
+                  BLIND_TRUTH: (habit_blind_truth, "the world's ground truth with the mean habit", False),
+                  BLIND_CEILING: (habit_blind_truth, "the world's ground truth with the mean habit", True)}
 COLUMNS = ("sync_correlation", "opening_error", "lse_c", "lse_d", "habit_error", "occluder_psnr", "flicker", "psnr",
            "ssim", "outside_mask_identical")
 
@@ -240,7 +243,7 @@ def run_reference(job: Job) -> dict:
     (``world_benchmark.autoencoder_ceiling``); LSE is the scorer's on it."""
     cases, options, face_model = _setting(job)
     scorer = load_scorer(SCORER) if SCORER.is_file() else None
-    render, through_vae = REFERENCE_ROWS[job.name]
+    render, what, through_vae = REFERENCE_ROWS[job.name]
     model = load_checkpoint(job.model, dtype=torch.float32) if through_vae else None
     rows, frames = [], {}
     for i, case in enumerate(cases):
@@ -258,11 +261,8 @@ def run_reference(job: Job) -> dict:
         rows.append({"clip": case.name, **metrics})
         if through_vae and rendered is truth:
             frames.update({(i, k): shown[k] for j, k in example_picks(cases) if j == i})
-    name = {TRUTH: "the world's ground truth", BLIND_TRUTH: "the world's ground truth with the mean habit"}
-    model_name = name.get(job.name) or f"{name[job.name.replace(' through the VAE', '')]} through the VAE of " \
-        f"{_shown(job.model)}"
-    return {"model": model_name, "exposure": True, "mean": mean_metrics(rows), "clips": rows, "seconds": 0.0,
-            "_frames": frames}
+    return {"model": f"{what} through the VAE of {_shown(job.model)}" if through_vae else what, "exposure": True,
+            "mean": mean_metrics(rows), "clips": rows, "seconds": 0.0, "_frames": frames}
 
 
 def _shown(path: Path) -> str:

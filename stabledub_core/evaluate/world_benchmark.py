@@ -198,7 +198,7 @@ def autoencoder_ceiling(case: EvalCase, model, options: DubOptions, face_model, 
     """
     options = _with_face_model(options, face_model)
     truth = case.truth
-    rendered = rendered or truth
+    rendered = truth if rendered is None else rendered
     source = FrameSource(rendered.rendered.frames, case.metadata["fps"], name=case.name)
     probe = AutoencodedCrops(StableDubChunkModel(model, options.sampling, options.runtime))
     frames = dub_clip(source, truth.waveform, truth.sample_rate, probe, options, occluder=case.occluder).frames

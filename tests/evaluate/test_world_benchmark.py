@@ -10,11 +10,11 @@ from helpers.repo_media import ASSETS
 from stabledub_core.evaluate.world_benchmark import (
     MIN_VALID_FRAMES, autoencoder_ceiling, evaluate_clip, habit_blind_truth, make_cases, mean_metrics,
     reference_with_habit, state_errors, transfer_truth)
-from stabledub_core.synthetic.habit import mean_habit
 from stabledub_core.models.checkpoint import load_checkpoint
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.pipeline.options import DubOptions
+from stabledub_core.synthetic.habit import mean_habit
 
 FACE_MODEL = ASSETS / "face_landmarker.task"
 

@@ -62,6 +62,8 @@ class TrainOptions(StageOptions):
                                min=0.0, max=100.0)
     drop_prob: float = option(0.1, "stage 2: probability of replacing the audio, and independently the habit, by the "
                                    "zero embedding (classifier-free guidance, eq. 7)", min=0.0, max=1.0)
+    image_layers: bool = option(False, "stage 2: also train the U-Net's image layers (stage 1's set), for a tiny "
+                                       "U-Net trained from scratch whose denoiser stage 1 alone leaves short")
     exposure_start: float = option(0.7, "stage 1: share of Mu's patches exposed at the start (progressive mask "
                                          "exposure)", min=0.0, max=1.0)
     exposure_end: float = option(0.0, "stage 1: share exposed at the end of the run", min=0.0, max=1.0)

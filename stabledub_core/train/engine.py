@@ -258,7 +258,7 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
             model.unet.enable_gradient_checkpointing()
         fingerprint = vae_fingerprint(model.vae) if options.latent_cache and stage != "vae" else None
         dataset = make_dataset(stage, data_dir, config, options, fingerprint)
-    params = freeze_for(model, stage)
+    params = freeze_for(model, stage, options.image_layers)
     objective = make_objective(model, stage, options.lcf_weight, options.drop_prob, options.kl_weight,
                                options.vae_mouth_weight)
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, betas=(options.adam_beta1, options.adam_beta2),

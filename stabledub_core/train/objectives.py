@@ -8,7 +8,8 @@ stage      trained (``trainable_names``)                              loss
            every U-Net layer but the temporal Mamba and the audio     on the zero audio/habit embedding
            cross-attention (tiny, which has no pretrained U-Net)
 ``stage2`` temporal Mamba, audio cross-attention, habit modulation    L_DM + L_LCF on 16-frame clips with audio
-           (ViT, AdaLN, convs) and the audio encoder's own layers     and habit, each dropped with ``drop_prob``
+           (ViT, AdaLN, convs) and the audio encoder's own layers;    and habit, each dropped with ``drop_prob``
+           with ``image_layers`` also stage 1's U-Net layers
 ``sync``   the AV-sync scorer (``models.sync_scorer``), all of it     contrastive (InfoNCE) over the batch
 =========  =========================================================  ==========================================
 
@@ -56,38 +57,45 @@ def _is_temporal(name: str) -> bool:
     return any(part in name for part in TEMPORAL)
 
 
-def trainable_names(model, stage: str) -> list[str]:
-    """The parameter names of ``model`` (a ``StableDub``; a ``SyncScorer`` for ``sync``) a stage trains, in
-    ``named_parameters`` order."""
+def trainable_names(model, stage: str, image_layers: bool = False) -> list[str]:
+    """The parameter names of ``model`` a stage trains, in ``named_parameters`` order.
+
+    Args:
+        model: a ``StableDub`` (a ``SyncScorer`` for ``sync``).
+        stage: ``vae``, ``stage1``, ``stage2`` or ``sync``.
+        image_layers: stage 2 only: also train the U-Net layers stage 1 trains, so that the image denoiser learns
+            from audio-conditioned clips too (for a tiny U-Net trained from scratch, whose stage 1 is short).
+    """
+    if image_layers and stage != "stage2":
+        raise OptionError(f"training the image layers is a stage-2 option; stage {stage} trains them or never does")
     if stage == "sync":  # the whole scorer but its fixed log-mel front end
         return [name for name, _ in model.named_parameters() if not name.startswith("mel.")]
+    if stage not in ("vae", "stage1", "stage2"):
+        raise OptionError(f"unknown training stage {stage!r}; choose vae, stage1 or stage2")
     external = tuple(f"audio_encoder.{p}" for p in getattr(model.audio_encoder, "external_prefixes", ()))
     from_sd = model.config.preset != "tiny"  # sd15-shaped models start from SD 1.5's U-Net (models.weights)
     habit_on = model.config.habit.enabled  # without habit modulation the lip encoder is not part of the model
-    names = []
-    for name, _ in model.named_parameters():
-        if stage == "vae":
-            keep = name.startswith("vae.")
-        elif stage == "stage1":
-            in_unet = name.startswith("unet.")
-            if from_sd:
-                keep = in_unet and (_is_spatial_mamba(name) or name.startswith("unet.conv_in."))
-            else:
-                keep = in_unet and not _is_temporal(name) and not _is_audio_attention(name)
-        elif stage == "stage2":
-            keep = (name.startswith("unet.") and (_is_temporal(name) or _is_audio_attention(name))) \
-                or (name.startswith("habit.") and not (name.startswith(HABIT_ENCODER) and not habit_on)) \
-                or (name.startswith("audio_encoder.") and not name.startswith(external))
-        else:
-            raise OptionError(f"unknown training stage {stage!r}; choose vae, stage1 or stage2")
-        if keep:
-            names.append(name)
-    return names
+
+    def in_stage1(name: str) -> bool:
+        in_unet = name.startswith("unet.")
+        if from_sd:
+            return in_unet and (_is_spatial_mamba(name) or name.startswith("unet.conv_in."))
+        return in_unet and not _is_temporal(name) and not _is_audio_attention(name)
+
+    def in_stage2(name: str) -> bool:
+        return (name.startswith("unet.") and (_is_temporal(name) or _is_audio_attention(name))) \
+            or (name.startswith("habit.") and not (name.startswith(HABIT_ENCODER) and not habit_on)) \
+            or (name.startswith("audio_encoder.") and not name.startswith(external)) \
+            or (image_layers and in_stage1(name))
+
+    keep = {"vae": lambda name: name.startswith("vae."), "stage1": in_stage1, "stage2": in_stage2}[stage]
+    return [name for name, _ in model.named_parameters() if keep(name)]
 
 
-def freeze_for(model, stage: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for a stage; returns the trained parameters (in a fixed order)."""
-    names = set(trainable_names(model, stage))
+def freeze_for(model, stage: str, image_layers: bool = False) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for a stage (``image_layers`` as in :func:`trainable_names`); returns the trained
+    parameters (in a fixed order)."""
+    names = set(trainable_names(model, stage, image_layers))
     params = []
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)

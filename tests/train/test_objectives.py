@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from stabledub_core.errors import OptionError
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.unet import StableDubUNet
@@ -54,6 +55,30 @@ def test_stage_one_of_the_tiny_preset_trains_the_unet_but_temporal_and_audio_lay
     held = {n for n in unet if ".temporal." in n or ".attn2." in n or ".norm2." in n and ".transformer_blocks." in n}
     assert names == unet - held
     assert trainable_names(tiny, "vae") == [n for n, _ in tiny.named_parameters() if n.startswith("vae.")]
+
+
+def test_stage_two_with_image_layers_also_trains_stage_ones_unet_layers(tiny, prepared):
+    """The option for a tiny U-Net trained from scratch: stage 2 trains the union of both stages' sets, and every
+    one of them gets a gradient from an audio-conditioned clip."""
+    names = trainable_names(tiny, "stage2", image_layers=True)
+    assert set(names) == set(trainable_names(tiny, "stage1")) | set(trainable_names(tiny, "stage2"))
+    assert names == [n for n, _ in tiny.named_parameters() if n in set(names)]  # named_parameters order
+    assert any(".resnets." in n for n in names) and "unet.conv_in.weight" in names
+    assert not [n for n in names if n.startswith("vae.")]
+    torch.manual_seed(0)
+    model = StableDub.from_config(get_preset("tiny")).eval()
+    torch.nn.init.normal_(model.habit.out_conv.weight, std=0.02)
+    params = dict(zip(names, freeze_for(model, "stage2", image_layers=True)))
+    assert {id(p) for p in params.values()} == {id(p) for p in model.parameters() if p.requires_grad}
+    batch = default_collate([Stage2Dataset(prepared[1])[SampleKey(1, 0, 0.0)]])
+    DiffusionObjective(model, "stage2", drop_prob=0.0)(batch).total.backward()
+    assert [n for n, p in params.items() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("stage", ["vae", "stage1"])
+def test_image_layers_is_refused_outside_stage_two(tiny, stage):
+    with pytest.raises(OptionError, match="stage-2 option"):
+        trainable_names(tiny, stage, image_layers=True)
 
 
 def test_stage_one_of_sd15_trains_the_spatial_mamba_and_conv_in_only():

@@ -49,7 +49,7 @@ from stabledub_core.train.datasets import PreprocessedData, Stage1Dataset, Stage
 from stabledub_core.train.latent_cache import vae_fingerprint
 from stabledub_core.train.latent_scale import measure_latent_scale
 from stabledub_core.train.logs import CURVE_FILE, TrainLog, plot_losses
-from stabledub_core.train.objectives import freeze_for, make_objective
+from stabledub_core.train.objectives import check_image_layers, freeze_for, make_objective
 from stabledub_core.train.sampling import GlobalBatchSampler
 
 MODEL_CONFIG = "model_config.json"
@@ -224,6 +224,7 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
+    check_image_layers(stage, options.image_layers)
     if stage == "sync":
         config = SyncScorerConfig()
     else:

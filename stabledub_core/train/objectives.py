@@ -57,6 +57,13 @@ def _is_temporal(name: str) -> bool:
     return any(part in name for part in TEMPORAL)
 
 
+def check_image_layers(stage: str, image_layers: bool) -> None:
+    """Refuse ``image_layers`` (``--image-layers``) outside stage 2, before a run writes anything."""
+    if image_layers and stage != "stage2":
+        raise OptionError(f"--image-layers is a stage-2 option; stage {stage} trains the image layers itself or "
+                          "never does: leave it out")
+
+
 def trainable_names(model, stage: str, image_layers: bool = False) -> list[str]:
     """The parameter names of ``model`` a stage trains, in ``named_parameters`` order.
 
@@ -66,8 +73,7 @@ def trainable_names(model, stage: str, image_layers: bool = False) -> list[str]:
         image_layers: stage 2 only: also train the U-Net layers stage 1 trains, so that the image denoiser learns
             from audio-conditioned clips too (for a tiny U-Net trained from scratch, whose stage 1 is short).
     """
-    if image_layers and stage != "stage2":
-        raise OptionError(f"training the image layers is a stage-2 option; stage {stage} trains them or never does")
+    check_image_layers(stage, image_layers)
     if stage == "sync":  # the whole scorer but its fixed log-mel front end
         return [name for name, _ in model.named_parameters() if not name.startswith("mel.")]
     if stage not in ("vae", "stage1", "stage2"):

@@ -11,7 +11,9 @@ from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.unet import StableDubUNet
 from stabledub_core.pipeline.prediction import alpha_bar_at, training_alphas_cumprod
+from stabledub_core.train.config import TrainOptions
 from stabledub_core.train.datasets import SampleKey, Stage1Dataset, Stage2Dataset
+from stabledub_core.train.engine import train
 from stabledub_core.train.objectives import (DiffusionObjective, VAEObjective, freeze_for, sample_draws,
                                              trainable_names)
 
@@ -76,9 +78,12 @@ def test_stage_two_with_image_layers_also_trains_stage_ones_unet_layers(tiny, pr
 
 
 @pytest.mark.parametrize("stage", ["vae", "stage1"])
-def test_image_layers_is_refused_outside_stage_two(tiny, stage):
+def test_image_layers_is_refused_outside_stage_two(tiny, stage, prepared, tmp_path):
     with pytest.raises(OptionError, match="stage-2 option"):
         trainable_names(tiny, stage, image_layers=True)
+    with pytest.raises(OptionError, match="stage-2 option"):  # the run refuses it before writing its folder
+        train(stage, prepared[1], tmp_path / "run", TrainOptions(preset="tiny", image_layers=True))
+    assert not (tmp_path / "run").exists()
 
 
 def test_stage_one_of_sd15_trains_the_spatial_mamba_and_conv_in_only():

@@ -12,6 +12,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from stabledub_core.errors import FrameFormatError, LandmarkShapeError, MissingLandmarksError, OptionError, TrackError
 from stabledub_core.face.gaps import TrackStatus
@@ -130,6 +132,42 @@ def warp_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
             shrink = np.array([(x1 - x0) / width, (y1 - y0) / height])  # source pixels per shrunk pixel
             matrix = np.concatenate([matrix[:, :2] * shrink, (matrix[:, :2] @ [x0, y0] + matrix[:, 2])[:, None]], 1)
     return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp_crops_torch(images: torch.Tensor, matrices: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Differentiable twin of :func:`warp_crop` for a training loss on generated frames (the sync loss).
+
+    Bilinear with replicated borders, as ``cv2.warpAffine(..., INTER_LINEAR, BORDER_REPLICATE)`` in float, so the
+    crops match :func:`lip_crops` up to cv2's 8-bit rounding; the gradient flows back into ``images``. The area
+    pre-shrink of :func:`warp_crop` is not reproduced: a map shrinking the source more than 2x is refused.
+
+    Args:
+        images: (N, 3, H, W) float, e.g. in [0, 1].
+        matrices: (N, 2, 3) source -> crop affine maps (:func:`lip_crop_matrices`).
+        size: crop side in pixels.
+
+    Returns:
+        (N, 3, size, size) crops, in ``images``' dtype.
+    """
+    matrices = torch.as_tensor(matrices, dtype=torch.float64)
+    if images.ndim != 4 or matrices.shape != (len(images), 2, 3):
+        raise FrameFormatError(f"images must be (N, 3, H, W) with (N, 2, 3) matrices, got {tuple(images.shape)} "
+                               f"and {tuple(matrices.shape)}")
+    zoom = torch.linalg.det(matrices[:, :, :2]).abs().sqrt()
+    if (zoom < 0.5).any():
+        raise OptionError(f"a lip crop shrinks the frame {1 / float(zoom.min()):.1f}x (at most 2x without area "
+                          "averaging): use a larger lip size or frames at a lower resolution")
+    height, width = images.shape[-2:]
+    linear, offset = matrices[:, :, :2], matrices[:, :, 2:]
+    inverse = torch.linalg.inv(linear)  # (N, 2, 2) crop -> source
+    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="ij")
+    crop = torch.stack([u, v], -1).reshape(1, -1, 2, 1)  # (1, size^2, 2, 1) crop pixel centres (x, y)
+    source = (inverse[:, None] @ (crop - offset[:, None]))[..., 0]  # (N, size^2, 2) source pixels (x, y)
+    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=torch.float64)
+    grid = (source * scale - 1).reshape(len(images), size, size, 2)  # align_corners: -1 and 1 are pixel centres
+    return F.grid_sample(images, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=True)
 
 
 def choose_lip_segment(status: np.ndarray, length: int, seed: int = 0,

@@ -157,6 +157,12 @@ def decode_latents(vae, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     Returns:
         (N, 3, h * s, w * s) float in [0, 1].
     """
+    return decode_with_grad(vae, latents, chunk)
+
+
+def decode_with_grad(vae, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """:func:`decode_latents` keeping the autograd graph (a training loss on decoded frames, e.g. the sync loss:
+    the gradient flows through the frozen decoder into the latents)."""
     if latents.ndim != 4 or latents.shape[1] != vae.config.latent_channels:
         raise VAEInputError(f"latents must be (N, {vae.config.latent_channels}, h, w), got {tuple(latents.shape)}")
     param = next(vae.parameters())

@@ -64,6 +64,10 @@ class TrainOptions(StageOptions):
                                    "zero embedding (classifier-free guidance, eq. 7)", min=0.0, max=1.0)
     image_layers: bool = option(False, "stage 2: also train the U-Net's image layers (stage 1's set), for a tiny "
                                        "U-Net trained from scratch whose denoiser stage 1 alone leaves short")
+    sync_loss_weight: float = option(0.0, "stage 2: weight of the stabilized sync loss on the decoded one-step lip "
+                                          "prediction (train.sync_loss); 0: off", min=0.0, max=100.0)
+    sync_scorer: str = option("", "stage 2: the AV-sync scorer checkpoint the sync loss uses (`train sync` + "
+                                  "`train export`, e.g. assets/sync_scorer_world.safetensors)")
     exposure_start: float = option(0.7, "stage 1: share of Mu's patches exposed at the start (progressive mask "
                                          "exposure)", min=0.0, max=1.0)
     exposure_end: float = option(0.0, "stage 1: share exposed at the end of the run", min=0.0, max=1.0)

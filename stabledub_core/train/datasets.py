@@ -365,6 +365,8 @@ class Stage2Dataset(_Base):
       ``audio_start`` int64 () (its first sample in the clip's audio), ``frame_times`` (F,) float64 (s, in the
       segment);
     - ``lips`` (K, 3, L, L) float32 [0, 1] (L = ``habit.lip_size``), ``habit_frames`` (K,) int64 (shuffled order);
+    - ``landmarks`` (F, 478, 2), ``appearance_landmarks`` (478, 2) float32 in crop pixels, NaN where no face was
+      tracked (the sync loss cuts its lip crops with them, ``train.sync_loss``);
     - ``exposed`` (G, G) bool, ``exposure_rate`` float32 (); ``clip``, ``start``, ``appearance_frame`` int64 ();
     - ``mask_latent``, ``mc_latent`` (F, 1, h, w), ``sample_seed``: as :class:`Stage1Dataset`;
     - with ``latent_cache``: ``latents``, ``masked_latents`` (F, C, h, w), ``appearance_latent`` (C, h, w),
@@ -422,6 +424,9 @@ class Stage2Dataset(_Base):
             "audio": torch.from_numpy(audio), "audio_length": torch.tensor(b - a),
             "audio_start": torch.tensor(a), "frame_times": torch.from_numpy(times - a / ENCODER_SAMPLE_RATE),
             "lips": _image(lips), "habit_frames": torch.from_numpy(picks), "start": torch.tensor(start),
+            "landmarks": torch.from_numpy(np.asarray(self.data.frames(clip, "landmarks", start, stop), np.float32)),
+            "appearance_landmarks": torch.from_numpy(
+                np.asarray(self.data.frames(clip, "landmarks", reference, reference + 1)[0], np.float32)),
             **self._common(key, masks, mc, patches, rate, clip, reference),
         }
         item["mask_latent"], item["mc_latent"] = item["mask_latent"][:, None], item["mc_latent"][:, None]

@@ -51,6 +51,7 @@ from stabledub_core.train.latent_scale import measure_latent_scale
 from stabledub_core.train.logs import CURVE_FILE, TrainLog, plot_losses
 from stabledub_core.train.objectives import check_image_layers, freeze_for, make_objective
 from stabledub_core.train.sampling import GlobalBatchSampler
+from stabledub_core.train.sync_loss import SyncTerm, check_sync_loss
 
 MODEL_CONFIG = "model_config.json"
 SYNC_SCORER = "sync_scorer"  # model_config.json of a `train sync` run: {"sync_scorer": {...}}
@@ -225,6 +226,8 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
 
     output_dir = Path(output_dir)
     check_image_layers(stage, options.image_layers)
+    check_sync_loss(stage, options.sync_loss_weight, options.sync_scorer)
+    sync = SyncTerm.from_file(options.sync_scorer) if options.sync_loss_weight > 0 else None
     if stage == "sync":
         config = SyncScorerConfig()
     else:
@@ -261,7 +264,7 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
         dataset = make_dataset(stage, data_dir, config, options, fingerprint)
     params = freeze_for(model, stage, options.image_layers)
     objective = make_objective(model, stage, options.lcf_weight, options.drop_prob, options.kl_weight,
-                               options.vae_mouth_weight)
+                               options.vae_mouth_weight, sync, options.sync_loss_weight)
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, betas=(options.adam_beta1, options.adam_beta2),
                                   weight_decay=options.weight_decay)
     lr_scheduler = get_scheduler(options.lr_scheduler, optimizer, num_warmup_steps=options.lr_warmup_steps,

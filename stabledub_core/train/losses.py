@@ -26,6 +26,15 @@ class DiffusionLosses(NamedTuple):
     lcf: torch.Tensor
 
 
+class DiffusionSyncLosses(NamedTuple):
+    """Stage 2 with the sync loss: ``total = dm + lcf_weight * lcf + sync_weight * sync`` (``train.sync_loss``)."""
+
+    total: torch.Tensor
+    dm: torch.Tensor
+    lcf: torch.Tensor
+    sync: torch.Tensor
+
+
 def diffusion_losses(prediction: torch.Tensor, target: torch.Tensor, mc_latent: torch.Tensor,
                      lcf_weight: float = 1.0) -> DiffusionLosses:
     """L_total = L_DM + lcf_weight * L_LCF (eq. 6).

@@ -8,8 +8,8 @@ stage      trained (``trainable_names``)                              loss
            every U-Net layer but the temporal Mamba and the audio     on the zero audio/habit embedding
            cross-attention (tiny, which has no pretrained U-Net)
 ``stage2`` temporal Mamba, audio cross-attention, habit modulation    L_DM + L_LCF on 16-frame clips with audio
-           (ViT, AdaLN, convs) and the audio encoder's own layers;    and habit, each dropped with ``drop_prob``
-           with ``image_layers`` also stage 1's U-Net layers
+           (ViT, AdaLN, convs) and the audio encoder's own layers;    and habit, each dropped with ``drop_prob``;
+           with ``image_layers`` also stage 1's U-Net layers          with ``sync``, + the stabilized sync loss
 ``sync``   the AV-sync scorer (``models.sync_scorer``), all of it     contrastive (InfoNCE) over the batch
 =========  =========================================================  ==========================================
 
@@ -37,7 +37,8 @@ from stabledub_core.models.habit import random_drop_masks
 from stabledub_core.models.unet import build_unet_input
 from stabledub_core.models.vae import encode_frames
 from stabledub_core.pipeline.schedulers import SD15_NOISE_SCHEDULE
-from stabledub_core.train.losses import DiffusionLosses, diffusion_losses, vae_losses
+from stabledub_core.train.losses import DiffusionLosses, DiffusionSyncLosses, diffusion_losses, vae_losses
+from stabledub_core.train.sync_loss import SyncTerm, predicted_clean
 
 # Inside a U-Net transformer block, norm1/mamba are the spatial Mamba and norm2/attn2 the audio cross-attention
 AUDIO_ATTENTION = (".attn2.", ".norm2.")
@@ -142,13 +143,20 @@ class DiffusionObjective(nn.Module):
         stage: ``stage1`` (single frames, zero condition) or ``stage2`` (clips with audio and habit).
         lcf_weight: weight of L_LCF.
         drop_prob: stage 2's condition dropout.
+        sync: stage 2 only: the stabilized sync loss on the decoded one-step prediction (``train.sync_loss``),
+            added with ``sync_weight``; None: the paper's loss alone.
+        sync_weight: weight of the sync term.
     """
 
-    def __init__(self, model, stage: str, lcf_weight: float = 1.0, drop_prob: float = 0.1):
+    def __init__(self, model, stage: str, lcf_weight: float = 1.0, drop_prob: float = 0.1,
+                 sync: SyncTerm | None = None, sync_weight: float = 0.0):
         super().__init__()
         self.model, self.stage = model, stage
         self.lcf_weight, self.drop_prob = float(lcf_weight), float(drop_prob)
         self.scheduler = noise_scheduler()
+        if sync is not None and stage != "stage2":
+            raise OptionError(f"the sync loss is a stage-2 term; stage {stage} has no audio")
+        self.sync, self.sync_weight = sync, float(sync_weight)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` [0, 1] -> ``(N, C, h, w)`` latents (no gradient: the VAE is frozen)."""
@@ -182,7 +190,7 @@ class DiffusionObjective(nn.Module):
                                                 feature_offset=getattr(encoder, "time_offset", 0.0)))
         return torch.stack(contexts)
 
-    def forward(self, batch: dict) -> DiffusionLosses:
+    def forward(self, batch: dict) -> DiffusionLosses | DiffusionSyncLosses:
         model = self.model
         clip = self.stage == "stage2"
         if clip:
@@ -220,7 +228,13 @@ class DiffusionObjective(nn.Module):
         prediction = model.unet(sample, timesteps, tokens)
         target = noise if model.config.prediction_type == "epsilon" else \
             self.scheduler.get_velocity(latents, noise, timesteps)  # v = sqrt(a) eps - sqrt(1 - a) x0
-        return diffusion_losses(prediction, target, mc, self.lcf_weight)
+        losses = diffusion_losses(prediction, target, mc, self.lcf_weight)
+        if self.sync is None:
+            return losses
+        alpha_bar = self.scheduler.alphas_cumprod.to(device)[timesteps]  # (B,)
+        clean = predicted_clean(prediction, noisy, alpha_bar, model.config.prediction_type)  # (B, F, C, h, w)
+        sync = self.sync(model.vae, clean, batch, drop_audio)
+        return DiffusionSyncLosses(losses.total + self.sync_weight * sync, losses.dm, losses.lcf, sync)
 
 
 class VAEObjective(nn.Module):
@@ -279,9 +293,10 @@ class SyncObjective(nn.Module):
 
 
 def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float,
-                   vae_mouth_weight: float = 0.0) -> nn.Module:
+                   vae_mouth_weight: float = 0.0, sync: SyncTerm | None = None,
+                   sync_weight: float = 0.0) -> nn.Module:
     if stage == "vae":
         return VAEObjective(model, kl_weight, vae_mouth_weight)
     if stage == "sync":
         return SyncObjective(model)
-    return DiffusionObjective(model, stage, lcf_weight, drop_prob)
+    return DiffusionObjective(model, stage, lcf_weight, drop_prob, sync, sync_weight)

@@ -334,9 +334,12 @@ def run_reference_transfer(job: Job) -> dict:
 
 
 def run_job(job: Job) -> dict:
-    """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps) ran before."""
-    key = hashlib.sha256(json.dumps([job.name, job.exposure, str(job.world), str(job.speech), job.steps,
-                                     hashlib.sha256(job.model.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+    """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps, sync scorer file)
+    ran before."""
+    model = hashlib.sha256(job.model.read_bytes()).hexdigest()
+    scorer = hashlib.sha256(SCORER.read_bytes()).hexdigest() if SCORER.is_file() else None
+    key = hashlib.sha256(json.dumps([job.name, job.exposure, str(job.world), str(job.speech), job.steps, model,
+                                     scorer]).encode()).hexdigest()[:16]
     cache = job.world.parent / "rows" / f"{key}.json"
     if cache.is_file():
         result = json.loads(cache.read_text())

@@ -57,6 +57,22 @@ def velocity_to_epsilon(v: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Ten
     return (a.sqrt() * v.float() + (1 - a).sqrt() * x_t.float()).to(v.dtype)
 
 
+def predicted_clean(prediction: torch.Tensor, noisy: torch.Tensor, alpha_bar: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """The one-step estimate of the clean latents x0 from the U-Net's output.
+
+    Args:
+        prediction, noisy: (B, ...) the U-Net's output and the noisy latents it saw.
+        alpha_bar: (B,) signal level of each sample's timestep.
+        prediction_type: ``epsilon`` or ``v_prediction``.
+    """
+    a = alpha_bar.to(prediction.device, torch.float32).reshape(-1, *[1] * (prediction.dim() - 1))
+    prediction, noisy = prediction.float(), noisy.float()
+    if prediction_type == "epsilon":
+        return (noisy - (1 - a).sqrt() * prediction) / a.sqrt()
+    return a.sqrt() * noisy - (1 - a).sqrt() * prediction  # v = sqrt(a) eps - sqrt(1 - a) x0
+
+
 class VelocityToNoise(nn.Module):
     """A v-prediction U-Net with the samplers' contract:
     ``forward(sample (B, F, 13, h, w), timestep (B,), tokens (B, F, T, C)) -> eps (B, F, 4, h, w)``.

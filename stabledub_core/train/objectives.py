@@ -36,9 +36,10 @@ from stabledub_core.models.audio_context import frame_audio_context
 from stabledub_core.models.habit import random_drop_masks
 from stabledub_core.models.unet import build_unet_input
 from stabledub_core.models.vae import encode_frames
+from stabledub_core.pipeline.prediction import predicted_clean
 from stabledub_core.pipeline.schedulers import SD15_NOISE_SCHEDULE
 from stabledub_core.train.losses import DiffusionLosses, DiffusionSyncLosses, diffusion_losses, vae_losses
-from stabledub_core.train.sync_loss import SyncTerm, predicted_clean
+from stabledub_core.train.sync_loss import SyncTerm
 
 # Inside a U-Net transformer block, norm1/mamba are the spatial Mamba and norm2/attn2 the audio cross-attention
 AUDIO_ATTENTION = (".attn2.", ".norm2.")

@@ -15,9 +15,9 @@ reference would otherwise be cheap. Its gradient with respect to ``x`` is ``sign
 eps)``.
 
 In a stage-2 step (:meth:`SyncTerm.forward`), per sample: one window of ``F_s`` frames of the clip (its start a
-function of the sample's seed), the U-Net's one-step estimate of their clean latents (x0 from the noise or velocity
-prediction at the sample's timestep), decoded by the frozen VAE with gradient, pasted into the true crops where the
-inpainting mask is (as inference composites), cut to lip crops with the clip's landmarks by
+function of the sample's seed), the U-Net's one-step estimate of their clean latents at the sample's timestep
+(``pipeline.prediction.predicted_clean``), decoded by the frozen VAE with gradient, pasted into the true crops where
+the inpainting mask is (as inference composites), cut to lip crops with the clip's landmarks by
 :func:`~stabledub_core.masks.lips.warp_crops_torch` (the differentiable twin of the crops the scorer was trained on)
 and scored against the audio under the window (``audio_windows``, as ``SyncDataset``). The reference stack is the
 appearance frame's lips repeated: the mouth the model sees. Samples whose audio was dropped (classifier-free
@@ -67,22 +67,6 @@ def stabilized_sync_loss(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, eps:
     gap = (x - y).abs()
     ratio = (gap + eps) / (gap + (y - d).abs() + eps)
     return -torch.log1p(-ratio.clamp(max=1 - eps))
-
-
-def predicted_clean(prediction: torch.Tensor, noisy: torch.Tensor, alpha_bar: torch.Tensor,
-                    prediction_type: str) -> torch.Tensor:
-    """The one-step estimate of the clean latents x0 from the U-Net's output.
-
-    Args:
-        prediction, noisy: (B, ...) the U-Net's output and the noisy latents it saw.
-        alpha_bar: (B,) signal level of each sample's timestep.
-        prediction_type: ``epsilon`` or ``v_prediction``.
-    """
-    a = alpha_bar.to(prediction.device, torch.float32).reshape(-1, *[1] * (prediction.dim() - 1))
-    prediction, noisy = prediction.float(), noisy.float()
-    if prediction_type == "epsilon":
-        return (noisy - (1 - a).sqrt() * prediction) / a.sqrt()
-    return a.sqrt() * noisy - (1 - a).sqrt() * prediction  # v = sqrt(a) eps - sqrt(1 - a) x0
 
 
 class SyncWindows:
@@ -159,7 +143,7 @@ class SyncTerm(nn.Module):
 
         Args:
             vae: the frozen ``AutoencoderKL`` (its decoder is differentiated, not trained).
-            clean: (B, F, C, h, w) the one-step x0 estimate (:func:`predicted_clean`).
+            clean: (B, F, C, h, w) the one-step x0 estimate (``pipeline.prediction.predicted_clean``).
             batch: the stage-2 batch (``crops``, ``mask``, ``appearance`` and :class:`SyncWindows`' keys).
             drop_audio: (B,) bool.
 

@@ -16,12 +16,12 @@ from stabledub_core.masks.lips import lip_crop_matrices, lip_crops, warp_crops_t
 from stabledub_core.models.config import get_preset
 from stabledub_core.models.stabledub import StableDub
 from stabledub_core.models.sync_scorer import SyncScorer, SyncScorerConfig, save_scorer
+from stabledub_core.pipeline.prediction import predicted_clean
 from stabledub_core.train.config import TrainOptions
 from stabledub_core.train.datasets import SampleKey, Stage2Dataset, SyncDataset
 from stabledub_core.train.engine import train
 from stabledub_core.train.objectives import DiffusionObjective, freeze_for, noise_scheduler
-from stabledub_core.train.sync_loss import (SyncTerm, SyncWindows, check_sync_loss, predicted_clean,
-                                            stabilized_sync_loss)
+from stabledub_core.train.sync_loss import SyncTerm, SyncWindows, check_sync_loss, stabilized_sync_loss
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@
     distance = || normalise(v) - normalise(a) ||_2                                          (SyncNet's distance)
 
 ``F_s`` = 5 frames (0.2 s at 25 fps) and the audio segment covers the same 0.2 s, centred on the stack's middle
-frame. Trained contrastively (``train sync``: the aligned pairs of a batch against all its other pairings), it scores
+frame. Trained contrastively (``train sync``: the aligned pairs of a batch against all its other pairings, and with
+``--sync-negatives`` against the same clip's speech shifted in time), it scores
 a clip the standard way (:func:`sync_offsets`): for every audio shift of -15..15 frames the mean distance between
 each frame stack and the audio shifted by that many frames; LSE-D is the smallest mean distance, LSE-C the median
 minus the smallest (how clearly one shift wins), the offset is where it wins. A clip whose mouth follows its speech
@@ -38,6 +39,7 @@ from stabledub_core.models.config import AudioConfig
 from stabledub_core.models.safetensors_io import check_safetensors_file, save_safetensors
 
 FORMAT = "stabledub-sync-scorer"
+MAX_OFFSET = 15  # frames: the audio shifts :func:`sync_offsets` searches (-15..15, as SyncNet's evaluation)
 
 
 @dataclass
@@ -119,7 +121,7 @@ class SyncScore(NamedTuple):
 
 
 @torch.no_grad()
-def sync_offsets(scorer: SyncScorer, lips: np.ndarray, wave16: np.ndarray, max_offset: int = 15,
+def sync_offsets(scorer: SyncScorer, lips: np.ndarray, wave16: np.ndarray, max_offset: int = MAX_OFFSET,
                  batch: int = 64) -> SyncScore:
     """Score a clip: its lip crops ``(F, L, L, 3)`` uint8 at ``config.fps`` and its 16 kHz speech.
 

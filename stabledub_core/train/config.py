@@ -68,6 +68,10 @@ class TrainOptions(StageOptions):
                                           "prediction (train.sync_loss); 0: off", min=0.0, max=100.0)
     sync_scorer: str = option("", "stage 2: the AV-sync scorer checkpoint the sync loss uses (`train sync` + "
                                   "`train export`, e.g. assets/sync_scorer_world.safetensors)")
+    sync_negatives: int = option(0, "sync: negatives per stack from its own clip, the speech shifted by "
+                                    "--sync-min-shift..15 frames (same speaker and words, wrong timing), besides the "
+                                    "batch's other clips; 0: the batch only", min=0, max=30)
+    sync_min_shift: int = option(2, "sync: the smallest shift (frames) of an in-clip negative", min=1, max=15)
     exposure_start: float = option(0.7, "stage 1: share of Mu's patches exposed at the start (progressive mask "
                                          "exposure)", min=0.0, max=1.0)
     exposure_end: float = option(0.0, "stage 1: share exposed at the end of the run", min=0.0, max=1.0)

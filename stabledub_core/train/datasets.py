@@ -71,13 +71,13 @@ from stabledub_core.masks.reference import ReferenceStrategy, choose_reference
 from stabledub_core.media.audio import ENCODER_SAMPLE_RATE
 from stabledub_core.models.audio_context import SEGMENT_MARGIN, audio_segment
 from stabledub_core.models.config import StableDubConfig, get_preset
-from stabledub_core.models.sync_scorer import SyncScorerConfig, audio_windows, stack_centres
+from stabledub_core.models.sync_scorer import MAX_OFFSET, SyncScorerConfig, audio_windows, stack_centres
 from stabledub_core.pipeline.conditions import habit_segment
 from stabledub_core.train.latent_cache import open_cache
 from stabledub_core.train.preprocess import FPS, MANIFEST, SAMPLES_PER_FRAME, SHARDS
 
 # Streams of a sample's random generator (one per draw, so changing one never shifts the others)
-_EXPOSURE, _REFERENCE, _HABIT, _STEP = 0, 1, 2, 3
+_EXPOSURE, _REFERENCE, _HABIT, _STEP, _NEGATIVES = 0, 1, 2, 3, 4
 
 
 class SampleKey(NamedTuple):
@@ -436,23 +436,44 @@ class Stage2Dataset(_Base):
         return item
 
 
+def negative_shifts(negatives: int, min_shift: int) -> np.ndarray:
+    """The shifts (frames) an in-clip negative of ``SyncDataset`` may have: ``min_shift``..``MAX_OFFSET`` either way.
+
+    Raises:
+        OptionError: more negatives than shifts, or a smallest shift below 1.
+    """
+    magnitudes = np.arange(int(min_shift), MAX_OFFSET + 1)
+    shifts = np.concatenate([-magnitudes[::-1], magnitudes])
+    if negatives < 0 or min_shift < 1 or negatives > len(shifts):
+        raise OptionError(f"--sync-negatives {negatives} with --sync-min-shift {min_shift}: there are {len(shifts)} "
+                          f"shifts of {min_shift}..{MAX_OFFSET} frames either way; ask for at most that many (and a "
+                          "smallest shift of at least 1)")
+    return shifts
+
+
 class SyncDataset(_Indexed):
     """Aligned lip-crop stacks and their speech for the sync scorer (``models.sync_scorer``).
 
     Args:
         root: ``train preprocess``'s OUT_DIR (25 fps).
         config: the scorer's config (stack length, lip size).
+        seed: seed of the per-sample draws.
+        negatives: in-clip negatives per sample (``--sync-negatives``): the speech of the sample's own clip under
+            the stack shifted by ``min_shift``..``MAX_OFFSET`` frames either way, drawn without repeats; 0: none.
+        min_shift: the smallest shift (frames) of a negative.
 
     A sample is a dict: ``lips`` (F_s, 3, L, L) float32 [0, 1] (``lip_crops`` on the stored crops, as the
     stage-2 habit segment), ``audio`` (A,) float32 (the 16 kHz speech under the stack, ``audio_windows``),
-    ``sample_seed``, ``clip``, ``start``. Only stacks whose frames all have a tracked face are samples.
+    ``sample_seed``, ``clip``, ``start``; with negatives also ``negative_audio`` (N, A) and ``negative_shifts``
+    (N,) int64 frames (> 0: later speech). Only stacks whose frames all have a tracked face are samples.
     """
 
-    def __init__(self, root, config: SyncScorerConfig, seed: int = 0):
+    def __init__(self, root, config: SyncScorerConfig, seed: int = 0, negatives: int = 0, min_shift: int = 2):
         self.data = PreprocessedData(root)
         if config.fps != FPS:
             raise OptionError(f"the scorer works at {config.fps} fps but the data is at {FPS}")
-        self.config, self.seed = config, int(seed)
+        self.shifts = negative_shifts(negatives, min_shift)  # the shifts a negative may have
+        self.config, self.seed, self.negatives = config, int(seed), int(negatives)
         self.valid = []  # per clip: the first frames of stacks with a face in every frame
         for clip in range(len(self.data.clips)):
             detected = (self.data.status(clip) == TrackStatus.DETECTED).astype(np.int64)
@@ -470,8 +491,16 @@ class SyncDataset(_Indexed):
         centre = stack_centres(np.array([start]), self.config)
         audio = audio_windows(self.data.audio(clip), centre, self.config.audio_samples)[0]
         seed = int(np.random.default_rng([self.seed, key.epoch, key.index, _STEP]).integers(2 ** 63 - 1))
-        return {"lips": _image(lips), "audio": torch.from_numpy(audio), "sample_seed": torch.tensor(seed),
+        item = {"lips": _image(lips), "audio": torch.from_numpy(audio), "sample_seed": torch.tensor(seed),
                 "clip": torch.tensor(clip), "start": torch.tensor(start)}
+        if self.negatives:
+            rng = np.random.default_rng([self.seed, key.epoch, key.index, _NEGATIVES])
+            shifts = rng.choice(self.shifts, self.negatives, replace=False)
+            windows = audio_windows(self.data.audio(clip), stack_centres(start + shifts, self.config),
+                                    self.config.audio_samples)  # (N, A)
+            item.update(negative_audio=torch.from_numpy(windows), negative_shifts=torch.from_numpy(shifts))
+        return item
 
 
-__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SyncDataset", "SAMPLES_PER_FRAME"]
+__all__ = ["PreprocessedData", "SampleKey", "Stage1Dataset", "Stage2Dataset", "SyncDataset", "SAMPLES_PER_FRAME",
+           "negative_shifts"]

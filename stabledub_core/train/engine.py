@@ -45,11 +45,17 @@ from stabledub_core.models.sync_scorer import SyncScorer, SyncScorerConfig, scor
 from stabledub_core.models.vae import build_vae, load_sd_vae
 from stabledub_core.train import checkpoints
 from stabledub_core.train.config import CONFIG_FILE, TrainOptions
-from stabledub_core.train.datasets import PreprocessedData, Stage1Dataset, Stage2Dataset, SyncDataset
+from stabledub_core.train.datasets import (
+    PreprocessedData,
+    Stage1Dataset,
+    Stage2Dataset,
+    SyncDataset,
+    negative_shifts,
+)
 from stabledub_core.train.latent_cache import vae_fingerprint
 from stabledub_core.train.latent_scale import measure_latent_scale
 from stabledub_core.train.logs import CURVE_FILE, TrainLog, plot_losses
-from stabledub_core.train.objectives import check_image_layers, freeze_for, make_objective
+from stabledub_core.train.objectives import check_image_layers, check_sync_negatives, freeze_for, make_objective
 from stabledub_core.train.sampling import GlobalBatchSampler
 from stabledub_core.train.sync_loss import SyncTerm, check_sync_loss
 
@@ -226,6 +232,8 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
 
     output_dir = Path(output_dir)
     check_image_layers(stage, options.image_layers)
+    check_sync_negatives(stage, options.sync_negatives)
+    negative_shifts(options.sync_negatives, options.sync_min_shift)
     check_sync_loss(stage, options.sync_loss_weight, options.sync_scorer)
     sync = SyncTerm.from_file(options.sync_scorer) if options.sync_loss_weight > 0 else None
     if stage == "sync":
@@ -255,7 +263,8 @@ def train(stage: str, data_dir, output_dir, options: TrainOptions, resume: str |
     if stage == "sync":
         torch.manual_seed(options.seed)
         model = SyncScorer(config).eval()
-        dataset = SyncDataset(data_dir, config, seed=options.seed)
+        dataset = SyncDataset(data_dir, config, seed=options.seed, negatives=options.sync_negatives,
+                              min_shift=options.sync_min_shift)
     else:
         model = load_training_model(options, config).eval()
         if options.gradient_checkpointing:

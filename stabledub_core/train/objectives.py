@@ -268,10 +268,32 @@ class SyncLosses(NamedTuple):
     shuffled: torch.Tensor  # mean distance of each stack to another sample's audio
 
 
+class SyncShiftLosses(NamedTuple):
+    """``train sync --sync-negatives N``: :class:`SyncLosses` and the in-clip negatives' distance."""
+
+    total: torch.Tensor
+    aligned: torch.Tensor
+    shuffled: torch.Tensor
+    shifted: torch.Tensor  # mean distance of each stack to its own clip's speech shifted in time
+
+
+def check_sync_negatives(stage: str, negatives: int) -> None:
+    """Refuse ``--sync-negatives`` outside ``train sync``, before a run writes anything."""
+    if negatives and stage != "sync":
+        raise OptionError(f"--sync-negatives is an option of `train sync` (the scorer); stage {stage} has no "
+                          "contrastive loss: leave it out")
+
+
 class SyncObjective(nn.Module):
     """The sync scorer's contrastive loss: each stack against every audio segment of the batch (and back), the
     aligned one the target (InfoNCE). The negatives are the batch's other samples, so unlike the diffusion stages the
     loss depends on how a global batch is split over processes.
+
+    Batch negatives come from other clips, other speakers and other words, so a scorer can tell them apart by what
+    is said and how the lips look while saying it, without timing. With ``negative_audio`` in the batch
+    (``SyncDataset(negatives=N)``) each stack is also scored against its own clip's speech a few frames earlier or
+    later: same speaker, same words, only the timing wrong. Those N logits join the stack's row of the softmax (the
+    audio-to-stack direction keeps the batch only, a shifted segment having no stack of its own).
 
     Args:
         model: the ``SyncScorer``.
@@ -282,15 +304,24 @@ class SyncObjective(nn.Module):
         super().__init__()
         self.model, self.temperature = model, float(temperature)
 
-    def forward(self, batch: dict) -> SyncLosses:
+    def forward(self, batch: dict) -> SyncLosses | SyncShiftLosses:
         video = self.model.embed_lips(batch["lips"])  # (B, D)
         audio = self.model.embed_audio(batch["audio"])  # (B, D)
         logits = video @ audio.T / self.temperature  # (B, B)
         targets = torch.arange(len(logits), device=logits.device)
-        total = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        rows = logits
+        if "negative_audio" in batch:
+            b, n, samples = batch["negative_audio"].shape
+            shifted = self.model.embed_audio(batch["negative_audio"].reshape(b * n, samples)).view(b, n, -1)
+            hard = torch.einsum("bd,bnd->bn", video, shifted) / self.temperature  # (B, N)
+            rows = torch.cat([logits, hard], 1)  # (B, B + N)
+        total = (F.cross_entropy(rows, targets) + F.cross_entropy(logits.T, targets)) / 2
         aligned = (video - audio).norm(dim=-1).mean()
         shuffled = (video - audio.roll(1, 0)).norm(dim=-1).mean()
-        return SyncLosses(total, aligned.detach(), shuffled.detach())
+        if "negative_audio" not in batch:
+            return SyncLosses(total, aligned.detach(), shuffled.detach())
+        distance = (video[:, None] - shifted).norm(dim=-1).mean()
+        return SyncShiftLosses(total, aligned.detach(), shuffled.detach(), distance.detach())
 
 
 def make_objective(model, stage: str, lcf_weight: float, drop_prob: float, kl_weight: float,

@@ -90,6 +90,9 @@ from stabledub_core.synthetic.world import list_speech, write_world  # noqa: E40
 RESULTS = REPO / "bench" / "results" / "quality.json"
 DEMO_MODEL = REPO / "assets" / "stabledub_tiny_demo.safetensors"
 SCORER = REPO / "assets" / "sync_scorer_world.safetensors"
+# the code a row's measures come from: a change to it invalidates the cached rows
+MEASURING_CODE = tuple(REPO / "stabledub_core" / part for part in ("synthetic/estimator.py",
+                       "evaluate/world_benchmark.py", "evaluate/metrics.py"))
 ABLATIONS = REPO / "bench" / "models"
 # the ablations' training records: the shipped recipe's and the epsilon recipe's
 TRAINING = {"ablations": REPO / "bench" / "results" / "train_world_ablations.json",
@@ -334,12 +337,13 @@ def run_reference_transfer(job: Job) -> dict:
 
 
 def run_job(job: Job) -> dict:
-    """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps, sync scorer file)
-    ran before."""
+    """A job's results, from ``work/rows`` when the same job (model file, clips, speech, steps, sync scorer file,
+    the measuring code of :data:`MEASURING_CODE`) ran before."""
     model = hashlib.sha256(job.model.read_bytes()).hexdigest()
     scorer = hashlib.sha256(SCORER.read_bytes()).hexdigest() if SCORER.is_file() else None
+    code = hashlib.sha256(b"".join(path.read_bytes() for path in MEASURING_CODE)).hexdigest()
     key = hashlib.sha256(json.dumps([job.name, job.exposure, str(job.world), str(job.speech), job.steps, model,
-                                     scorer]).encode()).hexdigest()[:16]
+                                     scorer, code]).encode()).hexdigest()[:16]
     cache = job.world.parent / "rows" / f"{key}.json"
     if cache.is_file():
         result = json.loads(cache.read_text())

@@ -1,32 +1,27 @@
-"""The mouth-state estimator: (opening, width, rounding) read back from the pixels of a frame.
+"""The mouth-state estimator: (opening, width, rounding) read back from the pixels of a frame by analysis by
+synthesis: the world's own mouth renderer draws candidate states until one looks like the frame.
 
 It works on any frame of a world clip: one the world drew, or one a model generated for it (a dub keeps the
 source's head pose, so the clip's per-frame mouth poses from its metadata locate the mouth). Per frame:
 
 1. **Patch**: the frame is warped (``cv2.warpAffine``, bilinear) into an upright patch centred on the mouth pose
    ``(x, y, hw, tilt)``, scaled so that the neutral half-width ``hw`` is :data:`PATCH_HW` pixels, ``4 hw`` wide and
-   ``3 hw`` high.
-2. **Memberships** (:func:`memberships`): weighted CIELAB distances of every pixel to prototype colours: the
-   skin (medians of four boxes just outside the largest mouth the renderer draws, so the local shading is known)
-   and the clip's lit mouth palette (lip; aperture = cavity, teeth, tongue dark / mid / light). ``aperture`` is
-   the pixel's share between lip and aperture colours (lightness first: it keeps full resolution in a yuv420p
-   video), ``mouth`` its share between skin and the mouth colours; an antialiased edge pixel gets a fraction.
-3. **Measures** in patch pixels (:func:`measure_patch`), along the central column (averaged over ``hw / 4``) and
-   the central row:
+   ``3 hw`` high, then halved (``INTER_AREA``) for the fit.
+2. **Model** (:func:`render_candidate`): ``synthetic.mouth`` draws a state (opening, width, rounding, teeth, tongue)
+   into the same patch with the clip's lit palette, on the patch's own skin (the patch with the largest mouth the
+   renderer draws inpainted from its surround, so the face's shading and a nearby background are kept), and blurs
+   it with a Gaussian of ``sigma`` patch pixels. The blur is a free
+   parameter because what is read is rarely sharp: a codec, an autoencoder or a sampler softens the mouth, and a
+   reading that thresholds colours then loses a small opening altogether (``bench/estimator_blur.py``).
+3. **Fit** (:func:`fit_patch`): the candidate with the smallest mean squared RGB difference inside an ellipse
+   about the mouth (``1.55 hw`` by ``1.3 hw``). First a joint grid over opening, rounding and blur (a closed mouth
+   with thick lips and a half-open one with thin lips are far apart in the state but both fit a dark band, so a
+   search from one start falls into the wrong one), then coordinate passes over every parameter, then a pattern
+   search with halving steps.
 
-   - aperture half-height ``h``: the summed ``aperture`` membership from the centre upwards (the upper half holds
-     cavity and teeth; the tongue, whose colour may be close to the lips', lies at the bottom);
-   - outer edges (top, bottom, left, right): past the aperture, the run of ``mouth >= 0.75``, and the four pixels
-     about its edge unmixed linearly between the lip colour and the skin just beyond (an edge blurred by
-     antialiasing or chroma subsampling counts by its share): lip thickness = top + bottom - 2 ``h``, outer
-     half-width ``a`` = the mean of left and right;
-   - aperture half-width ``ai``: the summed ``aperture`` membership along the central row.
-4. **Inversion**: ``synthetic.mouth.state_from_measures`` turns ``a``, ``h``, the lip thickness and ``ai`` into
-   (opening, width, rounding), inverting the renderer's geometry formulas (rounding: the mean of its reading from
-   the lip thickness and from ``ai / a``).
-
-A frame whose mouth region is covered by a known occluder (its ground-truth mask over more than
-``max_occluded`` of the patch's central box) is marked invalid; its estimate is NaN.
+Teeth and tongue shade are fitted too (they change the pixels) but not reported. A frame whose mouth region is
+covered by a known occluder (its ground-truth mask over more than ``max_occluded`` of the patch's central box) is
+marked invalid; its estimate is NaN.
 """
 
 from __future__ import annotations
@@ -38,14 +33,30 @@ import cv2
 import numpy as np
 
 from stabledub_core.errors import InvalidInputError
-from stabledub_core.synthetic.mouth import MouthPalette, state_from_measures
-from stabledub_core.synthetic.photo import to_lab
+from stabledub_core.synthetic.mouth import STATE_FIELDS, MouthPalette, draw_mouth, mouth_shape
 
 PATCH_HW = 32  # neutral mouth half-width in patch pixels
 PATCH_SIZE = (4 * PATCH_HW, 3 * PATCH_HW)  # (width, height)
-LIP, INTERIOR, TEETH, TONGUE = range(4)
-LAB_WEIGHTS = np.array([0.5, 1.0, 1.0], np.float32)  # lightness counts half: shading changes it most
-APERTURE_WEIGHTS = np.array([1.0, 0.3, 0.3], np.float32)  # aperture against lip: lightness first
+FIT_SCALE = 2  # the fit works on the patch downsampled by this
+_FIT_W, _FIT_H, _FIT_HW = PATCH_SIZE[0] // FIT_SCALE, PATCH_SIZE[1] // FIT_SCALE, PATCH_HW / FIT_SCALE
+_GRID_OPENING, _GRID_ROUNDING = np.linspace(0, 1, 11), np.linspace(0, 1, 6)
+_GRID_BLUR = (0.0, 1.0, 2.25)  # fit-patch pixels
+_BLURS = (0.0, 0.5, 1.0, 1.5, 2.25, 3.0, 4.0)
+_START = {"width": 0.5, "teeth": 0.3, "tongue": 0.5}
+# pattern-search moves: each field alone, and width, rounding and opening in pairs (their effects on the outline
+# overlap: a wider mouth or a less rounded one both move the corners out)
+_PAIRS = (("width", "rounding"), ("opening", "rounding"), ("opening", "width"))
+_MOVES = ([((name, sign),) for name in STATE_FIELDS for sign in (-1, 1)]
+          + [((a, sa), (b, sb)) for a, b in _PAIRS for sa in (-1, 1) for sb in (-1, 1)])
+
+
+def _ellipse(rx: float, ry: float) -> np.ndarray:
+    y, x = np.mgrid[0:_FIT_H, 0:_FIT_W] + 0.5
+    return ((x - _FIT_W / 2) / (rx * _FIT_HW)) ** 2 + ((y - _FIT_H / 2) / (ry * _FIT_HW)) ** 2 <= 1
+
+
+_REGION = _ellipse(1.55, 1.3)  # the pixels compared
+_LARGEST_MOUTH = _ellipse(1.35, 1.2).astype(np.uint8)  # holds any mouth the renderer draws (inpainted away)
 
 
 @dataclass
@@ -77,129 +88,60 @@ def patch_matrix(pose) -> np.ndarray:
     return np.hstack([rotate, (centre - rotate @ np.array([x, y]))[:, None]])
 
 
-def _prototypes(palette: MouthPalette) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, 3)`` LAB prototype colours of the mouth and ``(K,)`` their classes."""
-    mid = tuple((np.array(palette.tongue_dark) + np.array(palette.tongue_light)) / 2)
-    colours = [palette.lip, palette.interior, palette.teeth, palette.tongue_dark, mid, palette.tongue_light]
-    classes = [LIP, INTERIOR, TEETH, TONGUE, TONGUE, TONGUE]
-    return to_lab(np.array(colours, np.float32)), np.array(classes)
+def mouthless(small: np.ndarray) -> np.ndarray:
+    """The fit patch ``(h, w, 3)`` uint8 with the largest mouth's ellipse inpainted from its surround (Telea)."""
+    return cv2.inpaint(np.ascontiguousarray(small), _LARGEST_MOUTH, 3, cv2.INPAINT_TELEA)
 
 
-def skin_samples(lab: np.ndarray) -> np.ndarray:
-    """``(4, 3)`` LAB skin colours of a patch: the medians of four boxes just outside the largest mouth the
-    renderer draws (above, below, image-left and image-right of it), so the skin's shading near the mouth is known."""
-    w, h = PATCH_SIZE
-    cx, cy, u = w // 2, h // 2, PATCH_HW
-    boxes = [(cx - u // 2, cy - int(1.35 * u), cx + u // 2, cy - int(1.05 * u)),
-             (cx - u // 2, cy + int(1.1 * u), cx + u // 2, cy + int(1.4 * u)),
-             (cx - int(1.75 * u), cy - u // 4, cx - int(1.4 * u), cy + u // 4),
-             (cx + int(1.4 * u), cy - u // 4, cx + int(1.75 * u), cy + u // 4)]
-    return np.stack([np.median(lab[y0:y1, x0:x1].reshape(-1, 3), axis=0) for x0, y0, x1, y1 in boxes])
+def render_candidate(state: dict[str, float], skin: np.ndarray, palette: MouthPalette, sigma: float) -> np.ndarray:
+    """``(h, w, 3)`` float32: a mouth state drawn on ``skin`` (a :func:`mouthless` patch), blurred by ``sigma`` px."""
+    image = skin.copy()
+    draw_mouth(image, mouth_shape(state, (_FIT_W / 2, _FIT_H / 2), _FIT_HW, 0.0), palette, state["tongue"])
+    image = image.astype(np.float32)
+    return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
 
 
-def memberships(patch: np.ndarray, palette: MouthPalette) -> tuple[np.ndarray, np.ndarray]:
-    """Soft memberships of every pixel of an ``(h, w, 3)`` uint8 RGB patch (step 2 of the module docstring).
-
-    Returns:
-        ``(aperture, mouth)``, each ``(h, w)`` float32 0-1: ``aperture`` = ``d_lip / (d_lip + d_aperture)`` (the
-        aperture against the lips, the skin ignored) and ``mouth`` = 1 minus the skin's share of the inverse
-        squared distances to the skin, lip and aperture prototypes. ``d_x`` is the weighted CIELAB distance to the
-        nearest prototype of x; an antialiased edge pixel gets the share of its blend.
-    """
-    lab = to_lab(patch.astype(np.float32))  # (h, w, 3)
-    colours, classes = _prototypes(palette)
-
-    def nearest(protos: np.ndarray, weights: np.ndarray = LAB_WEIGHTS) -> np.ndarray:
-        delta = (lab[:, :, None, :] - protos[None, None]) * weights  # (h, w, K, 3)
-        return np.sqrt((delta ** 2).sum(-1)).min(-1) + 1e-3
-
-    d_skin = nearest(skin_samples(lab))
-    d_lip = nearest(colours[classes == LIP])
-    d_aperture = nearest(colours[classes != LIP])
-    # Aperture against lip: lightness first (cavity and teeth differ from the lips mostly in it, and it keeps the
-    # full resolution of a yuv420p video, where colour has half).
-    d_lip_l = nearest(colours[classes == LIP], APERTURE_WEIGHTS)
-    d_aperture_l = nearest(colours[classes != LIP], APERTURE_WEIGHTS)
-    aperture = d_lip_l / (d_lip_l + d_aperture_l)
-    inverse = np.stack([1 / d_skin ** 2, 1 / d_lip ** 2, 1 / d_aperture ** 2])
-    mouth = 1 - inverse[0] / inverse.sum(0)
-    return aperture.astype(np.float32), mouth.astype(np.float32)
-
-
-def _soft_run(values: np.ndarray, start: int, step: int, limit: int, inside: float = 0.5) -> tuple[float, int]:
-    """Sum of a membership profile from ``start`` in direction ``step`` while it stays >= ``inside`` (one lower
-    pixel bridged), plus the first pixel past the run; returns ``(sum, index of that pixel)``."""
-    total, i, below = 0.0, start, 0
-    while 0 <= i < len(values) and abs(i - start) < limit:
-        total += float(values[i])
-        if values[i] < inside:
-            below += 1
-            if below > 1 or not (0 <= i + step < len(values)) or values[i + step] < inside:
-                return total - (float(values[i]) if below > 1 else 0.0), i
-        else:
-            below = 0
-        i += step
-    return total, i
-
-
-def _unmix(pixel: np.ndarray, lip: np.ndarray, skin: np.ndarray) -> float:
-    """The lip share ``alpha`` of a pixel blended as ``alpha * lip + (1 - alpha) * skin`` (RGB, clipped to 0-1)."""
-    axis = lip - skin
-    return float(np.clip(np.dot(pixel - skin, axis) / max(float(np.dot(axis, axis)), 1e-6), 0, 1))
-
-
-def _lip_edge(rgb: np.ndarray, aperture: np.ndarray, mouth: np.ndarray, centre: int, step: int,
-              lip: np.ndarray, limit: int) -> tuple[float, int]:
-    """Distance (pixels, fractional) from the centre pixel of a profile to the outer edge of the lips.
-
-    From two pixels past the aperture run, the mouth continues while its membership is >= 0.75; the four pixels
-    about that edge (one inside, three outside) are unmixed against the lip colour and the skin beyond them (the
-    mean of pixels 3-5 further), so an antialiased or blurred (chroma-subsampled) edge counts by its share. Also
-    returns the index where the aperture run ended.
-    """
-    _, edge = _soft_run(aperture, centre, step, limit)
-    i = edge + 2 * step  # past the blend of aperture and lip (a lip is >= 0.16 hw = 5 patch pixels thick)
-    i = min(max(i, 0), len(rgb) - 1)  # a generated mouth may be open to the patch's border
-    while 0 <= i + step < len(mouth) and abs(i - centre) < limit and mouth[i] >= 0.75:
-        i += step
-    beyond = [j for j in (i + 3 * step, i + 4 * step, i + 5 * step) if 0 <= j < len(rgb)]
-    skin = rgb[beyond].mean(0) if beyond else rgb[i]
-    shares = sum(_unmix(rgb[j], lip, skin) for j in range(i - step, i + 3 * step, step) if 0 <= j < len(rgb))
-    return abs(i - step - centre) - 0.5 + shares, edge
-
-
-def measure_patch(patch: np.ndarray, palette: MouthPalette) -> dict[str, float]:
-    """Mouth lengths in patch pixels (steps 3-4 of the module docstring).
+def fit_patch(patch: np.ndarray, palette: MouthPalette) -> tuple[dict[str, float], float]:
+    """The mouth state and blur that best redraw an upright mouth patch (step 3 of the module docstring).
 
     Args:
-        patch: ``(h, w, 3)`` uint8 RGB upright mouth patch.
-        palette: The lit mouth palette.
+        patch: ``(PATCH_SIZE[1], PATCH_SIZE[0], 3)`` uint8 RGB (:func:`patch_matrix`).
+        palette: The clip's lit mouth palette.
 
     Returns:
-        ``a`` (outer half-width), ``h`` (aperture half-height), ``ai`` (aperture half-width), ``thickness``
-        (upper + lower lip at the centre).
+        (the state: a value in [0, 1] for each of ``synthetic.mouth.STATE_FIELDS``, the blur sigma in fit pixels).
     """
-    aperture, mouth = memberships(patch, palette)
-    rgb = patch.astype(np.float32)
-    lip = np.array(palette.lip, np.float32)
-    w, h = PATCH_SIZE
-    cx, cy = w // 2, h // 2
-    band = slice(cx - max(2, PATCH_HW // 8), cx + max(2, PATCH_HW // 8) + 1)
-    col_rgb, col_ap, col_mouth = rgb[:, band].mean(1), aperture[:, band].mean(1), mouth[:, band].mean(1)  # (h, ...)
-    reach = 2 * PATCH_HW
-    # The aperture's upper half (teeth, cavity; never the tongue, which lies at the bottom) gives h; the centre
-    # row holds the centre, so n pixels from it span n - 0.5.
-    up, _ = _soft_run(col_ap, cy, -1, reach)
-    half_height = max(up - 0.5, 0.0)
-    top, _ = _lip_edge(col_rgb, col_ap, col_mouth, cy, -1, lip, reach)
-    bottom, _ = _lip_edge(col_rgb, col_ap, col_mouth, cy, 1, lip, reach)
-    thickness = max(top - half_height, 0.0) + max(bottom - half_height, 0.0)
-    rows = slice(cy - 1, cy + 2)
-    row_rgb, row_ap, row_mouth = rgb[rows].mean(0), aperture[rows].mean(0), mouth[rows].mean(0)  # (w, ...)
-    halves = [_lip_edge(row_rgb, row_ap, row_mouth, cx, step, lip, reach)[0] for step in (-1, 1)]
-    inner = [_soft_run(aperture[cy], cx, step, reach)[0] - 0.5 for step in (-1, 1)]
-    return {"a": float(np.mean(halves)), "h": half_height, "ai": float(max(np.mean(inner), 0.0)),
-            "thickness": float(thickness)}
+    small = cv2.resize(patch, (_FIT_W, _FIT_H), interpolation=cv2.INTER_AREA)
+    skin = mouthless(small)
+    observed = small.astype(np.float32)[_REGION]  # (N, 3)
+
+    def cost(state: dict[str, float], sigma: float) -> float:
+        return float(((render_candidate(state, skin, palette, sigma)[_REGION] - observed) ** 2).mean())
+
+    best = (math.inf, {}, 0.0)  # (cost, state, sigma)
+    for opening in _GRID_OPENING:
+        for rounding in _GRID_ROUNDING:
+            state = {**_START, "opening": float(opening), "rounding": float(rounding)}
+            for sigma in _GRID_BLUR:
+                best = min(best, (cost(state, sigma), state, sigma), key=lambda c: c[0])
+    for _ in range(2):  # coordinate passes
+        for name in (*STATE_FIELDS, "sigma"):
+            if name == "sigma":
+                candidates = [(best[1], sigma) for sigma in _BLURS]
+            else:
+                values = np.linspace(0, 1, 11) if name in ("opening", "rounding") else np.linspace(0, 1, 6)
+                candidates = [({**best[1], name: float(v)}, best[2]) for v in values]
+            for state, sigma in candidates:
+                best = min(best, (cost(state, sigma), state, sigma), key=lambda c: c[0])
+    for step in (0.1, 0.05, 0.025, 0.0125):  # pattern search with halving steps, single and paired moves
+        for _ in range(3):  # at each step size until no move helps (at most 3 rounds)
+            before = best[0]
+            for move in _MOVES:
+                state = {**best[1], **{name: float(np.clip(best[1][name] + sign * step, 0, 1)) for name, sign in move}}
+                best = min(best, (cost(state, best[2]), state, best[2]), key=lambda c: c[0])
+            if best[0] == before:
+                break
+    return best[1], best[2]
 
 
 def estimate_frame(frame: np.ndarray, pose, palette: MouthPalette) -> tuple[float, float, float]:
@@ -215,8 +157,8 @@ def estimate_frame(frame: np.ndarray, pose, palette: MouthPalette) -> tuple[floa
         raise InvalidInputError(f"the estimator needs (H, W, 3) uint8 RGB frames, got {frame.shape} {frame.dtype}")
     patch = cv2.warpAffine(frame, patch_matrix(pose), PATCH_SIZE, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
-    m = measure_patch(patch, palette)
-    return state_from_measures(m["a"], m["h"], m["thickness"], PATCH_HW, m["ai"])
+    state, _ = fit_patch(patch, palette)
+    return state["opening"], state["width"], state["rounding"]
 
 
 def occluded_share(mask: np.ndarray, pose) -> float:

@@ -13,7 +13,7 @@ line of the corners, y down, origin at the mouth centre):
   lies at its bottom, its shade going from a dark red (``tongue = 0``) to a light pink (``tongue = 1``).
 
 :func:`mouth_shape` gives the polygons, :func:`draw_mouth` paints them (4x supersampled) into an image, and
-``synthetic.estimator`` inverts the same formulas (:func:`state_from_measures`).
+``synthetic.estimator`` reads a state back by drawing candidates with the same two functions.
 """
 
 from __future__ import annotations
@@ -146,29 +146,6 @@ def mouth_dimensions(state: dict[str, float], half_width: float) -> dict[str, fl
             "upper": half_width * (UPPER_LIP[0] + UPPER_LIP[1] * r),
             "lower": half_width * (LOWER_LIP[0] + LOWER_LIP[1] * r),
             "teeth": min(state["teeth"] * TEETH_SHARE * 2 * h, TEETH_MAX * half_width)}
-
-
-def state_from_measures(outer_half_width: float, aperture_half_height: float, lip_thickness: float,
-                        half_width: float, aperture_half_width: float | None = None) -> tuple[float, float, float]:
-    """Invert :func:`mouth_dimensions` for (opening, width, rounding), each clipped to [0, 1].
-
-    Rounding is read from the lip thickness and, when given, also from the aperture's share of the mouth width
-    (``ai / a``); the two readings are averaged.
-
-    Args:
-        outer_half_width: Measured ``a`` in pixels.
-        aperture_half_height: Measured ``h``.
-        lip_thickness: Measured upper + lower lip thickness at the centre.
-        half_width: The avatar's neutral mouth half-width ``hw`` in pixels.
-        aperture_half_width: Measured ``ai``, or None.
-    """
-    readings = [(lip_thickness / half_width - UPPER_LIP[0] - LOWER_LIP[0]) / (UPPER_LIP[1] + LOWER_LIP[1])]
-    if aperture_half_width is not None and outer_half_width > 0:
-        readings.append((APERTURE_WIDTH[0] - aperture_half_width / outer_half_width) / APERTURE_WIDTH[1])
-    rounding = float(np.clip(np.mean(readings), 0, 1))
-    opening = float(np.clip(aperture_half_height / (OPEN_SCALE * half_width), 0, 1))
-    width = float(np.clip((outer_half_width / (half_width * (1 - 0.3 * rounding)) - 0.85) / 0.35, 0, 1))
-    return opening, width, rounding
 
 
 def _profile(half_width: float, height: float, sharpness: float) -> tuple[np.ndarray, np.ndarray]:

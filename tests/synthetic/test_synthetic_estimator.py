@@ -1,9 +1,11 @@
-"""The mouth-state estimator against the renderer's truth: drawn frames, an H.264 round trip, sweeps, occlusion."""
+"""The mouth-state estimator against the renderer's truth: drawn frames, an H.264 round trip, blurred frames (what a
+dub looks like), sweeps, occlusion."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -45,8 +47,28 @@ def test_estimates_the_drawn_mouth_state(clips):
     corr = [np.corrcoef(truth[:, i], guess[:, i])[0, 1] for i in range(3)]
     error = np.abs(truth - guess).mean(0)
     print("estimator on drawn frames: corr", np.round(corr, 3), "mae", np.round(error, 3))
-    assert corr[0] > 0.97 and corr[1] > 0.8 and corr[2] > 0.9
-    assert error[0] < 0.04 and error[1] < 0.07 and error[2] < 0.07
+    # the width is the loosest: its outline against the skin is low in contrast, so small mismatches of the
+    # redrawn mouth (antialiasing, the inpainted skin) move it most
+    assert corr[0] > 0.99 and corr[1] > 0.75 and corr[2] > 0.95
+    assert error[0] < 0.03 and error[1] < 0.1 and error[2] < 0.06
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_estimates_blurred_frames(clips, sigma):
+    """A Gaussian blur of sigma frame pixels (the mouth's half-width is about 20): the softening an autoencoder or a
+    sampler gives a dub. The opening, the sync measure's reading, must survive it."""
+    truth, guess = [], []
+    for clip in clips:
+        frames = np.stack([cv2.GaussianBlur(frame, (0, 0), sigma) for frame in clip.frames])
+        est = estimate_clip(frames, clip.rendered.mouth_poses, clip.palette)
+        truth.append(clip.states.as_array()[:, :3])
+        guess.append(np.stack([getattr(est, name) for name in FIELDS], 1))
+    truth, guess = np.concatenate(truth), np.concatenate(guess)
+    corr = [np.corrcoef(truth[:, i], guess[:, i])[0, 1] for i in range(3)]
+    error = np.abs(truth - guess).mean(0)
+    print(f"estimator on frames blurred by sigma {sigma}: corr", np.round(corr, 3), "mae", np.round(error, 3))
+    assert corr[0] > 0.97 and error[0] < 0.06
+    assert corr[2] > 0.7 and error[1] < 0.15 and error[2] < 0.12
 
 
 def test_estimates_after_an_h264_round_trip(clips, tmp_path):
@@ -70,8 +92,8 @@ def test_sweeps_recover_each_parameter():
                      name: float(value)}
             frame, _, pose, _ = render_frame(avatar, state, 0.7)
             found.append(estimate_frame(frame, pose, avatar.lit_palette)[FIELDS.index(name)])
-        assert np.all(np.diff(found) > 0), (name, found)  # monotonic
-        assert np.abs(np.array(found) - values).max() < 0.12, (name, found)
+        assert np.all(np.diff(found) > -0.03) and found[-1] - found[0] > 0.7, (name, found)  # monotonic
+        assert np.abs(np.array(found) - values).max() < 0.15, (name, found)
 
 
 def test_habits_show_in_the_pixels(speech):

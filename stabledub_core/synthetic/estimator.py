@@ -39,7 +39,7 @@ PATCH_HW = 32  # neutral mouth half-width in patch pixels
 PATCH_SIZE = (4 * PATCH_HW, 3 * PATCH_HW)  # (width, height)
 FIT_SCALE = 2  # the fit works on the patch downsampled by this
 _FIT_W, _FIT_H, _FIT_HW = PATCH_SIZE[0] // FIT_SCALE, PATCH_SIZE[1] // FIT_SCALE, PATCH_HW / FIT_SCALE
-_GRID_OPENING, _GRID_ROUNDING = np.linspace(0, 1, 11), np.linspace(0, 1, 6)
+_FINE, _COARSE = np.linspace(0, 1, 11), np.linspace(0, 1, 6)  # grids of a state field's values
 _GRID_BLUR = (0.0, 1.0, 2.25)  # fit-patch pixels
 _BLURS = (0.0, 0.5, 1.0, 1.5, 2.25, 3.0, 4.0)
 _START = {"width": 0.5, "teeth": 0.3, "tongue": 0.5}
@@ -119,26 +119,29 @@ def fit_patch(patch: np.ndarray, palette: MouthPalette) -> tuple[dict[str, float
         return float(((render_candidate(state, skin, palette, sigma)[_REGION] - observed) ** 2).mean())
 
     best = (math.inf, {}, 0.0)  # (cost, state, sigma)
-    for opening in _GRID_OPENING:
-        for rounding in _GRID_ROUNDING:
-            state = {**_START, "opening": float(opening), "rounding": float(rounding)}
+
+    def consider(state: dict[str, float], sigma: float) -> None:
+        nonlocal best
+        value = cost(state, sigma)
+        if value < best[0]:
+            best = (value, state, sigma)
+
+    for opening in _FINE:
+        for rounding in _COARSE:
             for sigma in _GRID_BLUR:
-                best = min(best, (cost(state, sigma), state, sigma), key=lambda c: c[0])
+                consider({**_START, "opening": float(opening), "rounding": float(rounding)}, sigma)
     for _ in range(2):  # coordinate passes
-        for name in (*STATE_FIELDS, "sigma"):
-            if name == "sigma":
-                candidates = [(best[1], sigma) for sigma in _BLURS]
-            else:
-                values = np.linspace(0, 1, 11) if name in ("opening", "rounding") else np.linspace(0, 1, 6)
-                candidates = [({**best[1], name: float(v)}, best[2]) for v in values]
-            for state, sigma in candidates:
-                best = min(best, (cost(state, sigma), state, sigma), key=lambda c: c[0])
+        for name in STATE_FIELDS:
+            for value in _FINE if name in ("opening", "rounding") else _COARSE:
+                consider({**best[1], name: float(value)}, best[2])
+        for sigma in _BLURS:
+            consider(best[1], sigma)
     for step in (0.1, 0.05, 0.025, 0.0125):  # pattern search with halving steps, single and paired moves
         for _ in range(3):  # at each step size until no move helps (at most 3 rounds)
             before = best[0]
             for move in _MOVES:
-                state = {**best[1], **{name: float(np.clip(best[1][name] + sign * step, 0, 1)) for name, sign in move}}
-                best = min(best, (cost(state, best[2]), state, best[2]), key=lambda c: c[0])
+                consider({**best[1], **{name: float(np.clip(best[1][name] + sign * step, 0, 1))
+                                        for name, sign in move}}, best[2])
             if best[0] == before:
                 break
     return best[1], best[2]
